@@ -1,0 +1,30 @@
+"""Model-family adapters (a registry, one family per module) and the ONNX exporter."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from edgeprune.errors import EdgepruneError
+from edgeprune.exporters.base import FamilyAdapter, ReducedViT
+from edgeprune.exporters.timm_vit import TimmViTAdapter
+
+ADAPTERS: list[type[FamilyAdapter]] = [TimmViTAdapter]
+
+try:  # transformers is optional at import time; the HF adapters register when it is present
+    from edgeprune.exporters.hf_vision import HF_ADAPTERS
+
+    ADAPTERS.extend(HF_ADAPTERS)
+except ImportError:  # pragma: no cover - depends on the environment
+    pass
+
+
+def adapter_for(model: nn.Module) -> FamilyAdapter:
+    """The adapter of ``model``'s family, or a clear error naming the supported ones."""
+    for cls in ADAPTERS:
+        if cls.matches(model):
+            return cls(model)
+    names = ", ".join(c.family for c in ADAPTERS)
+    raise EdgepruneError(f"{type(model).__name__} is not a supported ViT family (supported: {names})")
+
+
+__all__ = ["ADAPTERS", "FamilyAdapter", "ReducedViT", "adapter_for"]

@@ -1,0 +1,121 @@
+"""Model-family adapters and the reduced forward pass they share.
+
+An adapter is a thin view of one model family (timm ViT, HF CLIP vision, ...): how to embed pixels,
+how to reach each block's norms, projections and MLP, and how to turn the final tokens into the
+family's outputs. :class:`ReducedViT` runs any adapter's model under a :class:`TokenPlan` without
+editing the library's source: it calls the model's own submodules in its own block loop.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Callable, ClassVar, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from edgeprune.errors import EdgepruneError
+from edgeprune.plan import TokenPlan
+from edgeprune.reducers import REDUCERS, ReductionContext
+from edgeprune.spec import ViTSpec
+
+
+class BlockView(ABC):
+    """One pre-norm transformer block seen as its parts."""
+
+    scale: float
+
+    @abstractmethod
+    def qkv(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Normalized tokens [B, N, C] -> q, k, v [B, H, N, D] (after any q/k norms)."""
+
+    @abstractmethod
+    def attn_out(self, a: Tensor) -> Tensor:
+        """Attention output [B, H, N, D] -> projected tokens [B, N, C]."""
+
+    norm1: Callable[[Tensor], Tensor]
+    norm2: Callable[[Tensor], Tensor]
+    mlp: Callable[[Tensor], Tensor]
+    ls1: Callable[[Tensor], Tensor]
+    ls2: Callable[[Tensor], Tensor]
+
+
+class FamilyAdapter(ABC):
+    """How edgeprune drives one model family."""
+
+    family: ClassVar[str]
+    output_names: tuple[str, ...]
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    @classmethod
+    @abstractmethod
+    def matches(cls, model: nn.Module) -> bool:
+        """True when ``model`` belongs to this family."""
+
+    @property
+    @abstractmethod
+    def spec(self) -> ViTSpec: ...
+
+    @abstractmethod
+    def embed(self, pixels: Tensor) -> Tensor:
+        """Pixels [B, C, H, W] -> tokens [B, N, C] entering block 0 (prefix tokens first)."""
+
+    @abstractmethod
+    def blocks(self) -> list[BlockView]: ...
+
+    @abstractmethod
+    def finish(self, x: Tensor, size: Tensor) -> tuple[Tensor, ...]:
+        """Final tokens and their sizes -> the family's outputs, in ``output_names`` order."""
+
+    def describe(self) -> dict:
+        """Model facts for the manifest."""
+        return {"family": self.family, "class": type(self.model).__name__}
+
+
+def size_weighted_mean(x: Tensor, size: Tensor) -> Tensor:
+    """Mean over tokens where a merged token counts as many patches as it stands for."""
+    return (x * size).sum(dim=1) / size.sum(dim=1)
+
+
+class ReducedViT(nn.Module):
+    """Runs a supported ViT with a token plan baked in; output shapes are static for the plan."""
+
+    def __init__(self, adapter: FamilyAdapter, plan: TokenPlan) -> None:
+        super().__init__()
+        if plan.spec != adapter.spec:
+            raise EdgepruneError("the plan was built for a different model configuration")
+        self.model = adapter.model.eval()
+        self.adapter = adapter
+        self.plan = plan
+        self.views = adapter.blocks()
+        self.reducer = REDUCERS.get(plan.method)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return self.adapter.output_names
+
+    def forward(self, pixels: Tensor):
+        plan = self.plan
+        x = self.adapter.embed(pixels)
+        size = torch.ones_like(x[..., :1])
+        for i, view in enumerate(self.views):
+            # Sizes are all 1 until the first reduction, where log(size) would add nothing.
+            merged = plan.prop_attn and i > 0 and plan.keep[i - 1] < plan.spec.num_patches
+            bias = size.log().transpose(1, 2).unsqueeze(1) if merged else None
+            x, size = self._block(view, x, size, bias, i)
+        out = self.adapter.finish(x, size)
+        return out[0] if len(out) == 1 else out
+
+    def _block(self, view: BlockView, x: Tensor, size: Tensor, bias: Optional[Tensor], i: int) -> tuple[Tensor, Tensor]:
+        q, k, v = view.qkv(view.norm1(x))
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=view.scale)
+        x = x + view.ls1(view.attn_out(a))
+        keep = self.plan.keep[i]
+        if self.reducer is not None and keep < self.plan.tokens_in(i):
+            ctx = ReductionContext(q, k, view.scale, self.plan.spec.num_prefix, bias, self.plan.options)
+            x, size = self.reducer(x, size, ctx, keep)
+        x = x + view.ls2(view.mlp(view.norm2(x)))
+        return x, size

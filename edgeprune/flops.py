@@ -1,0 +1,72 @@
+"""Analytic multiply-accumulate (MAC) counts of a ViT under a token plan.
+
+Counts the matmuls (projections, attention, MLP, patch embedding, head, and the reducers' own
+similarity and merge matmuls); norms and activations are left out as they are a few percent at most.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from edgeprune.spec import ViTSpec
+
+if TYPE_CHECKING:
+    from edgeprune.plan import TokenPlan
+
+
+def attention_macs(spec: ViTSpec, n: int) -> int:
+    c = spec.embed_dim
+    return n * c * 3 * c + 2 * n * n * c + n * c * c
+
+
+def mlp_macs(spec: ViTSpec, n: int) -> int:
+    return 2 * n * spec.embed_dim * spec.mlp_hidden
+
+
+def reducer_macs(spec: ViTSpec, method: str, n_tok_in: int, n_tok_out: int) -> int:
+    """MACs of one reduction point from ``n_tok_in`` to ``n_tok_out`` patch tokens."""
+    if n_tok_out >= n_tok_in or method == "none":
+        return 0
+    if method == "evit":
+        return spec.num_heads * n_tok_in * spec.head_dim + n_tok_in * spec.embed_dim
+    width = spec.head_dim if method == "tome" else spec.embed_dim
+    macs, n = 0, n_tok_in
+    while n > n_tok_out:  # one bipartite round per halving, as the reducers do
+        n_a, n_b = (n + 1) // 2, n // 2
+        r = min(n - n_tok_out, n_a)
+        macs += n_a * n_b * width + n_b * r * spec.embed_dim
+        n -= r
+    return macs
+
+
+def embed_macs(spec: ViTSpec) -> int:
+    return spec.num_patches * spec.in_chans * spec.patch_size**2 * spec.embed_dim
+
+
+def head_macs(spec: ViTSpec) -> int:
+    return spec.embed_dim * spec.head_dim_out
+
+
+def block_macs(spec: ViTSpec, method: str, n_tok_in: int, n_tok_out: int) -> int:
+    """One block whose attention sees ``n_tok_in`` patch tokens and whose MLP sees ``n_tok_out``."""
+    p = spec.num_prefix
+    return (
+        attention_macs(spec, p + n_tok_in)
+        + reducer_macs(spec, method, n_tok_in, n_tok_out)
+        + mlp_macs(spec, p + n_tok_out)
+    )
+
+
+def plan_macs(plan: "TokenPlan") -> int:
+    spec = plan.spec
+    total = embed_macs(spec) + head_macs(spec)
+    n_in = spec.num_patches
+    for n_out in plan.keep:
+        total += block_macs(spec, plan.method, n_in, n_out)
+        n_in = n_out
+    return total
+
+
+def baseline_macs(spec: ViTSpec) -> int:
+    n = spec.num_patches
+    return embed_macs(spec) + head_macs(spec) + spec.depth * block_macs(spec, "none", n, n)

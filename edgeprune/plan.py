@@ -1,0 +1,230 @@
+"""Token plans: how many tokens each block keeps, built from what the user asks for.
+
+A plan lists, per block, the number of patch (non-protected) tokens left after that block's
+reduction point, which sits between its attention and its MLP. A batch-1 engine pays a fixed cost
+per reduction point, so besides ToMe's constant-r schedule a plan can reduce at a few points with
+large steps (``points``), each point keeping the same fraction of the tokens it receives.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence, Union
+
+from torch import nn
+
+from edgeprune.errors import EdgepruneError
+from edgeprune.flops import baseline_macs, plan_macs
+from edgeprune.reducers import METHODS
+from edgeprune.spec import ViTSpec
+
+PLAN_FORMAT = 1
+DEFAULT_PROP_ATTN = {"none": False, "tome": True, "evit": False, "gsp": False}
+
+
+@dataclass(frozen=True)
+class TokenPlan:
+    method: str
+    spec: ViTSpec
+    keep: tuple[int, ...]  # patch tokens after each block's reduction point
+    prop_attn: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+    target: dict[str, Any] = field(default_factory=dict)  # what the user asked for, for the record
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise EdgepruneError(f"unknown method '{self.method}' (choose from {', '.join(METHODS)})")
+        if len(self.keep) != self.spec.depth:
+            raise EdgepruneError(f"plan has {len(self.keep)} blocks, model has {self.spec.depth}")
+        prev = self.spec.num_patches
+        for i, k in enumerate(self.keep):
+            if k > prev:
+                raise EdgepruneError(f"plan grows tokens at block {i} ({prev} -> {k})")
+            if k < min_tokens(self.method) or (self.method == "none" and k != prev):
+                raise EdgepruneError(f"plan keeps {k} tokens at block {i}; method '{self.method}' cannot")
+            prev = k
+
+    def tokens_in(self, block: int) -> int:
+        """Patch tokens entering ``block``."""
+        return self.spec.num_patches if block == 0 else self.keep[block - 1]
+
+    @property
+    def reduction_points(self) -> list[int]:
+        return [i for i in range(self.spec.depth) if self.keep[i] < self.tokens_in(i)]
+
+    @property
+    def final_tokens(self) -> int:
+        return self.keep[-1]
+
+    @property
+    def macs(self) -> int:
+        return plan_macs(self)
+
+    @property
+    def baseline_macs(self) -> int:
+        return baseline_macs(self.spec)
+
+    @property
+    def macs_ratio(self) -> float:
+        return self.macs / self.baseline_macs
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": PLAN_FORMAT,
+            "method": self.method,
+            "spec": self.spec.to_dict(),
+            "keep": list(self.keep),
+            "prop_attn": self.prop_attn,
+            "options": dict(self.options),
+            "target": dict(self.target),
+            "reduction_points": self.reduction_points,
+            "macs": self.macs,
+            "baseline_macs": self.baseline_macs,
+            "macs_ratio": round(self.macs_ratio, 6),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TokenPlan":
+        try:
+            if d.get("format") != PLAN_FORMAT:
+                raise EdgepruneError(f"unsupported plan format {d.get('format')!r}")
+            return cls(
+                method=d["method"],
+                spec=ViTSpec.from_dict(d["spec"]),
+                keep=tuple(int(k) for k in d["keep"]),
+                prop_attn=bool(d.get("prop_attn", False)),
+                options=dict(d.get("options", {})),
+                target=dict(d.get("target", {})),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise EdgepruneError(f"malformed plan: {exc}") from None
+
+
+def min_tokens(method: str) -> int:
+    return 2 if method == "evit" else 1
+
+
+def points_schedule(num_patches: int, depth: int, points: Sequence[int], final: int) -> tuple[int, ...]:
+    """Reduce at ``points`` only, each keeping the same fraction, ending at ``final`` tokens."""
+    keep, n, done = [], num_patches, 0
+    ratio = final / num_patches
+    for block in range(depth):
+        if block in points:
+            done += 1
+            n = final if done == len(points) else max(final, round(num_patches * ratio ** (done / len(points))))
+        keep.append(n)
+    return tuple(keep)
+
+
+def constant_schedule(num_patches: int, depth: int, r: int, start: int = 0) -> tuple[int, ...]:
+    """ToMe's schedule: ``r`` tokens fewer at every block from ``start`` on."""
+    keep, n = [], num_patches
+    for block in range(depth):
+        if block >= start:
+            n = max(1, n - r)
+        keep.append(n)
+    return tuple(keep)
+
+
+def default_points(depth: int) -> list[int]:
+    """Three early reduction points (blocks 1, 4, 7 of 12), scaled to the depth."""
+    return sorted({min(depth - 1, round(depth * f)) for f in (1 / 12, 4 / 12, 7 / 12)})
+
+
+def _check_points(points: Sequence[int], depth: int) -> list[int]:
+    pts = sorted(set(int(p) for p in points))
+    if not pts or pts[0] < 0 or pts[-1] >= depth:
+        raise EdgepruneError(f"reduction points must be block indices in 0..{depth - 1}, got {list(points)}")
+    return pts
+
+
+def build_plan(
+    model_or_spec: Union[nn.Module, ViTSpec],
+    method: str,
+    *,
+    keep: Optional[float] = None,
+    tokens: Optional[int] = None,
+    flops: Optional[float] = None,
+    latency: Optional[float] = None,
+    points: Optional[Sequence[int]] = None,
+    schedule: str = "points",
+    prop_attn: Optional[bool] = None,
+    options: Optional[dict[str, Any]] = None,
+    latency_model: Optional[Callable[["TokenPlan"], float]] = None,
+) -> TokenPlan:
+    """Build a plan from one budget: ``keep`` (fraction of patch tokens left at the end), ``tokens``
+    (patch tokens left at the end), ``flops`` (target MACs ratio) or ``latency`` (target latency ratio,
+    measured on this machine's engine once and cached; see :mod:`edgeprune.latency`).
+
+    ``schedule`` is ``"points"`` (reduce at ``points``, default blocks 1/4/7 of 12) or ``"constant"``
+    (ToMe's constant r from block 0).
+    """
+    spec = model_or_spec if isinstance(model_or_spec, ViTSpec) else _spec_of(model_or_spec)
+    method = method.lower()
+    if method not in METHODS:
+        raise EdgepruneError(f"unknown method '{method}' (choose from {', '.join(METHODS)})")
+    prop = DEFAULT_PROP_ATTN[method] if prop_attn is None else bool(prop_attn)
+    opts = dict(options or {})
+    budgets = {k: v for k, v in dict(keep=keep, tokens=tokens, flops=flops, latency=latency).items() if v is not None}
+    n0, depth = spec.num_patches, spec.depth
+
+    def make(keep_seq: tuple[int, ...]) -> TokenPlan:
+        return TokenPlan(method, spec, keep_seq, prop, opts, target=dict(budgets, schedule=schedule, points=pts))
+
+    if method == "none":
+        if budgets:
+            raise EdgepruneError("method 'none' takes no budget")
+        pts = []
+        return make(tuple([n0] * depth))
+    if len(budgets) != 1:
+        raise EdgepruneError("give exactly one budget: --keep, --tokens, --flops or --latency")
+    if schedule not in ("points", "constant"):
+        raise EdgepruneError(f"unknown schedule '{schedule}' (points or constant)")
+    pts = _check_points(points if points is not None else default_points(depth), depth) if schedule == "points" else []
+    lo = min_tokens(method)
+
+    def by_final(final: int) -> tuple[int, ...]:
+        if schedule == "points":
+            return points_schedule(n0, depth, pts, final)
+        return constant_schedule(n0, depth, math.ceil((n0 - final) / depth))
+
+    if "keep" in budgets:
+        if not 0 < keep <= 1:
+            raise EdgepruneError(f"--keep must be in (0, 1], got {keep}")
+        return make(by_final(max(lo, round(keep * n0))))
+    if "tokens" in budgets:
+        if not lo <= tokens <= n0:
+            raise EdgepruneError(f"--tokens must be in {lo}..{n0} for this model, got {tokens}")
+        return make(by_final(int(tokens)))
+
+    if "flops" in budgets:
+        target, cost, what = flops, (lambda p: p.macs_ratio), "MACs"
+    else:
+        if latency_model is None:
+            raise EdgepruneError("a latency budget needs a latency model (edgeprune.latency.calibrate)")
+        target, cost, what = latency, latency_model, "latency"
+    if not 0 < target <= 1:
+        raise EdgepruneError(f"the {what} target must be in (0, 1], got {target}")
+    # Cost grows with the final token count, so binary-search the largest count within budget.
+    best, low, high = None, lo, n0
+    while low <= high:
+        mid = (low + high) // 2
+        plan = make(by_final(mid))
+        if cost(plan) <= target + 1e-9:
+            best, low = plan, mid + 1
+        else:
+            high = mid - 1
+    if best is None:
+        smallest = cost(make(by_final(lo)))
+        raise EdgepruneError(
+            f"cannot reach a {what} ratio of {target} with method '{method}' and this schedule "
+            f"(the most aggressive plan gives {smallest:.3f}); reduce earlier or at more points"
+        )
+    return best
+
+
+def _spec_of(model: nn.Module) -> ViTSpec:
+    from edgeprune.exporters import adapter_for
+
+    return adapter_for(model).spec

@@ -1,0 +1,73 @@
+"""Graph-structured redundancy pruning (the graph module of Script, Yang et al. 2025).
+
+Patch tokens alternate into sources (A) and targets (B) and are linked by cosine similarity of their
+hidden states; only edges above a threshold count. A source is redundant when it has many
+neighbours and is very similar to them, so the most redundant sources are dropped: every dropped
+token has a close kept neighbour, which keeps the image covered. A dropped token's size moves to its
+nearest target so size-weighted pooling and proportional attention still see the whole image; the
+target's features are left as they are (this is pruning, not merging).
+
+The threshold is ``mean + alpha * std`` of each image's similarities (``gsp_alpha``, default 0), or
+an absolute cosine value (``gsp_threshold``): both are static-shape.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from edgeprune.reducers.common import (
+    ReductionContext,
+    cosine_normalize,
+    descending_order,
+    gather_tokens,
+    one_hot,
+    split_prefix,
+)
+
+
+def redundancy_scores(similarity: Tensor, threshold: Tensor) -> Tensor:
+    """Per source: summed weight of its above-threshold edges, plus its best match as tie-break."""
+    edges = (similarity > threshold).to(similarity.dtype)
+    return (similarity * edges).sum(dim=-1) + similarity.amax(dim=-1)
+
+
+def edge_threshold(similarity: Tensor, options: dict) -> Tensor:
+    if options.get("gsp_threshold") is not None:
+        return torch.full_like(similarity[:, :1, :1], float(options["gsp_threshold"]))
+    flat = similarity.flatten(1)
+    alpha = float(options.get("gsp_alpha", 0.0))
+    return (flat.mean(dim=1) + alpha * flat.std(dim=1)).view(-1, 1, 1)
+
+
+def graph_prune_round(
+    x: Tensor, size: Tensor, r: int, num_prefix: int, options: dict
+) -> tuple[Tensor, Tensor]:
+    x_pre, x_tok = split_prefix(x, num_prefix)
+    s_pre, s_tok = split_prefix(size, num_prefix)
+    num_a = (x_tok.shape[1] + 1) // 2
+    if not 0 < r <= num_a:
+        raise ValueError(f"a graph pruning round drops 1..{num_a} tokens, asked for {r}")
+
+    feats = cosine_normalize(x_tok)
+    similarity = feats[:, ::2] @ feats[:, 1::2].transpose(-1, -2)  # [B, Na, Nb]
+    scores = redundancy_scores(similarity, edge_threshold(similarity, options))
+    order = descending_order(scores)
+    dropped_idx, kept_idx = order[:, :r], order[:, r:]
+    nearest = similarity.argmax(dim=-1).gather(1, dropped_idx)
+    assign_t = one_hot(nearest, similarity.shape[-1], x.dtype).transpose(1, 2)  # [B, Nb, r]
+
+    s_a, s_b = s_tok[:, ::2], s_tok[:, 1::2]
+    s_b = s_b + assign_t @ gather_tokens(s_a, dropped_idx)
+    x_out = torch.cat((x_pre, gather_tokens(x_tok[:, ::2], kept_idx), x_tok[:, 1::2]), dim=1)
+    size_out = torch.cat((s_pre, gather_tokens(s_a, kept_idx), s_b), dim=1)
+    return x_out, size_out
+
+
+def gsp_prune(x: Tensor, size: Tensor, ctx: ReductionContext, keep: int) -> tuple[Tensor, Tensor]:
+    """Drop patch tokens down to ``keep``; more than half go in several rounds at this point."""
+    while x.shape[1] - ctx.num_prefix > keep:
+        num_tok = x.shape[1] - ctx.num_prefix
+        r = min(num_tok - keep, (num_tok + 1) // 2)
+        x, size = graph_prune_round(x, size, r, ctx.num_prefix, ctx.options)
+    return x, size

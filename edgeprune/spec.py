@@ -1,0 +1,39 @@
+"""The few numbers of a ViT that plans, FLOPs and latency models need."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ViTSpec:
+    depth: int
+    embed_dim: int
+    num_heads: int
+    mlp_hidden: int
+    num_prefix: int  # protected tokens in front: CLS, distillation, registers
+    num_patches: int
+    patch_size: int
+    in_chans: int
+    img_size: tuple[int, int]
+    head_dim_out: int = 0  # classifier outputs (0 when the model returns tokens)
+
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.num_heads
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_prefix + self.num_patches
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["img_size"] = list(self.img_size)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ViTSpec":
+        d = dict(d)
+        d["img_size"] = tuple(d["img_size"])
+        return cls(**d)

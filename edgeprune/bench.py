@@ -1,0 +1,132 @@
+"""Interleaved latency benchmark of artifacts: every round runs each artifact once, in shuffled order,
+so machine noise hits all of them alike; speedups are medians of per-round ratios."""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from edgeprune.artifact import Artifact
+from edgeprune.errors import EdgepruneError
+
+
+@dataclass
+class BenchRow:
+    name: str
+    path: str
+    method: str
+    macs: int
+    macs_ratio: float
+    final_tokens: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    throughput: float  # images per second at p50
+    speedup: float  # median over rounds of baseline time / this time
+    predicted_speedup: float  # from MACs
+    realized_vs_predicted: float
+    samples_ms: list[float] = field(default_factory=list, repr=False)
+
+
+@dataclass
+class BenchResult:
+    batch: int
+    threads: int
+    providers: list[str]
+    rounds: int
+    baseline: str
+    rows: list[BenchRow]
+
+    def to_dict(self, samples: bool = False) -> dict:
+        d = asdict(self)
+        if not samples:
+            for row in d["rows"]:
+                row.pop("samples_ms")
+        return d
+
+
+def pick_baseline(artifacts: Sequence[Artifact], baseline: Optional[str]) -> int:
+    if baseline is not None:
+        for i, a in enumerate(artifacts):
+            if baseline in (str(a.path), a.name):
+                return i
+        raise EdgepruneError(f"--baseline {baseline} is not among the benchmarked artifacts")
+    for i, a in enumerate(artifacts):
+        if a.method == "none":
+            return i
+    return max(range(len(artifacts)), key=lambda i: artifacts[i].macs)
+
+
+def benchmark(
+    artifacts: Sequence[Artifact],
+    *,
+    batch: int = 1,
+    rounds: int = 50,
+    warmup: int = 5,
+    threads: int = 2,
+    providers: Sequence[str] = ("cpu",),
+    baseline: Optional[str] = None,
+    seed: int = 0,
+    progress: Optional[Callable[[int, int], None]] = None,
+) -> BenchResult:
+    from edgeprune.engines.ort import OrtRunner
+
+    if not artifacts:
+        raise EdgepruneError("nothing to benchmark")
+    if rounds < 1 or warmup < 0:
+        raise EdgepruneError("--rounds must be >= 1 and --warmup >= 0")
+    base = pick_baseline(artifacts, baseline)
+    specs = {a.manifest["plan"]["spec"]["img_size"].__repr__() + str(a.manifest["plan"]["spec"]["in_chans"]) for a in artifacts}
+    if len(specs) > 1:
+        raise EdgepruneError("artifacts take different input shapes; benchmark models of one configuration together")
+    rng = np.random.default_rng(seed)
+    feeds = [{a.manifest["inputs"][0]["name"]: rng.standard_normal(a.input_shape(batch)).astype(np.float32)} for a in artifacts]
+    runners = [OrtRunner(a.onnx_path, providers, threads).activate() for a in artifacts]
+    try:
+        for runner, feed in zip(runners, feeds):
+            for _ in range(warmup):
+                runner.run_raw(feed)
+        times = np.zeros((rounds, len(artifacts)))
+        order = list(range(len(artifacts)))
+        shuffler = random.Random(seed)
+        for r in range(rounds):
+            shuffler.shuffle(order)
+            for i in order:
+                start = time.perf_counter()
+                runners[i].run_raw(feeds[i])
+                times[r, i] = (time.perf_counter() - start) * 1e3
+            if progress:
+                progress(r + 1, rounds)
+    finally:
+        for runner in runners:
+            runner.deactivate()
+
+    rows = []
+    for i, a in enumerate(artifacts):
+        t = times[:, i]
+        speedup = float(np.median(times[:, base] / t))
+        predicted = artifacts[base].macs / a.macs
+        p50 = float(np.percentile(t, 50))
+        rows.append(
+            BenchRow(
+                name=a.name,
+                path=str(a.path),
+                method=a.method,
+                macs=a.macs,
+                macs_ratio=a.macs / artifacts[base].macs,
+                final_tokens=a.plan.final_tokens,
+                p50_ms=p50,
+                p90_ms=float(np.percentile(t, 90)),
+                p99_ms=float(np.percentile(t, 99)),
+                throughput=batch * 1e3 / p50,
+                speedup=speedup,
+                predicted_speedup=predicted,
+                realized_vs_predicted=speedup / predicted,
+                samples_ms=t.tolist(),
+            )
+        )
+    return BenchResult(batch, threads, list(providers), rounds, artifacts[base].name, rows)

@@ -1,0 +1,1 @@
+"""The ``edgeprune`` command line (typer + rich)."""

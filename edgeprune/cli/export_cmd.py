@@ -1,0 +1,84 @@
+"""``edgeprune export``: model + reduction budget -> parity-checked static-shape ONNX artifact."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from edgeprune.cli.common import ThreadsOpt, console, out, parse_int_list
+from edgeprune.errors import EdgepruneError
+
+
+def export(
+    model: str = typer.Argument(..., help="timm model name (e.g. vit_small_patch16_224) or a HF save_pretrained folder (CLIP/SigLIP vision)."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Artifact directory to create (model.onnx + manifest.json)."),
+    method: str = typer.Option("tome", "--method", "-m", help="none, tome (merging), evit (attention top-k) or gsp (graph pruning)."),
+    keep: Optional[float] = typer.Option(None, "--keep", help="Fraction of patch tokens left after the last reduction point."),
+    tokens: Optional[int] = typer.Option(None, "--tokens", help="Patch tokens left after the last reduction point."),
+    flops: Optional[float] = typer.Option(None, "--flops", help="Target MACs ratio vs the unreduced model."),
+    latency: Optional[float] = typer.Option(None, "--latency", help="Target latency ratio, from this machine's calibrated per-block latency (cached)."),
+    points: Optional[str] = typer.Option(None, "--points", help="Blocks that reduce, e.g. 1,4,7 (default for 12 blocks). With --latency: searched when omitted."),
+    schedule: str = typer.Option("points", "--schedule", help="points (few large steps) or constant (ToMe's r per block)."),
+    prop_attn: Optional[bool] = typer.Option(None, "--prop-attn/--no-prop-attn", help="Proportional attention (log size bias); default on for tome."),
+    gsp_alpha: Optional[float] = typer.Option(None, "--gsp-alpha", help="gsp: edge threshold = mean + alpha * std of similarities."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Weights: .safetensors or .pth/.pt (loaded weights-only)."),
+    model_arg: list[str] = typer.Option([], "--model-arg", help="KEY=VALUE forwarded to timm.create_model (repeatable)."),
+    img_size: Optional[int] = typer.Option(None, "--img-size", help="Input size for timm models (square)."),
+    batch: int = typer.Option(1, "--batch", min=1, help="Static batch size of the graph."),
+    dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Symbolic batch axis (token counts stay static); parity checked at batch 1 and 2."),
+    opset: int = typer.Option(18, "--opset", help="ONNX opset (>= 17)."),
+    tolerance: float = typer.Option(1e-4, "--tolerance", help="Max relative error ONNX vs eager; export fails above it."),
+    threads: int = ThreadsOpt,
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out directory."),
+) -> None:
+    """Export a ViT with a token-reduction plan baked in, as a static-shape ONNX graph checked against PyTorch."""
+    from edgeprune.exporters.onnx_export import export as export_artifact
+    from edgeprune.loading import load_model, parse_model_args
+    from edgeprune.plan import build_plan
+
+    started = time.perf_counter()
+    if out_dir.exists() and not force and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise EdgepruneError(f"{out_dir} already exists; choose another --out or pass --force")
+    with console.status("loading model"):
+        net, info = load_model(model, checkpoint=checkpoint, model_args=parse_model_args(model_arg), img_size=img_size)
+    options = {} if gsp_alpha is None else {"gsp_alpha": gsp_alpha}
+    point_list = parse_int_list(points, "--points")
+    common = dict(prop_attn=prop_attn, options=options)
+    if latency is not None and method != "none":
+        plan = _latency_plan(net, method, latency, point_list, schedule, threads, common)
+    else:
+        budget = dict(keep=keep, tokens=tokens, flops=flops)
+        plan = build_plan(net, method, points=point_list, schedule=schedule, **budget, **common)
+    with console.status("exporting") as status:
+        artifact = export_artifact(
+            net, plan, out_dir, batch=batch, dynamic_batch=dynamic_batch, opset=opset,
+            tolerance=tolerance, model_info=info, overwrite=force, progress=status.update,
+        )
+    _print_summary(artifact.path, artifact.manifest, time.perf_counter() - started)
+
+
+def _latency_plan(net, method, latency, points, schedule, threads, common):
+    from edgeprune.latency import calibrate, search_plan
+    from edgeprune.plan import build_plan
+
+    with console.status("calibrating per-block latency (cached after the first run)") as status:
+        model = calibrate(net, method, threads=threads, progress=status.update)
+    if points is None and schedule == "points":
+        return search_plan(net, method, latency, model, **common)
+    return build_plan(net, method, latency=latency, points=points, schedule=schedule, latency_model=model.ratio, **common)
+
+
+def _print_summary(path: Path, manifest: dict, seconds: float) -> None:
+    plan = manifest["plan"]
+    table = Table(title=f"exported {manifest['model'].get('name', manifest['model'].get('path', ''))} ({manifest['method']})", show_header=False)
+    table.add_row("artifact", str(path / manifest["onnx"]["file"]))
+    table.add_row("tokens", f"{plan['spec']['num_patches']} -> {plan['keep'][-1]} patch tokens (+{plan['spec']['num_prefix']} protected)")
+    table.add_row("reduction points", ", ".join(map(str, plan["reduction_points"])) or "-")
+    table.add_row("MACs", f"{manifest['flops']['macs'] / 1e9:.3f} G ({manifest['flops']['macs_ratio']:.3f} of unreduced)")
+    table.add_row("parity", f"max relative error {manifest['parity']['max']:.2e} (tolerance {manifest['parity']['tolerance']:.0e})")
+    table.add_row("time", f"{seconds:.1f} s")
+    out.print(table)

@@ -1,0 +1,173 @@
+"""Export a reduced ViT to a static-shape ONNX artifact and prove it equals eager PyTorch."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import platform
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgeprune.artifact import MANIFEST, MANIFEST_FORMAT, ONNX_FILE, Artifact, atomic_directory, sha256_file, write_json_atomic
+from edgeprune.errors import EdgepruneError, ParityError
+from edgeprune.exporters import adapter_for
+from edgeprune.exporters.base import ReducedViT
+from edgeprune.graph import load_graph, op_counts, safety_problems
+from edgeprune.plan import TokenPlan
+
+DEFAULT_OPSET = 18
+DEFAULT_TOLERANCE = 1e-4
+INPUT_NAME = "pixel_values"
+
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    versions = {"python": platform.python_version()}
+    for dist in ("edgeprune", "torch", "timm", "transformers", "onnx", "onnxscript", "onnxruntime"):
+        try:
+            versions[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            pass
+    return versions
+
+
+def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
+    """max |actual - expected| / max |expected|: scale-aware, and finite where expected crosses zero."""
+    scale = float(np.abs(expected).max()) or 1.0
+    return float(np.abs(actual.astype(np.float64) - expected).max()) / scale
+
+
+def fresh_pixels(shape: list[int]) -> torch.Tensor:
+    """Random pixels from an unpredictable seed, so parity is never checked on one lucky input."""
+    gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
+    return torch.randn(*shape, generator=gen)
+
+
+def check_parity(
+    reduced: ReducedViT, onnx_path: Path, input_shape: list[int], batches: list[int], tolerance: float
+) -> dict[str, Any]:
+    """Run ONNX Runtime and eager PyTorch on fresh inputs; raise ParityError above ``tolerance``."""
+    from edgeprune.engines.ort import OrtRunner
+
+    report: dict[str, Any] = {"tolerance": tolerance, "metric": "max_abs_diff / max_abs_reference", "batches": {}}
+    with OrtRunner(onnx_path) as runner:
+        for batch in batches:
+            pixels = fresh_pixels([batch, *input_shape[1:]])
+            with torch.no_grad():
+                expected = reduced(pixels)
+            expected = expected if isinstance(expected, tuple) else (expected,)
+            actual = runner.infer({INPUT_NAME: pixels.numpy()})
+            errors = {
+                name: relative_error(actual[name], ref.numpy()) for name, ref in zip(reduced.output_names, expected)
+            }
+            report["batches"][str(batch)] = errors
+            worst = max(errors, key=errors.get)
+            if not errors[worst] <= tolerance:
+                raise ParityError(
+                    f"ONNX output '{worst}' differs from eager PyTorch at batch {batch}: "
+                    f"relative error {errors[worst]:.2e} > {tolerance:.0e}"
+                )
+    report["max"] = max(max(e.values()) for e in report["batches"].values())
+    return report
+
+
+def _torch_export(reduced: ReducedViT, pixels: torch.Tensor, path: Path, dynamic_batch: bool, opset: int) -> None:
+    dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=1024)},) if dynamic_batch else None
+    # The exporter narrates every stage on stdout and warns about internals; edgeprune reports instead.
+    sink = io.StringIO()
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sink), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            reduced,
+            (pixels,),
+            dynamo=True,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=list(reduced.output_names),
+            dynamic_shapes=dynamic_shapes,
+            optimize=True,
+            external_data=False,
+        )
+    program.save(str(path), external_data=False)
+
+
+def export(
+    model: nn.Module,
+    plan: TokenPlan,
+    out_dir: str | os.PathLike,
+    *,
+    batch: int = 1,
+    dynamic_batch: bool = False,
+    opset: int = DEFAULT_OPSET,
+    tolerance: float = DEFAULT_TOLERANCE,
+    model_info: Optional[dict[str, Any]] = None,
+    overwrite: bool = False,
+    progress: Optional[Callable[[str], None]] = None,
+) -> Artifact:
+    """Export ``model`` under ``plan`` to ``out_dir`` (model.onnx + manifest.json), parity-checked.
+
+    The batch axis is fixed to ``batch`` unless ``dynamic_batch``; token counts are always static.
+    Nothing is left at ``out_dir`` unless every step succeeds.
+    """
+    say = progress or (lambda _msg: None)
+    if opset < 17:
+        raise EdgepruneError(f"opset {opset} is too old: edgeprune needs opset >= 17 (one LayerNormalization node)")
+    if batch < 1:
+        raise EdgepruneError(f"--batch must be >= 1, got {batch}")
+    adapter = adapter_for(model)
+    reduced = ReducedViT(adapter, plan)
+    spec = plan.spec
+    shape = [batch, spec.in_chans, *spec.img_size]
+    started = time.perf_counter()
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+        onnx_path = tmp / ONNX_FILE
+        say("tracing and converting to ONNX")
+        try:
+            _torch_export(reduced, fresh_pixels(shape), onnx_path, dynamic_batch, opset)
+        except EdgepruneError:
+            raise
+        except Exception as exc:  # the exporter's errors are long; keep the first line
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise EdgepruneError(f"ONNX export failed: {first}") from exc
+        graph = load_graph(onnx_path)
+        problems = safety_problems(graph)
+        if problems:
+            raise EdgepruneError(f"exported graph breaks edgeprune's export rules: {problems[0]}")
+        say("checking ONNX Runtime against eager PyTorch")
+        batches = [1, 2] if dynamic_batch else [batch]
+        parity = check_parity(reduced, onnx_path, shape, batches, tolerance)
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "model": {**adapter.describe(), **(model_info or {}), "spec": spec.to_dict()},
+            "method": plan.method,
+            "plan": plan.to_dict(),
+            "inputs": [{"name": INPUT_NAME, "shape": ["batch" if dynamic_batch else batch, *shape[1:]], "dtype": "float32"}],
+            "outputs": [{"name": n} for n in reduced.output_names],
+            "flops": {"macs": plan.macs, "baseline_macs": plan.baseline_macs, "macs_ratio": round(plan.macs_ratio, 6)},
+            "onnx": {"file": ONNX_FILE, "opset": opset, "sha256": sha256_file(onnx_path), "ops": op_counts(graph)},
+            "parity": parity,
+            "versions": library_versions(),
+            "export_seconds": round(time.perf_counter() - started, 2),
+        }
+        _record_output_shapes(manifest, graph)
+        write_json_atomic(tmp / MANIFEST, manifest)
+    return Artifact(Path(out_dir), manifest)
+
+
+def _record_output_shapes(manifest: dict[str, Any], graph) -> None:
+    shapes = {}
+    for value in graph.graph.output:
+        dims = value.type.tensor_type.shape.dim
+        shapes[value.name] = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims]
+    for out in manifest["outputs"]:
+        out["shape"] = shapes.get(out["name"])

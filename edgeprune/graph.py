@@ -1,0 +1,68 @@
+"""Static facts about an exported ONNX graph: op counts and the export-safety rules edgeprune promises."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Union
+
+import onnx
+from onnx import numpy_helper
+
+from edgeprune.errors import EdgepruneError
+from edgeprune.reducers.common import TOPK_LIMIT
+
+MIN_OPSET = 17
+FORBIDDEN_OPS = {
+    "ScatterElements": "scatter writes with duplicate indices are undefined or silently wrong on TensorRT",
+    "ScatterND": "scatter writes with duplicate indices are undefined or silently wrong on TensorRT",
+    "Scatter": "deprecated scatter op",
+}
+
+
+def load_graph(path: Union[str, Path]) -> onnx.ModelProto:
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises DecodeError and friends on corrupt files
+        raise EdgepruneError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
+
+
+def op_counts(model: onnx.ModelProto) -> dict[str, int]:
+    return dict(Counter(n.op_type for n in model.graph.node).most_common())
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def _constant_values(model: onnx.ModelProto) -> dict[str, list]:
+    values = {init.name: numpy_helper.to_array(init).ravel().tolist() for init in model.graph.initializer if init.dims in ([], [1])}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    values[node.output[0]] = numpy_helper.to_array(attr.t).ravel().tolist()
+    return values
+
+
+def safety_problems(model: onnx.ModelProto) -> list[str]:
+    """Violations of the rules every edgeprune graph must follow (empty when clean)."""
+    problems = []
+    opset = default_opset(model)
+    if opset < MIN_OPSET:
+        problems.append(f"opset {opset} < {MIN_OPSET}: LayerNorm would not be one LayerNormalization node")
+    constants = _constant_values(model)
+    for node in model.graph.node:
+        if node.op_type in FORBIDDEN_OPS:
+            problems.append(f"{node.name or node.op_type}: {node.op_type} ({FORBIDDEN_OPS[node.op_type]})")
+        if node.op_type == "TopK":
+            k = constants.get(node.input[1]) if len(node.input) > 1 else None
+            if k is None:
+                problems.append(f"{node.name}: TopK with a data-dependent K")
+            elif int(k[0]) >= TOPK_LIMIT:
+                problems.append(f"{node.name}: TopK K={int(k[0])} >= {TOPK_LIMIT}")
+    for value in list(model.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        if any(not d.HasField("dim_value") for d in dims[1:]):
+            problems.append(f"output {value.name} has a dynamic non-batch dimension")
+    return problems

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Union
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edgeprune.errors import EdgepruneError
@@ -87,10 +88,8 @@ class _HFVisionAdapter(FamilyAdapter):
         for i, layer in enumerate(t.encoder.layers):
             found = (type(layer), type(getattr(layer, "self_attn", None)), type(getattr(layer, "mlp", None)))
             if found != (layer_t, attn_t, mlp_t):
-                raise EdgepruneError(
-                    f"layer {i} is {'/'.join(f.__name__ for f in found)}; edgeprune supports the stock "
-                    f"{layer_t.__name__} with {attn_t.__name__} and {mlp_t.__name__}"
-                )
+                names = ["/".join(k.__name__ for k in ts) for ts in (found, (layer_t, attn_t, mlp_t))]
+                raise EdgepruneError(f"layer {i} is {names[0]}; edgeprune supports the stock {names[1]}")
         if c.hidden_size % c.num_attention_heads:
             raise EdgepruneError(f"hidden_size {c.hidden_size} is not divisible by {c.num_attention_heads} heads")
 
@@ -113,12 +112,10 @@ class _HFVisionAdapter(FamilyAdapter):
 
     def _embed(self, pixels: Tensor) -> Tensor:
         """Patch + position embeddings at the model's own size (the embeddings cast the dtype)."""
-        expected = self.spec.img_size
-        if tuple(pixels.shape[-2:]) != expected:
-            raise EdgepruneError(
-                f"input is {tuple(pixels.shape[-2:])} pixels but the model takes {expected}; "
-                "edgeprune does not interpolate position embeddings"
-            )
+        got, expected = tuple(pixels.shape[-2:]), self.spec.img_size
+        if got != expected:
+            msg = f"input is {got} pixels but the model takes {expected}; edgeprune does not interpolate positions"
+            raise EdgepruneError(msg)
         return self.tower.embeddings(pixels, interpolate_pos_encoding=False)
 
     def blocks(self) -> list[BlockView]:
@@ -185,16 +182,14 @@ class SiglipVisionAdapter(_HFVisionAdapter):
         use_head = getattr(self.tower, "use_head", getattr(self.config, "vision_use_head", True))
         self.head = getattr(self.tower, "head", None) if use_head else None
         if self.head is not None:
-            (head_t,) = _classes(self.model_module, "SiglipMultiheadAttentionPoolingHead")
-            if type(self.head) is not head_t:
-                raise EdgepruneError(f"pooling head is {type(self.head).__name__}; edgeprune supports {head_t.__name__}")
+            _check_pooling_head(self.head, self.model_module)
 
     def embed(self, pixels: Tensor) -> Tensor:
         return self._embed(pixels)
 
     def finish(self, x: Tensor, size: Tensor) -> tuple[Tensor, ...]:
         x = self.tower.post_layernorm(x)
-        pooled = self.head(x) if self.head is not None else size_weighted_mean(x, size)
+        pooled = attention_pool(self.head, x) if self.head is not None else size_weighted_mean(x, size)
         return x, pooled, size[..., 0]
 
     def describe(self) -> dict:
@@ -203,23 +198,44 @@ class SiglipVisionAdapter(_HFVisionAdapter):
         return d
 
 
+def _check_pooling_head(head: nn.Module, model_module: str) -> None:
+    """:func:`attention_pool` redoes the head's math, so only the stock head and MHA settings qualify."""
+    (head_t,) = _classes(model_module, "SiglipMultiheadAttentionPoolingHead")
+    a = getattr(head, "attention", None)
+    mha_ok = isinstance(a, nn.MultiheadAttention) and a.batch_first and a._qkv_same_embed_dim
+    mha_ok = mha_ok and a.in_proj_bias is not None and a.bias_k is None and not a.add_zero_attn
+    if not (type(head) is head_t and mha_ok):
+        raise EdgepruneError(f"pooling head {type(head).__name__} is not the stock {head_t.__name__}")
+
+
+def attention_pool(head: nn.Module, x: Tensor) -> Tensor:
+    """SigLIP's attention-pooling head, same weights and math as ``head(x)``, in broadcasts and sums.
+
+    ``nn.MultiheadAttention`` reshapes its one-token, batch-expanded probe query; traced with a batch-1
+    example, that pins the exported batch axis to 1. The probe's query has no batch axis here, so the
+    graph keeps a dynamic batch and needs only MatMul/Mul/ReduceSum/Softmax.
+    """
+    a = head.attention
+    b, n, c = x.shape
+    h = a.num_heads
+    d = c // h
+    wq, wk, wv = a.in_proj_weight.chunk(3)
+    bq, bk, bv = a.in_proj_bias.chunk(3)
+    q = F.linear(head.probe[0, 0], wq, bq).view(h, d) * d**-0.5
+    k = F.linear(x, wk, bk).view(b, n, h, d)
+    v = F.linear(x, wv, bv).view(b, n, h, d)
+    weights = (k * q).sum(dim=-1).softmax(dim=1)  # [B, N, H]
+    pooled = a.out_proj((weights.unsqueeze(-1) * v).sum(dim=1).reshape(b, c))
+    return pooled + head.mlp(head.layernorm(pooled))
+
+
 HF_ADAPTERS: list[type[FamilyAdapter]] = [ClipVisionAdapter, SiglipVisionAdapter]
 
 # config.json's model_type (or, without one, its architectures) -> the family to load
-_LOADERS = {
-    "clip_vision_model": "clip",
-    "clip": "clip",
-    "siglip_vision_model": "siglip",
-    "siglip": "siglip",
-}
-_ARCH_TYPES = {
-    "CLIPVisionModel": "clip",
-    "CLIPVisionModelWithProjection": "clip",
-    "CLIPModel": "clip",
-    "SiglipVisionModel": "siglip",
-    "SiglipModel": "siglip",
-}
-# Unexpected checkpoint keys from parts of a full CLIP/SigLIP checkpoint that the vision tower leaves out.
+_TYPES = {"clip_vision_model": "clip", "clip": "clip", "siglip_vision_model": "siglip", "siglip": "siglip"}
+_ARCHS = {"CLIPVisionModel": "clip", "CLIPVisionModelWithProjection": "clip", "CLIPModel": "clip"}
+_ARCHS.update(SiglipVisionModel="siglip", SiglipModel="siglip")
+# Checkpoint keys of the vision tower itself; other unused keys (text tower, logit scale) are expected.
 _TOWER_KEYS = ("embeddings.", "encoder.", "pre_layrnorm.", "post_layernorm.", "head.")
 
 
@@ -246,9 +262,8 @@ def load_hf_vision(folder: Union[str, Path]) -> nn.Module:
     cls = _class_for(cfg, cfg_file)
     with _quiet_transformers():
         try:
-            model, info = cls.from_pretrained(
-                path, local_files_only=True, output_loading_info=True, ignore_mismatched_sizes=True
-            )
+            kwargs = dict(local_files_only=True, output_loading_info=True, ignore_mismatched_sizes=True)
+            model, info = cls.from_pretrained(path, **kwargs)
         except Exception as exc:  # noqa: BLE001 - the library raises many types; all mean "cannot load"
             raise EdgepruneError(f"cannot load {cls.__name__} from '{path}': {_one_line(exc)}") from None
     _check_loading(info, path)
@@ -261,12 +276,11 @@ def _class_for(cfg: dict, cfg_file: Path) -> type:
     archs = cfg.get("architectures") or []
     archs = archs if isinstance(archs, list) else []
     model_type = cfg.get("model_type")
-    family = _LOADERS.get(model_type) if model_type else next((_ARCH_TYPES[a] for a in archs if a in _ARCH_TYPES), None)
+    family = _TYPES.get(model_type) if model_type else next((_ARCHS[a] for a in archs if a in _ARCHS), None)
     if family is None:
-        supported = ", ".join(_LOADERS)
-        raise EdgepruneError(
-            f"'{cfg_file}' describes model_type {model_type!r} (architectures {archs}); supported: {supported}"
-        )
+        supported = ", ".join(_TYPES)
+        found = f"model_type {model_type!r} (architectures {archs})"
+        raise EdgepruneError(f"'{cfg_file}' has {found}; supported model types: {supported}")
     if family == "siglip":
         return transformers.SiglipVisionModel
     with_projection = model_type != "clip" and "CLIPVisionModelWithProjection" in archs
@@ -275,23 +289,19 @@ def _class_for(cfg: dict, cfg_file: Path) -> type:
 
 def _check_loading(info: dict, path: Path) -> None:
     """Every tower weight must come from the checkpoint, and the checkpoint must not hold more tower."""
+    misfit = f"weights in '{path}' do not fit config.json:"
     mismatched = sorted(info.get("mismatched_keys") or [], key=lambda m: m[0])
     if mismatched:
         key, ckpt, model = mismatched[0]
-        raise EdgepruneError(
-            f"weights in '{path}' do not fit config.json: {len(mismatched)} tensors differ in shape, e.g. "
-            f"{key} is {tuple(ckpt)} in the checkpoint but {tuple(model)} in the model"
-        )
+        shapes = f"{key} is {tuple(ckpt)} in the checkpoint but {tuple(model)} in the model"
+        raise EdgepruneError(f"{misfit} {len(mismatched)} tensors differ in shape, e.g. {shapes}")
     missing = sorted(info.get("missing_keys") or [])
     if missing:
-        raise EdgepruneError(
-            f"weights in '{path}' do not fit config.json: {len(missing)} tensors missing, e.g. {missing[0]}"
-        )
-    extra = sorted(k for k in info.get("unexpected_keys") or [] if k.removeprefix("vision_model.").startswith(_TOWER_KEYS))
+        raise EdgepruneError(f"{misfit} {len(missing)} tensors missing, e.g. {missing[0]}")
+    unused = info.get("unexpected_keys") or []
+    extra = sorted(k for k in unused if k.removeprefix("vision_model.").startswith(_TOWER_KEYS))
     if extra:
-        raise EdgepruneError(
-            f"weights in '{path}' do not fit config.json: {len(extra)} vision tensors unused, e.g. {extra[0]}"
-        )
+        raise EdgepruneError(f"{misfit} {len(extra)} vision tensors unused, e.g. {extra[0]}")
 
 
 @contextmanager

@@ -133,7 +133,9 @@ def export(
         onnx_path = tmp / ONNX_FILE
         say("tracing and converting to ONNX")
         try:
-            _torch_export(reduced, fresh_pixels(shape), onnx_path, dynamic_batch, opset)
+            # Tracing at batch 1 lets the tracer specialize the batch axis; trace a dynamic one at 2.
+            trace_shape = [2, *shape[1:]] if dynamic_batch else shape
+            _torch_export(reduced, fresh_pixels(trace_shape), onnx_path, dynamic_batch, opset)
         except EdgepruneError:
             raise
         except Exception as exc:  # the exporter's errors are long; keep the first line
@@ -141,6 +143,9 @@ def export(
             raise EdgepruneError(f"ONNX export failed: {first}") from exc
         graph = load_graph(onnx_path)
         problems = safety_problems(graph)
+        batch_dim = graph.graph.input[0].type.tensor_type.shape.dim[0]
+        if dynamic_batch and batch_dim.HasField("dim_value"):
+            problems.append("the batch axis was specialized to a constant during tracing")
         if problems:
             raise EdgepruneError(f"exported graph breaks edgeprune's export rules: {problems[0]}")
         say("checking ONNX Runtime against eager PyTorch")

@@ -1,0 +1,348 @@
+"""Latency-calibrated planning: measure this machine's per-block cost once, then plan against it.
+
+MACs say little about batch-1 latency on a CPU: small matmuls run far below peak and every
+reduction point has a fixed cost. So :func:`calibrate` exports the model's first block as two small
+ONNX graphs with a symbolic token axis (attention sub-layer; MLP sub-layer) plus the method's
+reducer at a few static sizes, times them in ONNX Runtime at a grid of token counts, and caches the
+curves as JSON keyed by the model's block dimensions, the method and the machine/runtime.
+:class:`LatencyModel` interpolates those curves to predict a plan's latency ratio, and
+:func:`search_plan` picks the reduction schedule that keeps the most computation within a target.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import os
+import platform
+import random
+import tempfile
+import time
+import warnings
+from contextlib import redirect_stdout
+from dataclasses import dataclass, field
+from itertools import combinations
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgeprune.errors import EdgepruneError
+from edgeprune.plan import TokenPlan, build_plan, min_tokens
+from edgeprune.reducers import METHODS, REDUCERS, ReductionContext
+from edgeprune.spec import ViTSpec
+
+CALIBRATION_FORMAT = 1
+BLOCK_DIMS = ("embed_dim", "num_heads", "mlp_hidden", "num_prefix", "num_patches")
+
+
+def _interp(x: float, xs: np.ndarray, ys: np.ndarray) -> float:
+    """Piecewise-linear through the points, extended linearly past both ends, never negative."""
+    if len(xs) == 1:
+        return float(ys[0])
+    if xs[0] <= x <= xs[-1]:
+        return float(np.interp(x, xs, ys))
+    i = 0 if x < xs[0] else -2
+    slope = (ys[i + 1] - ys[i]) / (xs[i + 1] - xs[i])
+    return max(0.0, float(ys[i] + slope * (x - xs[i])))
+
+
+def _curve(ms: Sequence[float], overhead: float) -> np.ndarray:
+    """Measured medians -> the curve used for prediction: the per-call overhead removed (a real
+    model pays it once per image, not once per sub-layer) and made non-decreasing, so planning never
+    relies on timing noise that makes more tokens look cheaper."""
+    raw = np.asarray(ms, dtype=float)
+    return np.maximum.accumulate(np.maximum(raw - overhead, 0.05 * raw))
+
+
+@dataclass
+class LatencyModel:
+    """Measured ms per sub-layer vs token count (prefix tokens included), for one block shape,
+    one reduction method and one machine. Patch embedding and head are not modelled: they cost the
+    same in every plan, so ratios are ratios of the transformer blocks' time and slightly
+    understate the end-to-end ratio."""
+
+    method: str
+    dims: dict[str, int]  # BLOCK_DIMS of the spec the curves belong to
+    tokens: list[int]  # grid of the attention and MLP curves
+    attention_ms: list[float]
+    mlp_ms: list[float]
+    reducer_tokens: list[int]  # tokens entering one reduction round
+    reducer_ms: list[float]
+    overhead_ms: float = 0.0  # ONNX Runtime's cost of one empty call, measured alongside
+    info: dict[str, Any] = field(default_factory=dict)  # machine, libraries, cache key, timing
+    _memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        n = len(self.tokens)
+        ok = n > 0 and len(self.attention_ms) == len(self.mlp_ms) == n and len(self.reducer_tokens) == len(self.reducer_ms)
+        ok = ok and (self.method == "none" or len(self.reducer_ms) > 0)
+        ok = ok and bool(np.all(np.diff(self.tokens) > 0) and np.all(np.diff(self.reducer_tokens) > 0))
+        if not (ok and all(np.isfinite(v) and v > 0 for v in [*self.attention_ms, *self.mlp_ms, *self.reducer_ms])):
+            raise EdgepruneError("malformed latency model: curve lengths, token grids or timings")
+        self._xs, self._rx = np.asarray(self.tokens, float), np.asarray(self.reducer_tokens, float)
+        self._att, self._mlp = _curve(self.attention_ms, self.overhead_ms), _curve(self.mlp_ms, self.overhead_ms)
+        self._red = _curve(self.reducer_ms, self.overhead_ms)
+
+    def attention(self, n: float) -> float:
+        return _interp(n, self._xs, self._att)
+
+    def mlp(self, n: float) -> float:
+        return _interp(n, self._xs, self._mlp)
+
+    def reducer(self, n_in: float) -> float:
+        """One reduction round (about half the patch tokens go) entering with ``n_in`` tokens."""
+        return _interp(n_in, self._rx, self._red) if len(self._rx) else 0.0
+
+    def reduction_ms(self, n_in: int, n_out: int) -> float:
+        """A reduction point; ToMe and gsp take several halving rounds for big steps, as they run."""
+        p, total = self.dims["num_prefix"], 0.0
+        n, target = n_in - p, n_out - p
+        while n > target:
+            total += self.reducer(p + n)
+            if self.method == "evit":
+                break
+            n -= min(n - target, (n + 1) // 2)
+        return total
+
+    def block_ms(self, n_in_total: int, n_out_total: int) -> float:
+        """Attention at ``n_in_total`` tokens, the reducer if tokens drop, MLP at ``n_out_total``."""
+        key = (n_in_total, n_out_total)
+        if key not in self._memo:
+            self._memo[key] = self.attention(n_in_total) + self.reduction_ms(n_in_total, n_out_total) + self.mlp(n_out_total)
+        return self._memo[key]
+
+    def plan_ms(self, plan: TokenPlan) -> float:
+        """Predicted ms of the plan's blocks (embedding and head excluded, see the class)."""
+        if {k: getattr(plan.spec, k) for k in BLOCK_DIMS} != self.dims:
+            raise EdgepruneError("the latency model was calibrated for a different model configuration")
+        if plan.method != self.method and plan.reduction_points:
+            raise EdgepruneError(f"the latency model was calibrated for '{self.method}', the plan uses '{plan.method}'")
+        p = plan.spec.num_prefix
+        return sum(self.block_ms(p + plan.tokens_in(i), p + k) for i, k in enumerate(plan.keep))
+
+    def ratio(self, plan: TokenPlan) -> float:
+        """Predicted latency of ``plan`` over the unreduced model's: ``build_plan``'s latency_model."""
+        n = plan.spec.num_tokens
+        return self.plan_ms(plan) / (plan.spec.depth * self.block_ms(n, n))
+
+    __call__ = ratio
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": CALIBRATION_FORMAT, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "LatencyModel":
+        if d.get("format") != CALIBRATION_FORMAT:
+            raise EdgepruneError(f"unsupported latency model format {d.get('format')!r}")
+        lists = {k: [(int if k.endswith("tokens") else float)(v) for v in d[k]]
+                 for k in ("tokens", "attention_ms", "mlp_ms", "reducer_tokens", "reducer_ms")}
+        return cls(method=str(d["method"]), dims={k: int(d["dims"][k]) for k in BLOCK_DIMS},
+                   overhead_ms=float(d.get("overhead_ms", 0.0)), info=dict(d.get("info", {})), **lists)
+
+
+def machine_info(threads: int, providers: Sequence[str]) -> dict[str, Any]:
+    """What the timings depend on besides the model: CPU, runtime versions, threads, providers."""
+    import onnxruntime as ort
+
+    cpu = platform.processor()
+    try:
+        cpu = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "machine": platform.machine(), "system": platform.system(), "onnxruntime": ort.__version__,
+            "torch": torch.__version__.split("+")[0], "providers": [p.lower() for p in providers], "threads": threads}
+
+
+class _SubLayer(nn.Module):
+    """Half a block from its view: ``attention`` (norm1, qkv, SDPA, proj, ls1, residual) or ``mlp``."""
+
+    def __init__(self, view: Any, part: str) -> None:
+        super().__init__()
+        self.view, self.part = view, part
+        self.parts = nn.ModuleList(m for m in vars(view).values() if isinstance(m, nn.Module))  # so export sees the weights
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        v = self.view
+        if self.part == "mlp":
+            return x + v.ls2(v.mlp(v.norm2(x)))
+        q, k, val = v.qkv(v.norm1(x))
+        return x + v.ls1(v.attn_out(F.scaled_dot_product_attention(q, k, val, scale=v.scale)))
+
+
+class _Reduce(nn.Module):
+    """Only the reducer, fed random queries and keys: its cost does not depend on their values."""
+
+    def __init__(self, method: str, scale: float, num_prefix: int, keep: int) -> None:
+        super().__init__()
+        self.fn, self.scale, self.num_prefix, self.keep = REDUCERS[method], scale, num_prefix, keep
+
+    def forward(self, x, size, q, k):
+        return self.fn(x, size, ReductionContext(q, k, self.scale, self.num_prefix, None, {}), self.keep)
+
+
+def _export(module: nn.Module, args: tuple, path: Path, dynamic: bool = False) -> None:
+    names = ["x", "size", "q", "k"][: len(args)]
+    shapes = ({1: torch.export.Dim("tokens", min=2, max=max(4096, args[0].shape[1]))},) if dynamic else None
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), redirect_stdout(io.StringIO()), torch.no_grad():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(module.eval(), args, dynamo=True, opset_version=18, input_names=names,
+                                        dynamic_shapes=shapes, optimize=True, external_data=False)
+        program.save(str(path), external_data=False)
+    except Exception as exc:  # the exporter's messages are long; keep the first line
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise EdgepruneError(f"latency calibration could not export {path.stem}: {first}") from exc
+
+
+def _identity_graph(path: Path) -> None:
+    """An empty graph: timing it gives ONNX Runtime's fixed cost per call."""
+    from onnx import TensorProto, helper, save
+
+    x, y = (helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 8]) for n in ("x", "y"))
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "overhead", [x], [y])
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+
+
+def _measure(adapter: Any, method: str, threads: int, providers: Sequence[str], grid_points: int,
+             reducer_points: int, runs: int, warmup: int, say: Callable[[str], None]) -> LatencyModel:
+    from edgeprune.engines.ort import SessionFromOnnx
+
+    spec, view = adapter.spec, adapter.blocks()[0]
+    c, h, p, n_max = spec.embed_dim, spec.num_heads, spec.num_prefix, spec.num_tokens
+    grid = sorted({int(round(v)) for v in np.linspace(min(8, n_max), n_max, max(2, grid_points))})
+    sizes = sorted({max(4, round(spec.num_patches / f)) for f in np.geomspace(1, 6, max(1, reducer_points))}) if method != "none" else []
+    rnd = lambda *shape: np.random.default_rng(len(shape)).standard_normal(shape).astype(np.float32)  # noqa: E731
+    jobs = []  # (curve, tokens, session, feed)
+    with tempfile.TemporaryDirectory(prefix="edgeprune-latency-") as tmp:
+        steps = 2 + len(sizes)
+        for i, part in enumerate(("attention", "mlp")):
+            say(f"latency calibration: exporting the {part} sub-layer ({i + 1}/{steps})")
+            _export(_SubLayer(view, part), (torch.randn(1, n_max, c),), Path(tmp) / f"{part}.onnx", dynamic=True)
+            session = SessionFromOnnx(Path(tmp) / f"{part}.onnx", providers, threads)()
+            jobs += [(part, n, session, {"x": rnd(1, n, c)}) for n in grid]
+        for i, n_tok in enumerate(sizes):
+            say(f"latency calibration: exporting the {method} reducer at {n_tok} tokens ({i + 3}/{steps})")
+            n, keep = p + n_tok, max(min_tokens(method), n_tok // 2)
+            feed = {"x": rnd(1, n, c), "size": np.ones((1, n, 1), np.float32), "q": rnd(1, h, n, c // h), "k": rnd(1, h, n, c // h)}
+            _export(_Reduce(method, view.scale, p, keep), tuple(torch.from_numpy(a) for a in feed.values()), Path(tmp) / f"reducer{n}.onnx")
+            jobs.append(("reducer", n, SessionFromOnnx(Path(tmp) / f"reducer{n}.onnx", providers, threads)(), feed))
+        _identity_graph(Path(tmp) / "identity.onnx")
+        jobs.append(("overhead", 0, SessionFromOnnx(Path(tmp) / "identity.onnx", providers, threads)(), {"x": rnd(1, 8)}))
+        say(f"latency calibration: timing {len(jobs)} graphs x {runs} interleaved runs")
+        medians = _time(jobs, runs, warmup)
+    pick = lambda curve: [m for (name, _, _, _), m in zip(jobs, medians) if name == curve]  # noqa: E731
+    return LatencyModel(method, {k: getattr(spec, k) for k in BLOCK_DIMS}, grid, pick("attention"), pick("mlp"),
+                        [p + s for s in sizes], pick("reducer"), overhead_ms=pick("overhead")[0])
+
+
+def _time(jobs: list, runs: int, warmup: int) -> list[float]:
+    """Median ms per job; each round runs every job once in shuffled order so drift hits all alike."""
+    for _, _, session, feed in jobs:
+        for _ in range(warmup):
+            session.run(None, feed)
+    times, order, shuffler = np.zeros((max(1, runs), len(jobs))), list(range(len(jobs))), random.Random(0)
+    for r in range(len(times)):
+        shuffler.shuffle(order)
+        for i in order:
+            session, feed = jobs[i][2], jobs[i][3]
+            start = time.perf_counter()
+            session.run(None, feed)
+            times[r, i] = (time.perf_counter() - start) * 1e3
+    return [float(v) for v in np.median(times, axis=0)]
+
+
+def calibrate(model: nn.Module, method: str, *, threads: int = 2, providers: Sequence[str] = ("cpu",),
+              cache_dir: Optional[Path] = None, refresh: bool = False, progress: Optional[Callable[[str], None]] = None,
+              grid_points: int = 8, reducer_points: int = 3, runs: int = 20, warmup: int = 3) -> LatencyModel:
+    """This machine's latency model for ``model``'s blocks under ``method``: measured once (about a
+    minute for ViT-B on 2 cores), then read from the cache. A cache file that cannot be read is
+    re-measured with a warning through ``progress``; ``refresh`` forces a re-measure."""
+    from edgeprune.exporters import adapter_for
+
+    say = progress or (lambda _msg: None)
+    method = method.lower()
+    if method not in METHODS:
+        raise EdgepruneError(f"unknown method '{method}' (choose from {', '.join(METHODS)})")
+    adapter = adapter_for(model)
+    info = machine_info(threads, providers)
+    material = dict(info, format=CALIBRATION_FORMAT, family=adapter.family, method=method, grid_points=grid_points,
+                    reducer_points=reducer_points, dims={k: getattr(adapter.spec, k) for k in BLOCK_DIMS})
+    key = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+    root = Path(os.environ.get("EDGEPRUNE_CACHE_DIR") or Path.home() / ".cache" / "edgeprune").expanduser() / "latency"
+    path = Path(cache_dir or root) / f"{adapter.family}-{method}-{key[:16]}.json"
+    if path.exists() and not refresh:
+        try:
+            cached = LatencyModel.from_dict(json.loads(path.read_text()))
+            if cached.info.get("key") != key or cached.method != method:
+                raise EdgepruneError("cache key mismatch")
+            say(f"latency calibration: using cached {path}")
+            return cached
+        except Exception as exc:  # any unreadable cache is only a reason to measure again
+            say(f"warning: ignoring unreadable latency cache {path} ({type(exc).__name__}: {exc}); re-measuring")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if load > (os.cpu_count() or 1):
+        say(f"warning: this machine looks busy (load {load:.1f} on {os.cpu_count()} cores); the timings will include "
+            "the contention: calibrate again with refresh when it is idle")
+    started = time.perf_counter()
+    lm = _measure(adapter, method, threads, providers, grid_points, reducer_points, runs, warmup, say)
+    lm.info = dict(info, key=key, family=adapter.family, runs=runs, load_average=round(load, 2), calibration_seconds=round(time.perf_counter() - started, 1),
+                   created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(lm.to_dict(), f, indent=1)
+        os.replace(tmp, path)
+        say(f"latency calibration: {lm.info['calibration_seconds']} s, cached at {path}")
+    except OSError as exc:
+        say(f"warning: could not cache the latency model at {path}: {exc}")
+    return lm
+
+
+def with_prediction(plan: TokenPlan, latency_model: LatencyModel, **extra: Any) -> TokenPlan:
+    """``plan`` with its predicted latency ratio recorded in ``target`` (for the manifest)."""
+    target = dict(plan.target, predicted_latency_ratio=round(latency_model.ratio(plan), 4),
+                  latency_model=latency_model.info.get("key", "")[:16], **extra)
+    return dataclasses.replace(plan, target=target)
+
+
+def search_plan(model_or_spec: Union[nn.Module, ViTSpec], method: str, latency: float, latency_model: LatencyModel, *,
+                max_points: int = 3, prop_attn: Optional[bool] = None, options: Optional[dict[str, Any]] = None) -> TokenPlan:
+    """The plan within ``latency`` (predicted ratio) that keeps the most computation (highest MACs;
+    fewer reduction points on ties), over every set of 1..``max_points`` reduction points among
+    blocks 0..depth-2 plus ToMe's constant schedule. Each point costs a fixed reducer time on a
+    batch-1 engine, so the best schedule depends on the machine, which is why it is searched."""
+    from edgeprune.exporters import adapter_for
+
+    spec = model_or_spec if isinstance(model_or_spec, ViTSpec) else adapter_for(model_or_spec).spec
+    method = method.lower()
+    if method == "none" or method != latency_model.method:
+        raise EdgepruneError(f"cannot plan '{method}' with a latency model calibrated for '{latency_model.method}'")
+    if not 0 < latency <= 1:
+        raise EdgepruneError(f"the latency target must be in (0, 1], got {latency}")
+    blocks = range(max(1, spec.depth - 1))
+    schedules = [("points", list(c)) for k in range(1, max_points + 1) for c in combinations(blocks, k)]
+    schedules.append(("constant", None))
+    common = dict(prop_attn=prop_attn, options=options, latency_model=latency_model.ratio)
+
+    def attempt(schedule: str, pts: Optional[list[int]], **budget: Any) -> Optional[TokenPlan]:
+        try:
+            return build_plan(spec, method, points=pts, schedule=schedule, **common, **budget)
+        except EdgepruneError:  # infeasible for this schedule
+            return None
+
+    feasible = [plan for schedule, pts in schedules if (plan := attempt(schedule, pts, latency=latency)) is not None]
+    if not feasible:
+        floor = [latency_model.ratio(p) for schedule, pts in schedules if (p := attempt(schedule, pts, tokens=min_tokens(method))) is not None]
+        raise EdgepruneError(f"no reduction schedule reaches a latency ratio of {latency} with '{method}' on this machine "
+                             f"(the smallest achievable is {min(floor, default=1.0):.3f})")
+    best = max(feasible, key=lambda p: (p.macs, -len(p.reduction_points)))
+    return with_prediction(best, latency_model, planner="latency-search", schedules_searched=len(schedules))

@@ -1,0 +1,40 @@
+"""Shared fixtures: tiny but real timm ViTs of every supported layout, fresh random inputs."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import timm
+import torch
+
+TINY = dict(img_size=32, patch_size=8, depth=4, embed_dim=32, num_heads=2, num_classes=7)
+
+# Layouts the timm adapter must handle: CLS token, distillation token, registers + avg pooling,
+# no CLS with avg pooling.
+LAYOUTS = {
+    "cls": ("vit_tiny_patch16_224", {}),
+    "distilled": ("deit_tiny_distilled_patch16_224", {}),
+    "registers": ("vit_tiny_patch16_224", dict(reg_tokens=4, global_pool="avg")),
+    "no_cls_avg": ("vit_tiny_patch16_224", dict(class_token=False, global_pool="avg")),
+}
+
+
+def make_tiny(layout: str = "cls", **overrides) -> torch.nn.Module:
+    name, extra = LAYOUTS[layout]
+    torch.manual_seed(0)
+    return timm.create_model(name, pretrained=False, **{**TINY, **extra, **overrides}).eval()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("EDGEPRUNE_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture
+def pixels():
+    def make(batch: int = 2, size: int = 32, chans: int = 3) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
+        return torch.randn(batch, chans, size, size, generator=gen)
+
+    return make

@@ -1,0 +1,57 @@
+import pytest
+import torch
+
+from edgeprune.reducers import ReductionContext, evit_prune
+
+
+def make(prefix, n_tok=20, batch=2, heads=2, dim=8):
+    torch.manual_seed(prefix + n_tok)
+    n = prefix + n_tok
+    x = torch.randn(batch, n, dim)
+    q, k = torch.randn(batch, heads, n, dim // heads), torch.randn(batch, heads, n, dim // heads)
+    return x, torch.ones(batch, n, 1), ReductionContext(q, k, (dim // heads) ** -0.5, prefix)
+
+
+@pytest.mark.parametrize("prefix", [0, 1, 2, 5])
+def test_keeps_most_attended_and_fuses_the_rest(prefix):
+    x, size, ctx = make(prefix)
+    keep = 6
+    out, out_size = evit_prune(x, size, ctx, keep)
+    assert out.shape == (2, prefix + keep, 8)
+    torch.testing.assert_close(out[:, :prefix], x[:, :prefix])
+    torch.testing.assert_close(out_size.sum(1), size.sum(1))
+    attention = ctx.query_attention()[:, prefix:]
+    for b in range(2):
+        top = torch.topk(attention[b], keep - 1).indices
+        torch.testing.assert_close(out[b, prefix : prefix + keep - 1], x[b, prefix:][top])
+        rest = torch.ones(20, dtype=torch.bool)
+        rest[top] = False
+        w = attention[b][rest]
+        fused = (x[b, prefix:][rest] * w[:, None]).sum(0) / w.sum()
+        torch.testing.assert_close(out[b, -1], fused)
+        assert out_size[b, -1, 0] == rest.sum()
+
+
+def test_query_attention_uses_cls_or_mean_query():
+    x, size, ctx = make(1)
+    row = ((ctx.q[:, :, :1] * ctx.scale) @ ctx.k.transpose(-1, -2)).softmax(-1).mean(1)[:, 0]
+    torch.testing.assert_close(ctx.query_attention(), row)
+    x, size, ctx = make(0)
+    row = ((ctx.q.mean(2, keepdim=True) * ctx.scale) @ ctx.k.transpose(-1, -2)).softmax(-1).mean(1)[:, 0]
+    torch.testing.assert_close(ctx.query_attention(), row)
+
+
+def test_noop_and_minimum():
+    x, size, ctx = make(1)
+    out, _ = evit_prune(x, size, ctx, 20)
+    assert out is x
+    with pytest.raises(ValueError):
+        evit_prune(x, size, ctx, 1)
+
+
+def test_batch_independent():
+    x, size, ctx = make(1, batch=3)
+    out, _ = evit_prune(x, size, ctx, 5)
+    one = ReductionContext(ctx.q[1:2], ctx.k[1:2], ctx.scale, 1)
+    single, _ = evit_prune(x[1:2], size[1:2], one, 5)
+    torch.testing.assert_close(single[0], out[1])

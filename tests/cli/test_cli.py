@@ -1,0 +1,127 @@
+"""The command line as users run it: exit codes, one-line errors, nothing half-written."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from edgeprune.cli.main import main
+from tests.conftest import TINY
+
+TINY_ARGS = [arg for k, v in TINY.items() for arg in ("--model-arg", f"{k}={v}")]
+
+
+def run(argv, capsys):
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def error_line(err: str) -> str:
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    for method, budget in (("none", []), ("tome", ["--flops", "0.6"]), ("evit", ["--keep", "0.4", "--points", "1"])):
+        code = main(["export", "vit_tiny_patch16_224", *TINY_ARGS, "--method", method, *budget, "--out", str(root / method)])
+        assert code == 0
+    return root
+
+
+def test_export_inspect_bench(exported, tmp_path, capsys):
+    code, out, _ = run(["inspect", exported / "tome"], capsys)
+    assert code == 0 and "plan per block" in out and "TopK" in out
+    code, out, _ = run(["inspect", exported / "tome", "--json"], capsys)
+    assert code == 0 and json.loads(out)["method"] == "tome"
+    (tmp_path / "acc.json").write_text(json.dumps({"tome": 0.9, "none": 0.95}))
+    code, out, err = run(
+        ["bench", exported / "none", exported / "tome", exported / "evit", "--rounds", 5, "--warmup", 1,
+         "--json", tmp_path / "b.json", "--plot", tmp_path / "b.png", "--accuracy", tmp_path / "acc.json"],
+        capsys,
+    )
+    assert code == 0, err
+    result = json.loads((tmp_path / "b.json").read_text())
+    rows = {r["name"]: r for r in result["rows"]}
+    assert result["baseline"] == "none" and rows["none"]["speedup"] == 1.0
+    assert rows["tome"]["predicted_speedup"] > 1 and rows["tome"]["p50_ms"] > 0
+    assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
+    assert "0.9" in out
+
+
+def test_checkpoint_roundtrip_and_mismatch(tmp_path, capsys):
+    import timm
+
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, **TINY)
+    save_file(model.state_dict(), str(tmp_path / "w.safetensors"))
+    torch.save({"state_dict": model.state_dict()}, tmp_path / "w.pth")
+    for ckpt in ("w.safetensors", "w.pth"):
+        code, _, err = run(["export", "vit_tiny_patch16_224", *TINY_ARGS, "--checkpoint", tmp_path / ckpt,
+                            "--method", "gsp", "--keep", "0.5", "--out", tmp_path / f"out_{ckpt}"], capsys)
+        assert code == 0, err
+        manifest = json.loads((tmp_path / f"out_{ckpt}" / "manifest.json").read_text())
+        assert manifest["model"]["checkpoint_sha256"]
+    other = [a if a != "embed_dim=32" else "embed_dim=48" for a in TINY_ARGS]
+    code, _, err = run(["export", "vit_tiny_patch16_224", *other, "--checkpoint", tmp_path / "w.safetensors",
+                        "--out", tmp_path / "mismatch", "--flops", "0.5"], capsys)
+    assert code == 2 and "does not fit" in error_line(err)
+    assert not (tmp_path / "mismatch").exists()
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("unpickled!",))
+
+
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["export", "vit_nonexistent_model", "--out", "{tmp}/x"], "unknown model"),
+        (["export", "vit_tiny_patch16_224", *TINY_ARGS, "--keep", "1.5", "--out", "{tmp}/x"], "--keep"),
+        (["export", "vit_tiny_patch16_224", *TINY_ARGS, "--flops", "0.001", "--out", "{tmp}/x"], "cannot reach"),
+        (["export", "vit_tiny_patch16_224", *TINY_ARGS, "--out", "{tmp}/x"], "exactly one"),
+        (["export", "vit_tiny_patch16_224", *TINY_ARGS, "--flops", "0.5", "--checkpoint", "{tmp}/missing.pth", "--out", "{tmp}/x"], "does not exist"),
+        (["export", "vit_tiny_patch16_224", *TINY_ARGS, "--flops", "0.5", "--checkpoint", "{tmp}/evil.pth", "--out", "{tmp}/x"], "plain weights"),
+        (["export", "vit_tiny_patch16_224", *TINY_ARGS, "--flops", "0.5", "--checkpoint", "{tmp}/junk.safetensors", "--out", "{tmp}/x"], "safetensors"),
+        (["export", "vit_tiny_patch16_224", "--model-arg", "depth", "--out", "{tmp}/x"], "KEY=VALUE"),
+        (["export", "vit_tiny_patch16_224", *TINY_ARGS, "--flops", "0.5", "--points", "1,x", "--out", "{tmp}/x"], "comma-separated"),
+        (["export", "resnet18", "--flops", "0.5", "--out", "{tmp}/x"], "not a supported ViT family"),
+        (["inspect", "{tmp}"], "no manifest.json"),
+        (["bench", "{tmp}/nothing"], "not an artifact"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(argv, match, tmp_path, capsys):
+    torch.save(Evil(), tmp_path / "evil.pth")
+    (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 64)
+    code, out, err = run([a.replace("{tmp}", str(tmp_path)) for a in argv], capsys)
+    assert code == 2
+    assert match in error_line(err)
+    assert "unpickled!" not in out
+    assert not (tmp_path / "x").exists()
+
+
+def test_unwritable_output(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code, _, err = run(["export", "vit_tiny_patch16_224", *TINY_ARGS, "--flops", "0.5", "--out", blocker / "sub"], capsys)
+    assert code == 2 and "cannot write" in error_line(err)
+
+
+def test_console_script_exit_code_and_no_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgeprune.cli.main", "export", "vit_tiny_patch16_224", "--tokens", "0", "--out", str(tmp_path / "x")],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "--tokens" in proc.stderr
+    help_proc = subprocess.run([sys.executable, "-m", "edgeprune.cli.main", "--help"], capture_output=True, text=True)
+    assert help_proc.returncode == 0
+    for command in ("export", "bench", "inspect"):
+        assert command in help_proc.stdout

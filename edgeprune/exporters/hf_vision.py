@@ -6,8 +6,8 @@ Both are pre-norm ViTs whose layers expose ``layer_norm1``, ``self_attn`` (q/k/v
 size is supported (``interpolate_pos_encoding=False``): an exported graph has one input shape anyway.
 We call the submodules ourselves, so the model's ``attn_implementation`` does not matter.
 
-Works with the flat layout of transformers 5 (``CLIPVisionModel.embeddings``) and the older one where
-the parts sit one level down (``CLIPVisionModel.vision_model.embeddings``).
+Written for the flat layout of transformers 5 (``CLIPVisionModel.embeddings``); the older layout with
+the parts one level down (``.vision_model.embeddings``) is unwrapped the same way, but only 5.x is tested.
 """
 
 from __future__ import annotations
@@ -288,7 +288,7 @@ def _class_for(cfg: dict, cfg_file: Path) -> type:
 
 
 def _check_loading(info: dict, path: Path) -> None:
-    """Every tower weight must come from the checkpoint, and the checkpoint must not hold more tower."""
+    """Every tower weight must come from the checkpoint, and it may hold no tower weights the config lacks."""
     misfit = f"weights in '{path}' do not fit config.json:"
     mismatched = sorted(info.get("mismatched_keys") or [], key=lambda m: m[0])
     if mismatched:

@@ -63,10 +63,10 @@ def _curve(ms: Sequence[float], overhead: float) -> np.ndarray:
 
 @dataclass
 class LatencyModel:
-    """Measured ms per sub-layer vs token count (prefix tokens included), for one block shape,
-    one reduction method and one machine. Patch embedding and head are not modelled: they cost the
-    same in every plan, so ratios are ratios of the transformer blocks' time and slightly
-    understate the end-to-end ratio."""
+    """Measured ms per sub-layer vs token count (prefix tokens included; a timed call's median
+    divided by the sub-layers it holds) for one block shape, one reduction method and one machine.
+    Patch embedding and head are not modelled: they cost the same in every plan, so ratios are
+    ratios of the blocks' time and slightly understate the end-to-end ratio."""
 
     method: str
     dims: dict[str, int]  # BLOCK_DIMS of the spec the curves belong to
@@ -75,7 +75,7 @@ class LatencyModel:
     mlp_ms: list[float]
     reducer_tokens: list[int]  # tokens entering one reduction round
     reducer_ms: list[float]
-    overhead_ms: float = 0.0  # ONNX Runtime's cost of one empty call, measured alongside
+    overhead_ms: float = 0.0  # an empty ONNX Runtime call's cost, shared out like the timings
     info: dict[str, Any] = field(default_factory=dict)  # machine, libraries, cache key, timing
     _memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -160,35 +160,43 @@ def machine_info(threads: int, providers: Sequence[str]) -> dict[str, Any]:
             "torch": torch.__version__.split("+")[0], "providers": [p.lower() for p in providers], "threads": threads}
 
 
-class _SubLayer(nn.Module):
-    """Half a block from its view: ``attention`` (norm1, qkv, SDPA, proj, ls1, residual) or ``mlp``."""
+class _Chain(nn.Module):
+    """``attention`` (norm1, qkv, SDPA, proj, ls1, residual) or ``mlp`` sub-layers of several blocks
+    in a row. One sub-layer per call would time ONNX Runtime's per-call costs (thread wake-ups, which
+    grow large on a busy machine) that a whole model pays once: on ViT-B at 2 contended threads that
+    read 1.6x slow, a chain of three matched the real model."""
 
-    def __init__(self, view: Any, part: str) -> None:
+    def __init__(self, views: list[Any], part: str) -> None:
         super().__init__()
-        self.view, self.part = view, part
-        self.parts = nn.ModuleList(m for m in vars(view).values() if isinstance(m, nn.Module))  # so export sees the weights
+        self.views, self.part = views, part
+        self.parts = nn.ModuleList(m for v in views for m in vars(v).values() if isinstance(m, nn.Module))  # export sees weights
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        v = self.view
-        if self.part == "mlp":
-            return x + v.ls2(v.mlp(v.norm2(x)))
-        q, k, val = v.qkv(v.norm1(x))
-        return x + v.ls1(v.attn_out(F.scaled_dot_product_attention(q, k, val, scale=v.scale)))
+        for v in self.views:
+            if self.part == "mlp":
+                x = x + v.ls2(v.mlp(v.norm2(x)))
+            else:
+                x = x + v.ls1(v.attn_out(F.scaled_dot_product_attention(*v.qkv(v.norm1(x)), scale=v.scale)))
+        return x
 
 
 class _Reduce(nn.Module):
-    """Only the reducer, fed random queries and keys: its cost does not depend on their values."""
+    """The reducer alone, ``repeat`` times on separate random inputs (x, size, q, k each), so that
+    no copy is merged away; the cost does not depend on the values."""
 
     def __init__(self, method: str, scale: float, num_prefix: int, keep: int) -> None:
         super().__init__()
         self.fn, self.scale, self.num_prefix, self.keep = REDUCERS[method], scale, num_prefix, keep
 
-    def forward(self, x, size, q, k):
-        return self.fn(x, size, ReductionContext(q, k, self.scale, self.num_prefix, None, {}), self.keep)
+    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outs: list[torch.Tensor] = []
+        for x, size, q, k in zip(args[::4], args[1::4], args[2::4], args[3::4]):
+            outs += self.fn(x, size, ReductionContext(q, k, self.scale, self.num_prefix, None, {}), self.keep)
+        return tuple(outs)
 
 
 def _export(module: nn.Module, args: tuple, path: Path, dynamic: bool = False) -> None:
-    names = ["x", "size", "q", "k"][: len(args)]
+    names = [f"in{i}" for i in range(len(args))]
     shapes = ({1: torch.export.Dim("tokens", min=2, max=max(4096, args[0].shape[1]))},) if dynamic else None
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     try:
@@ -206,39 +214,44 @@ def _identity_graph(path: Path) -> None:
     """An empty graph: timing it gives ONNX Runtime's fixed cost per call."""
     from onnx import TensorProto, helper, save
 
-    x, y = (helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 8]) for n in ("x", "y"))
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "overhead", [x], [y])
+    x, y = (helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 8]) for n in ("in0", "y"))
+    graph = helper.make_graph([helper.make_node("Identity", ["in0"], ["y"])], "overhead", [x], [y])
     save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
 
 
 def _measure(adapter: Any, method: str, threads: int, providers: Sequence[str], grid_points: int,
-             reducer_points: int, runs: int, warmup: int, say: Callable[[str], None]) -> LatencyModel:
+             reducer_points: int, repeat: int, runs: int, warmup: int, say: Callable[[str], None]) -> LatencyModel:
     from edgeprune.engines.ort import SessionFromOnnx
 
-    spec, view = adapter.spec, adapter.blocks()[0]
+    spec, views = adapter.spec, adapter.blocks()
+    views = [views[i % len(views)] for i in range(repeat)]  # the first blocks (weights do not matter)
     c, h, p, n_max = spec.embed_dim, spec.num_heads, spec.num_prefix, spec.num_tokens
     grid = sorted({int(round(v)) for v in np.linspace(min(8, n_max), n_max, max(2, grid_points))})
     sizes = sorted({max(4, round(spec.num_patches / f)) for f in np.geomspace(1, 6, max(1, reducer_points))}) if method != "none" else []
-    rnd = lambda *shape: np.random.default_rng(len(shape)).standard_normal(shape).astype(np.float32)  # noqa: E731
+    rng = np.random.default_rng(0)
+    rnd = lambda *shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
     jobs = []  # (curve, tokens, session, feed)
     with tempfile.TemporaryDirectory(prefix="edgeprune-latency-") as tmp:
+        def session(name: str, module: Optional[nn.Module] = None, args: tuple = (), dynamic: bool = False) -> Any:
+            path = Path(tmp) / f"{name}.onnx"
+            _export(module, args, path, dynamic) if module is not None else _identity_graph(path)
+            return SessionFromOnnx(path, providers, threads)()
+
         steps = 2 + len(sizes)
         for i, part in enumerate(("attention", "mlp")):
             say(f"latency calibration: exporting the {part} sub-layer ({i + 1}/{steps})")
-            _export(_SubLayer(view, part), (torch.randn(1, n_max, c),), Path(tmp) / f"{part}.onnx", dynamic=True)
-            session = SessionFromOnnx(Path(tmp) / f"{part}.onnx", providers, threads)()
-            jobs += [(part, n, session, {"x": rnd(1, n, c)}) for n in grid]
+            sess = session(part, _Chain(views, part), (torch.randn(1, n_max, c),), dynamic=True)
+            jobs += [(part, n, sess, {"in0": rnd(1, n, c)}) for n in grid]
         for i, n_tok in enumerate(sizes):
             say(f"latency calibration: exporting the {method} reducer at {n_tok} tokens ({i + 3}/{steps})")
             n, keep = p + n_tok, max(min_tokens(method), n_tok // 2)
-            feed = {"x": rnd(1, n, c), "size": np.ones((1, n, 1), np.float32), "q": rnd(1, h, n, c // h), "k": rnd(1, h, n, c // h)}
-            _export(_Reduce(method, view.scale, p, keep), tuple(torch.from_numpy(a) for a in feed.values()), Path(tmp) / f"reducer{n}.onnx")
-            jobs.append(("reducer", n, SessionFromOnnx(Path(tmp) / f"reducer{n}.onnx", providers, threads)(), feed))
-        _identity_graph(Path(tmp) / "identity.onnx")
-        jobs.append(("overhead", 0, SessionFromOnnx(Path(tmp) / "identity.onnx", providers, threads)(), {"x": rnd(1, 8)}))
+            args = [a for _ in range(repeat) for a in (rnd(1, n, c), np.ones((1, n, 1), np.float32), rnd(1, h, n, c // h), rnd(1, h, n, c // h))]
+            sess = session(f"reducer{n}", _Reduce(method, views[0].scale, p, keep), tuple(map(torch.from_numpy, args)))
+            jobs.append(("reducer", n, sess, {f"in{j}": a for j, a in enumerate(args)}))
+        jobs.append(("overhead", 0, session("identity"), {"in0": rnd(1, 8)}))
         say(f"latency calibration: timing {len(jobs)} graphs x {runs} interleaved runs")
         medians = _time(jobs, runs, warmup)
-    pick = lambda curve: [m for (name, _, _, _), m in zip(jobs, medians) if name == curve]  # noqa: E731
+    pick = lambda curve: [m / repeat for (name, _, _, _), m in zip(jobs, medians) if name == curve]  # noqa: E731
     return LatencyModel(method, {k: getattr(spec, k) for k in BLOCK_DIMS}, grid, pick("attention"), pick("mlp"),
                         [p + s for s in sizes], pick("reducer"), overhead_ms=pick("overhead")[0])
 
@@ -261,7 +274,7 @@ def _time(jobs: list, runs: int, warmup: int) -> list[float]:
 
 def calibrate(model: nn.Module, method: str, *, threads: int = 2, providers: Sequence[str] = ("cpu",),
               cache_dir: Optional[Path] = None, refresh: bool = False, progress: Optional[Callable[[str], None]] = None,
-              grid_points: int = 8, reducer_points: int = 3, runs: int = 20, warmup: int = 3) -> LatencyModel:
+              grid_points: int = 8, reducer_points: int = 3, repeat: int = 3, runs: int = 20, warmup: int = 3) -> LatencyModel:
     """This machine's latency model for ``model``'s blocks under ``method``: measured once (about a
     minute for ViT-B on 2 cores), then read from the cache. A cache file that cannot be read is
     re-measured with a warning through ``progress``; ``refresh`` forces a re-measure."""
@@ -274,7 +287,7 @@ def calibrate(model: nn.Module, method: str, *, threads: int = 2, providers: Seq
     adapter = adapter_for(model)
     info = machine_info(threads, providers)
     material = dict(info, format=CALIBRATION_FORMAT, family=adapter.family, method=method, grid_points=grid_points,
-                    reducer_points=reducer_points, dims={k: getattr(adapter.spec, k) for k in BLOCK_DIMS})
+                    reducer_points=reducer_points, repeat=repeat, dims={k: getattr(adapter.spec, k) for k in BLOCK_DIMS})
     key = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
     root = Path(os.environ.get("EDGEPRUNE_CACHE_DIR") or Path.home() / ".cache" / "edgeprune").expanduser() / "latency"
     path = Path(cache_dir or root) / f"{adapter.family}-{method}-{key[:16]}.json"
@@ -292,8 +305,8 @@ def calibrate(model: nn.Module, method: str, *, threads: int = 2, providers: Seq
         say(f"warning: this machine looks busy (load {load:.1f} on {os.cpu_count()} cores); the timings will include "
             "the contention: calibrate again with refresh when it is idle")
     started = time.perf_counter()
-    lm = _measure(adapter, method, threads, providers, grid_points, reducer_points, runs, warmup, say)
-    lm.info = dict(info, key=key, family=adapter.family, runs=runs, load_average=round(load, 2), calibration_seconds=round(time.perf_counter() - started, 1),
+    lm = _measure(adapter, method, threads, providers, grid_points, reducer_points, max(1, repeat), runs, warmup, say)
+    lm.info = dict(info, key=key, family=adapter.family, runs=runs, repeat=repeat, load_average=round(load, 2), calibration_seconds=round(time.perf_counter() - started, 1),
                    created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

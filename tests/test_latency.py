@@ -18,7 +18,7 @@ from edgeprune import latency as L  # noqa: E402
 from edgeprune.errors import EdgepruneError  # noqa: E402
 from edgeprune.plan import build_plan  # noqa: E402
 
-FAST = dict(grid_points=3, reducer_points=2, runs=3, warmup=1)
+FAST = dict(grid_points=3, reducer_points=2, repeat=2, runs=3, warmup=1)
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,8 @@ def adapter_for(model: nn.Module) -> FamilyAdapter:
         if cls.matches(model):
             return cls(model)
     names = ", ".join(c.family for c in ADAPTERS)
-    raise EdgepruneError(f"{type(model).__name__} is not a supported ViT family (supported: {names})")
+    hint = "; pass its .vision_model (the vision tower)" if hasattr(model, "vision_model") else ""
+    raise EdgepruneError(f"{type(model).__name__} is not a supported ViT family (supported: {names}){hint}")
 
 
 __all__ = ["ADAPTERS", "FamilyAdapter", "ReducedViT", "adapter_for"]

@@ -1,8 +1,8 @@
 """Latency-calibrated planning: measure this machine's per-block cost once, then plan against it.
 
 MACs say little about batch-1 latency on a CPU: small matmuls run far below peak and every
-reduction point has a fixed cost. So :func:`calibrate` exports the model's first block as two small
-ONNX graphs with a symbolic token axis (attention sub-layer; MLP sub-layer) plus the method's
+reduction point has a fixed cost. So :func:`calibrate` exports the model's first blocks as two small
+ONNX graphs with a symbolic token axis (attention sub-layers; MLP sub-layers) plus the method's
 reducer at a few static sizes, times them in ONNX Runtime at a grid of token counts, and caches the
 curves as JSON keyed by the model's block dimensions, the method and the machine/runtime.
 :class:`LatencyModel` interpolates those curves to predict a plan's latency ratio, and
@@ -53,12 +53,10 @@ def _interp(x: float, xs: np.ndarray, ys: np.ndarray) -> float:
     return max(0.0, float(ys[i] + slope * (x - xs[i])))
 
 
-def _curve(ms: Sequence[float], overhead: float) -> np.ndarray:
-    """Measured medians -> the curve used for prediction: the per-call overhead removed (a real
-    model pays it once per image, not once per sub-layer) and made non-decreasing, so planning never
-    relies on timing noise that makes more tokens look cheaper."""
-    raw = np.asarray(ms, dtype=float)
-    return np.maximum.accumulate(np.maximum(raw - overhead, 0.05 * raw))
+def _curve(ms: Sequence[float]) -> np.ndarray:
+    """Measured medians made non-decreasing, so planning never relies on timing noise that makes
+    more tokens look cheaper (the raw points stay in the model and its JSON)."""
+    return np.maximum.accumulate(np.asarray(ms, dtype=float))
 
 
 @dataclass
@@ -75,7 +73,6 @@ class LatencyModel:
     mlp_ms: list[float]
     reducer_tokens: list[int]  # tokens entering one reduction round
     reducer_ms: list[float]
-    overhead_ms: float = 0.0  # an empty ONNX Runtime call's cost, shared out like the timings
     info: dict[str, Any] = field(default_factory=dict)  # machine, libraries, cache key, timing
     _memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -87,8 +84,7 @@ class LatencyModel:
         if not (ok and all(np.isfinite(v) and v > 0 for v in [*self.attention_ms, *self.mlp_ms, *self.reducer_ms])):
             raise EdgepruneError("malformed latency model: curve lengths, token grids or timings")
         self._xs, self._rx = np.asarray(self.tokens, float), np.asarray(self.reducer_tokens, float)
-        self._att, self._mlp = _curve(self.attention_ms, self.overhead_ms), _curve(self.mlp_ms, self.overhead_ms)
-        self._red = _curve(self.reducer_ms, self.overhead_ms)
+        self._att, self._mlp, self._red = _curve(self.attention_ms), _curve(self.mlp_ms), _curve(self.reducer_ms)
 
     def attention(self, n: float) -> float:
         return _interp(n, self._xs, self._att)
@@ -144,7 +140,7 @@ class LatencyModel:
         lists = {k: [(int if k.endswith("tokens") else float)(v) for v in d[k]]
                  for k in ("tokens", "attention_ms", "mlp_ms", "reducer_tokens", "reducer_ms")}
         return cls(method=str(d["method"]), dims={k: int(d["dims"][k]) for k in BLOCK_DIMS},
-                   overhead_ms=float(d.get("overhead_ms", 0.0)), info=dict(d.get("info", {})), **lists)
+                   info=dict(d.get("info", {})), **lists)
 
 
 def machine_info(threads: int, providers: Sequence[str]) -> dict[str, Any]:
@@ -161,10 +157,9 @@ def machine_info(threads: int, providers: Sequence[str]) -> dict[str, Any]:
 
 
 class _Chain(nn.Module):
-    """``attention`` (norm1, qkv, SDPA, proj, ls1, residual) or ``mlp`` sub-layers of several blocks
-    in a row. One sub-layer per call would time ONNX Runtime's per-call costs (thread wake-ups, which
-    grow large on a busy machine) that a whole model pays once: on ViT-B at 2 contended threads that
-    read 1.6x slow, a chain of three matched the real model."""
+    """``attention`` (norm1, qkv, SDPA, proj, ls1, residual) or ``mlp`` sub-layers of the first
+    blocks in a row, so that one timed call holds several and ONNX Runtime's per-call costs, which a
+    whole model pays once, are shared out as they are in the real graph."""
 
     def __init__(self, views: list[Any], part: str) -> None:
         super().__init__()
@@ -210,15 +205,6 @@ def _export(module: nn.Module, args: tuple, path: Path, dynamic: bool = False) -
         raise EdgepruneError(f"latency calibration could not export {path.stem}: {first}") from exc
 
 
-def _identity_graph(path: Path) -> None:
-    """An empty graph: timing it gives ONNX Runtime's fixed cost per call."""
-    from onnx import TensorProto, helper, save
-
-    x, y = (helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 8]) for n in ("in0", "y"))
-    graph = helper.make_graph([helper.make_node("Identity", ["in0"], ["y"])], "overhead", [x], [y])
-    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
-
-
 def _measure(adapter: Any, method: str, threads: int, providers: Sequence[str], grid_points: int,
              reducer_points: int, repeat: int, runs: int, warmup: int, say: Callable[[str], None]) -> LatencyModel:
     from edgeprune.engines.ort import SessionFromOnnx
@@ -232,10 +218,9 @@ def _measure(adapter: Any, method: str, threads: int, providers: Sequence[str], 
     rnd = lambda *shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
     jobs = []  # (curve, tokens, session, feed)
     with tempfile.TemporaryDirectory(prefix="edgeprune-latency-") as tmp:
-        def session(name: str, module: Optional[nn.Module] = None, args: tuple = (), dynamic: bool = False) -> Any:
-            path = Path(tmp) / f"{name}.onnx"
-            _export(module, args, path, dynamic) if module is not None else _identity_graph(path)
-            return SessionFromOnnx(path, providers, threads)()
+        def session(name: str, module: nn.Module, args: tuple, dynamic: bool = False) -> Any:
+            _export(module, args, Path(tmp) / f"{name}.onnx", dynamic)
+            return SessionFromOnnx(Path(tmp) / f"{name}.onnx", providers, threads)()
 
         steps = 2 + len(sizes)
         for i, part in enumerate(("attention", "mlp")):
@@ -248,35 +233,44 @@ def _measure(adapter: Any, method: str, threads: int, providers: Sequence[str], 
             args = [a for _ in range(repeat) for a in (rnd(1, n, c), np.ones((1, n, 1), np.float32), rnd(1, h, n, c // h), rnd(1, h, n, c // h))]
             sess = session(f"reducer{n}", _Reduce(method, views[0].scale, p, keep), tuple(map(torch.from_numpy, args)))
             jobs.append(("reducer", n, sess, {f"in{j}": a for j, a in enumerate(args)}))
-        jobs.append(("overhead", 0, session("identity"), {"in0": rnd(1, 8)}))
-        say(f"latency calibration: timing {len(jobs)} graphs x {runs} interleaved runs")
+        say(f"latency calibration: timing {len(jobs)} shapes x {runs} runs")
         medians = _time(jobs, runs, warmup)
     pick = lambda curve: [m / repeat for (name, _, _, _), m in zip(jobs, medians) if name == curve]  # noqa: E731
     return LatencyModel(method, {k: getattr(spec, k) for k in BLOCK_DIMS}, grid, pick("attention"), pick("mlp"),
-                        [p + s for s in sizes], pick("reducer"), overhead_ms=pick("overhead")[0])
+                        [p + s for s in sizes], pick("reducer"))
 
 
-def _time(jobs: list, runs: int, warmup: int) -> list[float]:
-    """Median ms per job; each round runs every job once in shuffled order so drift hits all alike."""
-    for _, _, session, feed in jobs:
-        for _ in range(warmup):
-            session.run(None, feed)
-    times, order, shuffler = np.zeros((max(1, runs), len(jobs))), list(range(len(jobs))), random.Random(0)
-    for r in range(len(times)):
-        shuffler.shuffle(order)
-        for i in order:
-            session, feed = jobs[i][2], jobs[i][3]
-            start = time.perf_counter()
-            session.run(None, feed)
-            times[r, i] = (time.perf_counter() - start) * 1e3
-    return [float(v) for v in np.median(times, axis=0)]
+def _time(jobs: list, runs: int, warmup: int, per_visit: int = 5, settle_s: float = 0.1) -> list[float]:
+    """Median ms per job. Every session has its own thread pool, and right after another session ran,
+    its first calls are slow (ViT-B at 2 threads: up to 1.7x for ~0.1 s) while a deployed model's
+    one session stays hot. So sessions take turns in shuffled visits, each visit runs untimed for
+    ``settle_s`` first, then times each of its jobs ``per_visit`` times, shuffled: drift between
+    visits and along the token grid hits all points alike."""
+    sessions: dict[int, list[int]] = {}
+    for i, (_, _, session, _) in enumerate(jobs):
+        sessions.setdefault(id(session), []).append(i)
+    runs, times = max(1, runs), [[] for _ in jobs]
+    shuffler, visits = random.Random(0), list(sessions.values())
+    for visit in range(-(-runs // per_visit)):
+        shuffler.shuffle(visits)
+        for group in visits:
+            session, calls, start = jobs[group[0]][2], 0, time.perf_counter()
+            while calls < max(warmup * len(group) if visit == 0 else 0, 3) or time.perf_counter() - start < settle_s:
+                session.run(None, jobs[group[calls % len(group)]][3])
+                calls += 1
+            for _ in range(min(per_visit, runs - visit * per_visit)):
+                for i in shuffler.sample(group, len(group)):
+                    start = time.perf_counter()
+                    session.run(None, jobs[i][3])
+                    times[i].append((time.perf_counter() - start) * 1e3)
+    return [float(np.median(t)) for t in times]
 
 
 def calibrate(model: nn.Module, method: str, *, threads: int = 2, providers: Sequence[str] = ("cpu",),
               cache_dir: Optional[Path] = None, refresh: bool = False, progress: Optional[Callable[[str], None]] = None,
               grid_points: int = 8, reducer_points: int = 3, repeat: int = 3, runs: int = 20, warmup: int = 3) -> LatencyModel:
-    """This machine's latency model for ``model``'s blocks under ``method``: measured once (about a
-    minute for ViT-B on 2 cores), then read from the cache. A cache file that cannot be read is
+    """This machine's latency model for ``model``'s blocks under ``method``: measured once (about
+    30 s for ViT-B on 2 cores), then read from the cache. A cache file that cannot be read is
     re-measured with a warning through ``progress``; ``refresh`` forces a re-measure."""
     from edgeprune.exporters import adapter_for
 
@@ -329,8 +323,8 @@ def with_prediction(plan: TokenPlan, latency_model: LatencyModel, **extra: Any) 
 
 def search_plan(model_or_spec: Union[nn.Module, ViTSpec], method: str, latency: float, latency_model: LatencyModel, *,
                 max_points: int = 3, prop_attn: Optional[bool] = None, options: Optional[dict[str, Any]] = None) -> TokenPlan:
-    """The plan within ``latency`` (predicted ratio) that keeps the most computation (highest MACs;
-    fewer reduction points on ties), over every set of 1..``max_points`` reduction points among
+    """The plan within ``latency`` (predicted ratio) that keeps the most computation (highest MACs,
+    then the most final tokens among plans within 2% of it), over every set of 1..``max_points`` reduction points among
     blocks 0..depth-2 plus ToMe's constant schedule. Each point costs a fixed reducer time on a
     batch-1 engine, so the best schedule depends on the machine, which is why it is searched."""
     from edgeprune.exporters import adapter_for
@@ -357,5 +351,9 @@ def search_plan(model_or_spec: Union[nn.Module, ViTSpec], method: str, latency: 
         floor = [latency_model.ratio(p) for schedule, pts in schedules if (p := attempt(schedule, pts, tokens=min_tokens(method))) is not None]
         raise EdgepruneError(f"no reduction schedule reaches a latency ratio of {latency} with '{method}' on this machine "
                              f"(the smallest achievable is {min(floor, default=1.0):.3f})")
-    best = max(feasible, key=lambda p: (p.macs, -len(p.reduction_points)))
+    # MACs alone are nearly flat across schedules (one late deep cut ~ one early mild cut), so among
+    # plans within 2% of the most computation keep the one with the most tokens at the end.
+    most = max(p.macs for p in feasible)
+    near = [p for p in feasible if p.macs >= 0.98 * most]
+    best = max(near, key=lambda p: (p.final_tokens, p.macs, -len(p.reduction_points)))
     return with_prediction(best, latency_model, planner="latency-search", schedules_searched=len(schedules))

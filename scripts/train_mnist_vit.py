@@ -139,6 +139,7 @@ def save(model: torch.nn.Module, out: Path, args: argparse.Namespace, top1: floa
     tmp = out / "model.safetensors.tmp"
     save_file(state, str(tmp), metadata={"format": "pt", "timm_name": TIMM_NAME})
     os.replace(tmp, out / "model.safetensors")
+    os.chmod(out / "model.safetensors", 0o644)  # safetensors writes 0600; the file is meant to be shared
 
     config = {
         "timm_name": TIMM_NAME,
@@ -176,6 +177,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--shift", type=int, default=2, help="max random translation in px")
+    # On a busy shared machine, 1 thread is far faster than 2 (OpenMP threads wait on each other).
     p.add_argument("--threads", type=int, default=2)
     return p.parse_args(argv)
 

@@ -20,6 +20,7 @@ def bench(
     batch: int = BatchOpt,
     rounds: int = typer.Option(50, "--rounds", help="Timed rounds; each runs every artifact once, in shuffled order."),
     warmup: int = typer.Option(5, "--warmup", help="Untimed runs per artifact first."),
+    settle: int = typer.Option(2, "--settle", help="Untimed runs before each timed run (lets the previous session's threads go quiet)."),
     threads: int = ThreadsOpt,
     provider: str = ProviderOpt,
     baseline: Optional[str] = typer.Option(None, "--baseline", help="Artifact to compare against (default: the method 'none' one, else the largest)."),
@@ -37,7 +38,7 @@ def bench(
         task = bar.add_task("rounds", total=rounds)
         result = benchmark(
             loaded, batch=batch, rounds=rounds, warmup=warmup, threads=threads, providers=[provider],
-            baseline=baseline, progress=lambda done, _total: bar.update(task, completed=done),
+            baseline=baseline, settle=settle, progress=lambda done, _total: bar.update(task, completed=done),
         )
     table = Table(title=f"batch {batch}, {threads} threads, {provider}, {rounds} interleaved rounds; baseline {result.baseline}")
     columns = ["artifact", "method", "tokens", "MACs", "p50 ms", "p90 ms", "p99 ms", "img/s", "speedup", "predicted", "realized/pred"]

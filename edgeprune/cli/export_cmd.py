@@ -62,14 +62,22 @@ def export(
 
 
 def _latency_plan(net, method, latency, points, schedule, threads, common):
-    from edgeprune.latency import calibrate, search_plan
+    from edgeprune.latency import calibrate, search_plan, with_prediction
     from edgeprune.plan import build_plan
 
     with console.status("calibrating per-block latency (cached after the first run)") as status:
-        model = calibrate(net, method, threads=threads, progress=status.update)
+        model = calibrate(net, method, threads=threads, progress=lambda msg: _status_or_warn(status, msg))
     if points is None and schedule == "points":
         return search_plan(net, method, latency, model, **common)
-    return build_plan(net, method, latency=latency, points=points, schedule=schedule, latency_model=model.ratio, **common)
+    plan = build_plan(net, method, latency=latency, points=points, schedule=schedule, latency_model=model.ratio, **common)
+    return with_prediction(plan, model)
+
+
+def _status_or_warn(status, message: str) -> None:
+    if message.startswith("warning"):
+        console.print(f"[yellow]{message}[/]", highlight=False)
+    else:
+        status.update(message)
 
 
 def _print_summary(path: Path, manifest: dict, seconds: float) -> None:

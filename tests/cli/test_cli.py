@@ -125,3 +125,17 @@ def test_console_script_exit_code_and_no_traceback(tmp_path):
     assert help_proc.returncode == 0
     for command in ("export", "bench", "inspect"):
         assert command in help_proc.stdout
+
+
+def test_latency_budget_end_to_end(tmp_path, capsys):
+    # Enough tokens (256) and width that dropping tokens pays for the reducer on a CPU.
+    wide = ["--model-arg", "img_size=64", "--model-arg", "patch_size=4", "--model-arg", "embed_dim=128",
+            "--model-arg", "depth=4", "--model-arg", "num_heads=2"]
+    code, _, err = run(["export", "vit_tiny_patch16_224", *wide, "--method", "tome", "--latency", "0.8",
+                        "--out", tmp_path / "lat"], capsys)
+    assert code == 0, err
+    target = json.loads((tmp_path / "lat" / "manifest.json").read_text())["plan"]["target"]
+    assert target["planner"] == "latency-search" and target["predicted_latency_ratio"] <= 0.8
+    code, _, err = run(["export", "vit_tiny_patch16_224", *wide, "--method", "tome", "--latency", "0.01",
+                        "--out", tmp_path / "lat2"], capsys)
+    assert code == 2 and "latency ratio of 0.01" in error_line(err)

@@ -1,0 +1,30 @@
+"""Full-size cases: real ViT-B/S, DeiT-B distilled, a register ViT, CLIP and SigLIP at default sizes.
+
+Run with ``python -m pytest -m heavy`` (CI runs them after the fast suite when time allows).
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgeprune.cli.main import main
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.heavy
+
+
+def test_parity_matrix_full_size():
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "parity_matrix.py")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "20 exports x 2 batch sizes" in proc.stdout
+
+
+def test_vit_base_export_and_inspect(tmp_path):
+    out = tmp_path / "vitb"
+    assert main(["export", "vit_base_patch16_224", "--method", "tome", "--flops", "0.5", "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["flops"]["macs_ratio"] <= 0.5 and manifest["parity"]["max"] <= 1e-4
+    assert main(["inspect", str(out)]) == 0

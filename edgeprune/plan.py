@@ -117,12 +117,12 @@ def points_schedule(num_patches: int, depth: int, points: Sequence[int], final: 
     return tuple(keep)
 
 
-def constant_schedule(num_patches: int, depth: int, r: int, start: int = 0) -> tuple[int, ...]:
-    """ToMe's schedule: ``r`` tokens fewer at every block from ``start`` on."""
+def constant_schedule(num_patches: int, depth: int, r: int, start: int = 0, floor: int = 1) -> tuple[int, ...]:
+    """ToMe's schedule: ``r`` tokens fewer at every block from ``start`` on, never below ``floor``."""
     keep, n = [], num_patches
     for block in range(depth):
         if block >= start:
-            n = max(1, n - r)
+            n = max(floor, n - r)
         keep.append(n)
     return tuple(keep)
 
@@ -187,7 +187,7 @@ def build_plan(
     def by_final(final: int) -> tuple[int, ...]:
         if schedule == "points":
             return points_schedule(n0, depth, pts, final)
-        return constant_schedule(n0, depth, math.ceil((n0 - final) / depth))
+        return constant_schedule(n0, depth, math.ceil((n0 - final) / depth), floor=lo)
 
     if "keep" in budgets:
         if not 0 < keep <= 1:

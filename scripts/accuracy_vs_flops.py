@@ -1,8 +1,8 @@
 """Held-out MNIST top-1 of the reference ViT under token reduction, vs realised MACs.
 
 For each method and MACs target, plans are built with several reduction-point
-schedules (the library default, a single early point, three spread points) and
-the reduced model is evaluated in eager PyTorch on the 2000 held-out digits.
+schedules (the library default, a single early point, three spread points, and
+ToMe's constant r per block) and the reduced model is evaluated in eager PyTorch on the 2000 held-out digits.
 
     python scripts/accuracy_vs_flops.py --json out/mnist_acc.json --plot out/mnist_acc.png
 """
@@ -41,13 +41,15 @@ def schedules_for(depth: int) -> dict[str, dict[str, Any]]:
     """Reduction schedules to compare, as build_plan kwargs keyed by a short label.
 
     The three-point schedule is [1, 3, 5] at depth 6 and keeps the same relative
-    positions at other depths.
+    positions at other depths. ToMe's constant-r schedule is the reference the
+    few-point schedules (cheaper per reduction point on an engine) must compete with.
     """
     spread = sorted({min(depth - 1, round(depth * f / 6)) for f in (1, 3, 5)})
     return {
         "default": {},
         "[1]": {"points": [1]},
         str(spread).replace(" ", ""): {"points": spread},
+        "constant": {"schedule": "constant"},
     }
 
 
@@ -111,7 +113,7 @@ def print_tables(baseline: dict[str, Any], rows: list[dict[str, Any]]) -> None:
         f"{baseline['macs'] / 1e6:.1f} MMACs/image"
     )
     print()
-    hdr = f"{'method':<6} {'target':>6} {'schedule':<9} {'points':<10} {'tokens':>6} {'MACs':>6} {'top-1':>7} {'drop':>7}"
+    hdr = f"{'method':<6} {'target':>6} {'schedule':<9} {'points':<13} {'tokens':>6} {'MACs':>6} {'top-1':>7} {'drop':>7}"
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
@@ -121,7 +123,7 @@ def print_tables(baseline: dict[str, Any], rows: list[dict[str, Any]]) -> None:
             continue
         pts = str(r["points"]).replace(" ", "")
         print(
-            f"{head} {pts:<10} {r['final_tokens']:>6d} {r['macs_ratio']:>6.3f} "
+            f"{head} {pts:<13} {r['final_tokens']:>6d} {r['macs_ratio']:>6.3f} "
             f"{r['top1']:>7.4f} {r['drop'] * 100:>+6.2f}pp"
         )
     print()
@@ -148,12 +150,11 @@ def plot(baseline: dict[str, Any], rows: list[dict[str, Any]], path: Path) -> No
     best = best_by_target(rows)
     for method in dict.fromkeys(r["method"] for r in rows):
         ok = [r for r in rows if r["method"] == method and "error" not in r]
+        pts = sorted((b["macs_ratio"], b["top1"] * 100) for (m, _), b in best.items() if m == method)
+        if not pts:
+            continue
         # Every schedule as faint dots, the best per target as the method's line.
-        (line,) = ax.plot(
-            *zip(*sorted((b["macs_ratio"], b["top1"] * 100) for (m, _), b in best.items() if m == method)),
-            marker="o",
-            label=method,
-        )
+        (line,) = ax.plot(*zip(*pts), marker="o", label=method)
         ax.scatter([r["macs_ratio"] for r in ok], [r["top1"] * 100 for r in ok], s=12, alpha=0.35, color=line.get_color())
     ax.axhline(baseline["top1"] * 100, color="grey", linestyle="--", linewidth=1, label="unreduced")
     ax.set_xlabel("realised MACs / unreduced MACs")

@@ -80,3 +80,11 @@ def test_latency_model_hook():
     # Any monotone cost works as a latency model; the plan must respect it.
     plan = build_plan(VIT_B, "tome", latency=0.6, latency_model=lambda p: p.macs_ratio * 0.9 + 0.1)
     assert plan.macs_ratio * 0.9 + 0.1 <= 0.6
+
+
+def test_constant_schedule_respects_method_minimum():
+    # EViT needs 2 tokens (one kept + the fused one); an aggressive constant r must clamp there.
+    plan = build_plan(VIT_B, "evit", tokens=2, schedule="constant")
+    assert min(plan.keep) == 2
+    with pytest.raises(EdgepruneError, match="cannot reach"):
+        build_plan(VIT_B, "evit", flops=0.05, schedule="constant")

@@ -37,7 +37,8 @@ def edge_threshold(similarity: Tensor, options: dict) -> Tensor:
         return torch.full_like(similarity[:, :1, :1], float(options["gsp_threshold"]))
     flat = similarity.flatten(1)
     alpha = float(options.get("gsp_alpha", 0.0))
-    return (flat.mean(dim=1) + alpha * flat.std(dim=1)).view(-1, 1, 1)
+    # Population std: a single similarity (two tokens left) has spread 0, not NaN.
+    return (flat.mean(dim=1) + alpha * flat.std(dim=1, correction=0)).view(-1, 1, 1)
 
 
 def graph_prune_round(

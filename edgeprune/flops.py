@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from edgeprune.reducers.common import round_sizes
 from edgeprune.spec import ViTSpec
 
 if TYPE_CHECKING:
@@ -31,9 +32,8 @@ def reducer_macs(spec: ViTSpec, method: str, n_tok_in: int, n_tok_out: int) -> i
         return spec.num_heads * n_tok_in * spec.head_dim + n_tok_in * spec.embed_dim
     width = spec.head_dim if method == "tome" else spec.embed_dim
     macs, n = 0, n_tok_in
-    while n > n_tok_out:  # one bipartite round per halving, as the reducers do
+    for r in round_sizes(n_tok_in, n_tok_out):  # the rounds the reducers run
         n_a, n_b = (n + 1) // 2, n // 2
-        r = min(n - n_tok_out, n_a)
         macs += n_a * n_b * width + n_b * r * spec.embed_dim
         n -= r
     return macs

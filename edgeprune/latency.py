@@ -36,6 +36,7 @@ from torch import nn
 from edgeprune.errors import EdgepruneError
 from edgeprune.plan import TokenPlan, build_plan, min_tokens
 from edgeprune.reducers import METHODS, REDUCERS, ReductionContext
+from edgeprune.reducers.common import round_sizes
 from edgeprune.spec import ViTSpec
 
 CALIBRATION_FORMAT = 1
@@ -98,13 +99,15 @@ class LatencyModel:
 
     def reduction_ms(self, n_in: int, n_out: int) -> float:
         """A reduction point; ToMe and gsp take several halving rounds for big steps, as they run."""
-        p, total = self.dims["num_prefix"], 0.0
-        n, target = n_in - p, n_out - p
-        while n > target:
+        p = self.dims["num_prefix"]
+        if n_out >= n_in:
+            return 0.0
+        if self.method == "evit":
+            return self.reducer(n_in)
+        total, n = 0.0, n_in - p
+        for r in round_sizes(n, n_out - p):
             total += self.reducer(p + n)
-            if self.method == "evit":
-                break
-            n -= min(n - target, (n + 1) // 2)
+            n -= r
         return total
 
     def block_ms(self, n_in_total: int, n_out_total: int) -> float:

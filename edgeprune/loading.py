@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import ast
 import difflib
-import hashlib
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
 from torch import nn
 
+from edgeprune.artifact import sha256_file
 from edgeprune.errors import EdgepruneError
 
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
@@ -93,14 +93,6 @@ def create_timm_model(name: str, model_args: dict[str, Any]) -> nn.Module:
         raise EdgepruneError(f"cannot build {name} with {model_args}: {exc}") from None
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_model(
     model: str,
     *,
@@ -125,7 +117,7 @@ def load_model(
     info: dict[str, Any] = {"source": "timm", "name": model, "model_args": model_args}
     if checkpoint is not None:
         apply_state_dict(net, read_state_dict(checkpoint), str(checkpoint))
-        info.update(checkpoint=str(checkpoint), checkpoint_sha256=sha256_of(Path(checkpoint)))
+        info.update(checkpoint=str(checkpoint), checkpoint_sha256=sha256_file(Path(checkpoint)))
     else:
         info["weights"] = "random (no --checkpoint)"
     return net.eval(), info

@@ -67,3 +67,27 @@ def split_prefix(t: Tensor, num_prefix: int) -> tuple[Tensor, Tensor]:
 
 def cosine_normalize(t: Tensor) -> Tensor:
     return t / t.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+
+
+def alternating_similarity(features: Tensor) -> Tensor:
+    """Cosine similarity between the even (set A) and odd (set B) tokens: [B, Na, Nb]."""
+    unit = cosine_normalize(features)
+    return unit[:, ::2] @ unit[:, 1::2].transpose(-1, -2)
+
+
+def check_round(num_tok: int, r: int) -> None:
+    """One bipartite round can remove 1..len(A) tokens, A being the even half."""
+    num_a = (num_tok + 1) // 2
+    if not 0 < r <= num_a:
+        raise ValueError(f"a bipartite round removes 1..{num_a} of {num_tok} tokens, asked for {r}")
+
+
+def round_sizes(num_tok: int, keep: int) -> list[int]:
+    """How many tokens each bipartite round removes to go from ``num_tok`` to ``keep``: a round
+    takes at most half, so big steps at one reduction point run as several rounds."""
+    sizes = []
+    while num_tok > keep:
+        r = min(num_tok - keep, (num_tok + 1) // 2)
+        sizes.append(r)
+        num_tok -= r
+    return sizes

@@ -18,10 +18,12 @@ from torch import Tensor
 
 from edgeprune.reducers.common import (
     ReductionContext,
-    cosine_normalize,
+    alternating_similarity,
+    check_round,
     descending_order,
     gather_tokens,
     one_hot,
+    round_sizes,
     split_prefix,
 )
 
@@ -46,12 +48,9 @@ def graph_prune_round(
 ) -> tuple[Tensor, Tensor]:
     x_pre, x_tok = split_prefix(x, num_prefix)
     s_pre, s_tok = split_prefix(size, num_prefix)
-    num_a = (x_tok.shape[1] + 1) // 2
-    if not 0 < r <= num_a:
-        raise ValueError(f"a graph pruning round drops 1..{num_a} tokens, asked for {r}")
+    check_round(x_tok.shape[1], r)
 
-    feats = cosine_normalize(x_tok)
-    similarity = feats[:, ::2] @ feats[:, 1::2].transpose(-1, -2)  # [B, Na, Nb]
+    similarity = alternating_similarity(x_tok)  # [B, Na, Nb]
     scores = redundancy_scores(similarity, edge_threshold(similarity, options))
     order = descending_order(scores)
     dropped_idx, kept_idx = order[:, :r], order[:, r:]
@@ -67,8 +66,6 @@ def graph_prune_round(
 
 def gsp_prune(x: Tensor, size: Tensor, ctx: ReductionContext, keep: int) -> tuple[Tensor, Tensor]:
     """Drop patch tokens down to ``keep``; more than half go in several rounds at this point."""
-    while x.shape[1] - ctx.num_prefix > keep:
-        num_tok = x.shape[1] - ctx.num_prefix
-        r = min(num_tok - keep, (num_tok + 1) // 2)
+    for r in round_sizes(x.shape[1] - ctx.num_prefix, keep):
         x, size = graph_prune_round(x, size, r, ctx.num_prefix, ctx.options)
     return x, size

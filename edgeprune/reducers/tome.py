@@ -13,10 +13,12 @@ from torch import Tensor
 
 from edgeprune.reducers.common import (
     ReductionContext,
-    cosine_normalize,
+    alternating_similarity,
+    check_round,
     descending_order,
     gather_tokens,
     one_hot,
+    round_sizes,
     split_prefix,
 )
 
@@ -31,12 +33,9 @@ def bipartite_merge_round(
     x_pre, x_tok = split_prefix(x, num_prefix)
     s_pre, s_tok = split_prefix(size, num_prefix)
     m_pre, m_tok = split_prefix(metric, num_prefix)
-    num_a = (x_tok.shape[1] + 1) // 2
-    if not 0 < r <= num_a:
-        raise ValueError(f"a matching round merges 1..{num_a} tokens, asked for {r}")
+    check_round(x_tok.shape[1], r)
 
-    m_norm = cosine_normalize(m_tok)
-    scores = m_norm[:, ::2] @ m_norm[:, 1::2].transpose(-1, -2)  # [B, Na, Nb]
+    scores = alternating_similarity(m_tok)  # [B, Na, Nb]
     best_score, best_dst = scores.max(dim=-1)
     order = descending_order(best_score)
     src_idx, unmerged_idx = order[:, :r], order[:, r:]
@@ -65,8 +64,6 @@ def bipartite_merge_round(
 def tome_merge(x: Tensor, size: Tensor, ctx: ReductionContext, keep: int) -> tuple[Tensor, Tensor]:
     """Merge patch tokens down to ``keep``; more than half go in several rounds at this point."""
     metric = ctx.key_metric()
-    while x.shape[1] - ctx.num_prefix > keep:
-        num_tok = x.shape[1] - ctx.num_prefix
-        r = min(num_tok - keep, (num_tok + 1) // 2)
+    for r in round_sizes(x.shape[1] - ctx.num_prefix, keep):
         x, size, metric = bipartite_merge_round(x, size, metric, r, ctx.num_prefix)
     return x, size

@@ -85,7 +85,7 @@ def _torch_export(reduced: ReducedViT, pixels: torch.Tensor, path: Path, dynamic
     # The exporter narrates every stage on stdout and warns about internals; edgeprune reports instead.
     sink = io.StringIO()
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(sink), torch.no_grad():
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), torch.no_grad():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             reduced,

@@ -18,6 +18,7 @@ class ViTSpec:
     in_chans: int
     img_size: tuple[int, int]
     head_dim_out: int = 0  # classifier outputs (0 when the model returns tokens)
+    class_token: bool = True  # the first prefix token is a CLS token (registers alone are not)
 
     @property
     def head_dim(self) -> int:
@@ -36,4 +37,5 @@ class ViTSpec:
     def from_dict(cls, d: dict[str, Any]) -> "ViTSpec":
         d = dict(d)
         d["img_size"] = tuple(d["img_size"])
+        d.setdefault("class_token", d["num_prefix"] > 0)
         return cls(**d)

@@ -11,12 +11,13 @@ import torch
 TINY = dict(img_size=32, patch_size=8, depth=4, embed_dim=32, num_heads=2, num_classes=7)
 
 # Layouts the timm adapter must handle: CLS token, distillation token, registers + avg pooling,
-# no CLS with avg pooling.
+# no CLS with avg pooling, registers without CLS (like timm's *_reg4_gap models).
 LAYOUTS = {
     "cls": ("vit_tiny_patch16_224", {}),
     "distilled": ("deit_tiny_distilled_patch16_224", {}),
     "registers": ("vit_tiny_patch16_224", dict(reg_tokens=4, global_pool="avg")),
     "no_cls_avg": ("vit_tiny_patch16_224", dict(class_token=False, global_pool="avg")),
+    "registers_no_cls": ("vit_tiny_patch16_224", dict(reg_tokens=4, class_token=False, global_pool="avg")),
 }
 
 

@@ -115,7 +115,8 @@ class ReducedViT(nn.Module):
         x = x + view.ls1(view.attn_out(a))
         keep = self.plan.keep[i]
         if self.reducer is not None and keep < self.plan.tokens_in(i):
-            ctx = ReductionContext(q, k, view.scale, self.plan.spec.num_prefix, bias, self.plan.options)
+            spec = self.plan.spec
+            ctx = ReductionContext(q, k, view.scale, spec.num_prefix, bias, self.plan.options, spec.class_token)
             x, size = self.reducer(x, size, ctx, keep)
         x = x + view.ls2(view.mlp(view.norm2(x)))
         return x, size

@@ -108,6 +108,7 @@ class _HFVisionAdapter(FamilyAdapter):
             in_chans=t.embeddings.patch_embedding.in_channels,
             img_size=(size, size),
             head_dim_out=0,
+            class_token=self.num_prefix > 0,
         )
 
     def _embed(self, pixels: Tensor) -> Tensor:

@@ -80,6 +80,7 @@ class TimmViTAdapter(FamilyAdapter):
             in_chans=m.patch_embed.proj.in_channels,
             img_size=tuple(m.patch_embed.img_size),
             head_dim_out=head.out_features if isinstance(head, nn.Linear) else 0,
+            class_token=getattr(m, "cls_token", None) is not None,
         )
 
     def embed(self, pixels: Tensor) -> Tensor:

@@ -22,6 +22,7 @@ class ReductionContext:
     num_prefix: int
     attn_bias: Optional[Tensor] = None  # [B, 1, 1, N] additive logit bias (log size) or None
     options: dict[str, Any] = field(default_factory=dict)
+    class_token: bool = True  # token 0 is a CLS token (False: no CLS, or registers only)
 
     def key_metric(self) -> Tensor:
         """ToMe's matching metric: the keys averaged over heads, [B, N, D]."""
@@ -31,12 +32,13 @@ class ReductionContext:
         """Attention paid to every token by the CLS query (mean over heads), [B, N].
 
         Only this one row of the attention matrix is computed, so the block itself keeps its fused
-        attention kernel. Models without a CLS token use the mean query instead.
+        attention kernel. Models without a CLS token use the mean query of the patch tokens
+        (register tokens start near zero, so their queries would attend almost uniformly).
         """
-        if self.num_prefix > 0:
+        if self.class_token and self.num_prefix > 0:
             query = self.q[:, :, :1]
         else:
-            query = self.q.mean(dim=2, keepdim=True)
+            query = self.q[:, :, self.num_prefix :].mean(dim=2, keepdim=True)
         logits = (query * self.scale) @ self.k.transpose(-2, -1)  # [B, H, 1, N]
         if self.attn_bias is not None:
             logits = logits + self.attn_bias

@@ -21,7 +21,8 @@ def test_unreduced_equals_timm(layout, pixels):
 def test_reduced_is_batch_independent(layout, method, pixels):
     model = make_tiny(layout)
     plan = edgeprune.build_plan(model, method, keep=0.3, points=[0, 2])
-    assert plan.spec.num_prefix == {"cls": 1, "distilled": 2, "registers": 5, "no_cls_avg": 0}[layout]
+    assert plan.spec.num_prefix == {"cls": 1, "distilled": 2, "registers": 5, "no_cls_avg": 0, "registers_no_cls": 4}[layout]
+    assert plan.spec.class_token == (layout in ("cls", "distilled", "registers"))
     reduced = edgeprune.reduce_model(model, plan)
     x = pixels(3)
     with torch.no_grad():

@@ -39,6 +39,11 @@ def test_query_attention_uses_cls_or_mean_query():
     x, size, ctx = make(0)
     row = ((ctx.q.mean(2, keepdim=True) * ctx.scale) @ ctx.k.transpose(-1, -2)).softmax(-1).mean(1)[:, 0]
     torch.testing.assert_close(ctx.query_attention(), row)
+    # Registers without a CLS token: the patch tokens' mean query, not a register's.
+    x, size, ctx = make(4)
+    ctx.class_token = False
+    row = ((ctx.q[:, :, 4:].mean(2, keepdim=True) * ctx.scale) @ ctx.k.transpose(-1, -2)).softmax(-1).mean(1)[:, 0]
+    torch.testing.assert_close(ctx.query_attention(), row)
 
 
 def test_noop_and_minimum():

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
 
 from edgeprune.cli.bench_cmd import bench
-from edgeprune.cli.common import console
+from edgeprune.cli.common import console, out
 from edgeprune.cli.export_cmd import export
 from edgeprune.cli.inspect_cmd import inspect
 from edgeprune.errors import EdgepruneError
@@ -20,33 +19,45 @@ app = typer.Typer(
     name="edgeprune",
     help="Token reduction for Vision Transformers: export static-shape ONNX, benchmark, inspect.",
     add_completion=False,
-    no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    ctx: typer.Context,
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
+) -> None:
+    if version:
+        from edgeprune import __version__
+
+        out.print(f"edgeprune {__version__}")
+        raise typer.Exit(0)
+    if ctx.invoked_subcommand is None:
+        out.print(ctx.get_help())
+        raise typer.Exit(0)
+
+
 app.command(help=export.__doc__)(export)
 app.command(help=bench.__doc__)(bench)
 app.command(help=inspect.__doc__)(inspect)
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Typer (in standalone mode) reports usage errors itself with exit code 2 and raises SystemExit;
+    # edgeprune's own errors come through as exceptions and become one line + exit code 2.
     try:
-        result = app(args=argv, standalone_mode=False)
-        return result if isinstance(result, int) else 0
+        app(args=argv, standalone_mode=True)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except EdgepruneError as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return 2
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
-        return 2
-    except click.exceptions.Abort:
-        console.print("aborted")
-        return 130
     except KeyboardInterrupt:
         console.print("interrupted")
         return 130
+    return 0
 
 
 if __name__ == "__main__":

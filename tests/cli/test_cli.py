@@ -139,3 +139,35 @@ def test_latency_budget_end_to_end(tmp_path, capsys):
     code, _, err = run(["export", "vit_tiny_patch16_224", *wide, "--method", "tome", "--latency", "0.01",
                         "--out", tmp_path / "lat2"], capsys)
     assert code == 2 and "latency ratio of 0.01" in error_line(err)
+
+
+def test_hf_folder_export(tmp_path, capsys):
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    config = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
+                                image_size=32, patch_size=8)
+    SiglipVisionModel(config).save_pretrained(tmp_path / "siglip")
+    code, _, err = run(["export", tmp_path / "siglip", "--method", "gsp", "--keep", "0.5", "--dynamic-batch",
+                        "--out", tmp_path / "out"], capsys)
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["model"]["source"] == "huggingface"
+    assert [o["name"] for o in manifest["outputs"]] == ["last_hidden_state", "pooler_output", "token_sizes"]
+    assert manifest["outputs"][0]["shape"][1:] == [8, 32]
+    code, _, err = run(["export", tmp_path / "siglip", "--checkpoint", tmp_path / "w.pth", "--flops", "0.5",
+                        "--out", tmp_path / "out2"], capsys)
+    assert code == 2 and "HF folder" in error_line(err)
+
+
+def test_version(capsys):
+    code, out, _ = run(["--version"], capsys)
+    assert code == 0 and out.strip().startswith("edgeprune ")
+
+
+def test_usage_errors_exit_2(capsys):
+    code, _, err = run(["export"], capsys)
+    assert code == 2 and "Traceback" not in err
+    code, _, err = run(["export", "vit_tiny_patch16_224", "--out", "x", "--batch", "0"], capsys)
+    assert code == 2
+    code, out, _ = run([], capsys)
+    assert code == 0 and "export" in out

@@ -29,6 +29,7 @@ class BenchRow:
     speedup: float  # median over rounds of baseline time / this time
     predicted_speedup: float  # from MACs
     realized_vs_predicted: float
+    latency_model_speedup: Optional[float]  # what the calibrated latency model predicted, if planned with one
     samples_ms: list[float] = field(default_factory=list, repr=False)
 
 
@@ -131,7 +132,13 @@ def benchmark(
                 speedup=speedup,
                 predicted_speedup=predicted,
                 realized_vs_predicted=speedup / predicted,
+                latency_model_speedup=_latency_model_speedup(a),
                 samples_ms=t.tolist(),
             )
         )
     return BenchResult(batch, threads, list(providers), rounds, artifacts[base].name, rows)
+
+
+def _latency_model_speedup(artifact: Artifact) -> Optional[float]:
+    ratio = artifact.manifest["plan"].get("target", {}).get("predicted_latency_ratio")
+    return 1.0 / ratio if ratio else None

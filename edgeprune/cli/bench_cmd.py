@@ -42,6 +42,9 @@ def bench(
         )
     table = Table(title=f"batch {batch}, {threads} threads, {provider}, {rounds} interleaved rounds; baseline {result.baseline}")
     columns = ["artifact", "method", "tokens", "MACs", "p50 ms", "p90 ms", "p99 ms", "img/s", "speedup", "predicted", "realized/pred"]
+    with_model = any(r.latency_model_speedup for r in result.rows)
+    if with_model:
+        columns.append("latency model")
     if acc:
         columns.append("accuracy")
     for col in columns:
@@ -49,6 +52,8 @@ def bench(
     for r in result.rows:
         cells = [r.name, r.method, str(r.final_tokens), f"{r.macs_ratio:.3f}", f"{r.p50_ms:.2f}", f"{r.p90_ms:.2f}",
                  f"{r.p99_ms:.2f}", f"{r.throughput:.1f}", f"{r.speedup:.2f}x", f"{r.predicted_speedup:.2f}x", f"{r.realized_vs_predicted:.2f}"]
+        if with_model:
+            cells.append(f"{r.latency_model_speedup:.2f}x" if r.latency_model_speedup else "-")
         if acc:
             cells.append(f"{acc[r.name]:.4g}" if r.name in acc else "-")
         table.add_row(*cells)

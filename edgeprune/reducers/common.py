@@ -58,6 +58,18 @@ def descending_order(scores: Tensor) -> Tensor:
     return torch.topk(scores, n, dim=-1, largest=True, sorted=True).indices
 
 
+def in_token_order(idx: Tensor) -> Tensor:
+    """Sort selected token indices [B, K] ascending, so kept tokens stay in their original order.
+
+    Score order would let two nearly tied scores swap places between engines (float rounding), which
+    permutes the output sequence; in token order only ties at the keep/drop boundary can matter.
+    """
+    if idx.shape[-1] <= 1:
+        return idx
+    position = torch.topk(-idx.to(torch.float32), idx.shape[-1], dim=-1, largest=True, sorted=True).indices
+    return idx.gather(-1, position)
+
+
 def one_hot(idx: Tensor, n: int, dtype: torch.dtype) -> Tensor:
     """[B, K] integer indices -> [B, K, n] one-hot assignment built from Equal (no scatter)."""
     return (idx.unsqueeze(-1) == torch.arange(n, device=idx.device)).to(dtype)

@@ -10,7 +10,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from edgeprune.reducers.common import ReductionContext, descending_order, gather_tokens, split_prefix
+from edgeprune.reducers.common import (
+    ReductionContext,
+    descending_order,
+    gather_tokens,
+    in_token_order,
+    split_prefix,
+)
 
 
 def evit_prune(x: Tensor, size: Tensor, ctx: ReductionContext, keep: int) -> tuple[Tensor, Tensor]:
@@ -24,7 +30,7 @@ def evit_prune(x: Tensor, size: Tensor, ctx: ReductionContext, keep: int) -> tup
     attention = ctx.query_attention()[:, ctx.num_prefix :]  # [B, N_tok]
 
     order = descending_order(attention)
-    kept_idx, dropped_idx = order[:, : keep - 1], order[:, keep - 1 :]
+    kept_idx, dropped_idx = in_token_order(order[:, : keep - 1]), order[:, keep - 1 :]
     weight = attention.gather(1, dropped_idx).unsqueeze(-1)  # [B, N_drop, 1]
     fused = (gather_tokens(x_tok, dropped_idx) * weight).sum(dim=1, keepdim=True)
     fused = fused / weight.sum(dim=1, keepdim=True).clamp_min(1e-12)

@@ -22,6 +22,7 @@ from edgeprune.reducers.common import (
     check_round,
     descending_order,
     gather_tokens,
+    in_token_order,
     one_hot,
     round_sizes,
     split_prefix,
@@ -53,7 +54,7 @@ def graph_prune_round(
     similarity = alternating_similarity(x_tok)  # [B, Na, Nb]
     scores = redundancy_scores(similarity, edge_threshold(similarity, options))
     order = descending_order(scores)
-    dropped_idx, kept_idx = order[:, :r], order[:, r:]
+    dropped_idx, kept_idx = order[:, :r], in_token_order(order[:, r:])
     nearest = similarity.argmax(dim=-1).gather(1, dropped_idx)
     assign_t = one_hot(nearest, similarity.shape[-1], x.dtype).transpose(1, 2)  # [B, Nb, r]
 

@@ -17,6 +17,7 @@ from edgeprune.reducers.common import (
     check_round,
     descending_order,
     gather_tokens,
+    in_token_order,
     one_hot,
     round_sizes,
     split_prefix,
@@ -38,7 +39,7 @@ def bipartite_merge_round(
     scores = alternating_similarity(m_tok)  # [B, Na, Nb]
     best_score, best_dst = scores.max(dim=-1)
     order = descending_order(best_score)
-    src_idx, unmerged_idx = order[:, :r], order[:, r:]
+    src_idx, unmerged_idx = order[:, :r], in_token_order(order[:, r:])
     dst_idx = best_dst.gather(1, src_idx)
     assign_t = one_hot(dst_idx, scores.shape[-1], x.dtype).transpose(1, 2)  # [B, Nb, r]
 

@@ -22,7 +22,7 @@ def test_keeps_most_attended_and_fuses_the_rest(prefix):
     torch.testing.assert_close(out_size.sum(1), size.sum(1))
     attention = ctx.query_attention()[:, prefix:]
     for b in range(2):
-        top = torch.topk(attention[b], keep - 1).indices
+        top = torch.topk(attention[b], keep - 1).indices.sort().values  # kept in token order
         torch.testing.assert_close(out[b, prefix : prefix + keep - 1], x[b, prefix:][top])
         rest = torch.ones(20, dtype=torch.bool)
         rest[top] = False
@@ -60,3 +60,16 @@ def test_batch_independent():
     one = ReductionContext(ctx.q[1:2], ctx.k[1:2], ctx.scale, 1)
     single, _ = evit_prune(x[1:2], size[1:2], one, 5)
     torch.testing.assert_close(single[0], out[1])
+
+
+def test_kept_tokens_stay_in_token_order():
+    from edgeprune.reducers.common import in_token_order
+
+    idx = torch.tensor([[5, 1, 9, 3], [0, 7, 2, 4]])
+    assert in_token_order(idx).tolist() == [[1, 3, 5, 9], [0, 2, 4, 7]]
+    # Markers in the features reveal which patch each output token came from.
+    x, size, ctx = make(1)
+    x[:, :, 0] = torch.arange(21, dtype=torch.float32)
+    out, _ = evit_prune(x, size, ctx, 8)
+    origin = out[:, 1:-1, 0]
+    assert (origin[:, 1:] > origin[:, :-1]).all()

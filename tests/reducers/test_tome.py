@@ -15,7 +15,7 @@ def reference_round(x, size, metric, r, p):
         sim = mn[a_idx] @ mn[b_idx].T
         best, dst = sim.max(dim=-1)
         order = torch.argsort(best, descending=True)
-        src, unm = order[:r], order[r:]
+        src, unm = order[:r], order[r:].sort().values  # unmerged A tokens keep their order
         xb, sb = tok[b_idx] * s[b_idx], s[b_idx].clone()
         for i in src.tolist():
             xb[dst[i]] += tok[a_idx[i]] * s[a_idx[i]]

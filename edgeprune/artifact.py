@@ -101,12 +101,17 @@ def load_artifact(path: str | os.PathLike, verify: bool = True) -> Artifact:
     return artifact
 
 
+def check_target(target: Path, overwrite: bool) -> None:
+    """Refuse to replace a non-empty ``target`` unless asked to."""
+    if target.exists() and not overwrite and (not target.is_dir() or any(target.iterdir())):
+        raise EdgepruneError(f"{target} already exists; choose another --out or pass --force")
+
+
 @contextlib.contextmanager
 def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory beside ``target`` that becomes ``target`` only on success."""
     target = Path(target)
-    if target.exists() and not overwrite and (not target.is_dir() or any(target.iterdir())):
-        raise EdgepruneError(f"{target} already exists; choose another --out or pass --force")
+    check_target(target, overwrite)
     parent = target.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)

@@ -82,8 +82,7 @@ def benchmark(
     if rounds < 1 or warmup < 0 or settle < 0:
         raise EdgepruneError("--rounds must be >= 1, --warmup and --settle >= 0")
     base = pick_baseline(artifacts, baseline)
-    specs = {a.manifest["plan"]["spec"]["img_size"].__repr__() + str(a.manifest["plan"]["spec"]["in_chans"]) for a in artifacts}
-    if len(specs) > 1:
+    if len({tuple(a.input_shape(batch)) for a in artifacts}) > 1:
         raise EdgepruneError("artifacts take different input shapes; benchmark models of one configuration together")
     rng = np.random.default_rng(seed)
     feeds = [{a.manifest["inputs"][0]["name"]: rng.standard_normal(a.input_shape(batch)).astype(np.float32)} for a in artifacts]

@@ -13,16 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
-import logging
 import os
 import platform
 import random
 import tempfile
 import time
-import warnings
-from contextlib import redirect_stdout
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
@@ -194,18 +190,10 @@ class _Reduce(nn.Module):
 
 
 def _export(module: nn.Module, args: tuple, path: Path, dynamic: bool = False) -> None:
-    names = [f"in{i}" for i in range(len(args))]
+    from edgeprune.exporters.onnx_export import trace_to_onnx
+
     shapes = ({1: torch.export.Dim("tokens", min=2, max=max(4096, args[0].shape[1]))},) if dynamic else None
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), redirect_stdout(io.StringIO()), torch.no_grad():
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(module.eval(), args, dynamo=True, opset_version=18, input_names=names,
-                                        dynamic_shapes=shapes, optimize=True, external_data=False)
-        program.save(str(path), external_data=False)
-    except Exception as exc:  # the exporter's messages are long; keep the first line
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise EdgepruneError(f"latency calibration could not export {path.stem}: {first}") from exc
+    trace_to_onnx(module, args, path, input_names=[f"in{i}" for i in range(len(args))], dynamic_shapes=shapes)
 
 
 def _measure(adapter: Any, method: str, threads: int, providers: Sequence[str], grid_points: int,

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from edgeprune.artifact import sha256_file
-from edgeprune.errors import EdgepruneError
+from edgeprune.errors import EdgepruneError, first_line
 
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
 
@@ -50,8 +50,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as exc:  # includes UnpicklingError for files with arbitrary objects
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise EdgepruneError(f"checkpoint {path} cannot be loaded as plain weights: {first}") from None
+            raise EdgepruneError(f"checkpoint {path} cannot be loaded as plain weights: {first_line(exc)}") from None
     for key in WRAPPER_KEYS:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

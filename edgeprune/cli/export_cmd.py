@@ -10,7 +10,6 @@ import typer
 from rich.table import Table
 
 from edgeprune.cli.common import ThreadsOpt, console, out, parse_int_list
-from edgeprune.errors import EdgepruneError
 
 
 def export(
@@ -36,13 +35,13 @@ def export(
     force: bool = typer.Option(False, "--force", help="Replace an existing --out directory."),
 ) -> None:
     """Export a ViT with a token-reduction plan baked in, as a static-shape ONNX graph checked against PyTorch."""
+    from edgeprune.artifact import check_target
     from edgeprune.exporters.onnx_export import export as export_artifact
     from edgeprune.loading import load_model, parse_model_args
     from edgeprune.plan import build_plan
 
     started = time.perf_counter()
-    if out_dir.exists() and not force and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise EdgepruneError(f"{out_dir} already exists; choose another --out or pass --force")
+    check_target(out_dir, force)  # before the slow model load
     with console.status("loading model"):
         net, info = load_model(model, checkpoint=checkpoint, model_args=parse_model_args(model_arg), img_size=img_size)
     options = {} if gsp_alpha is None else {"gsp_alpha": gsp_alpha}

@@ -9,7 +9,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from edgeprune.engines.base import Runner
-from edgeprune.errors import EdgepruneError
+from edgeprune.errors import EdgepruneError, first_line
 
 PROVIDER_NAMES = {
     "cpu": "CPUExecutionProvider",
@@ -59,8 +59,7 @@ class SessionFromOnnx:
         try:
             return ort.InferenceSession(str(self.path), options, providers=providers)
         except Exception as exc:  # ORT raises its own exception types for corrupt or unsupported models
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise EdgepruneError(f"{self.path}: ONNX Runtime cannot load it: {first}") from None
+            raise EdgepruneError(f"{self.path}: ONNX Runtime cannot load it: {first_line(exc)}") from None
 
 
 class OrtRunner(Runner):

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from edgeprune.artifact import MANIFEST, MANIFEST_FORMAT, ONNX_FILE, Artifact, atomic_directory, sha256_file, write_json_atomic
-from edgeprune.errors import EdgepruneError, ParityError
+from edgeprune.errors import EdgepruneError, ParityError, first_line
 from edgeprune.exporters import adapter_for
 from edgeprune.exporters.base import ReducedViT
 from edgeprune.graph import load_graph, op_counts, safety_problems
@@ -80,25 +80,39 @@ def check_parity(
     return report
 
 
-def _torch_export(reduced: ReducedViT, pixels: torch.Tensor, path: Path, dynamic_batch: bool, opset: int) -> None:
-    dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=1024)},) if dynamic_batch else None
-    # The exporter narrates every stage on stdout and warns about internals; edgeprune reports instead.
+def trace_to_onnx(
+    module: nn.Module,
+    args: tuple,
+    path: Path,
+    *,
+    input_names: list[str],
+    output_names: Optional[list[str]] = None,
+    dynamic_shapes: Optional[tuple] = None,
+    opset: int = DEFAULT_OPSET,
+) -> None:
+    """torch.onnx.export (dynamo) to one file, quietly; errors come back as one EdgepruneError line."""
+    # The exporter narrates every stage on stdout/stderr and warns about internals; edgeprune reports instead.
     sink = io.StringIO()
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), torch.no_grad():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            reduced,
-            (pixels,),
-            dynamo=True,
-            opset_version=opset,
-            input_names=[INPUT_NAME],
-            output_names=list(reduced.output_names),
-            dynamic_shapes=dynamic_shapes,
-            optimize=True,
-            external_data=False,
-        )
-    program.save(str(path), external_data=False)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), torch.no_grad():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                module.eval(),
+                args,
+                dynamo=True,
+                opset_version=opset,
+                input_names=input_names,
+                output_names=output_names,
+                dynamic_shapes=dynamic_shapes,
+                optimize=True,
+                external_data=False,
+            )
+        program.save(str(path), external_data=False)
+    except EdgepruneError:
+        raise
+    except Exception as exc:
+        raise EdgepruneError(f"ONNX export of {path.stem} failed: {first_line(exc)}") from exc
 
 
 def export(
@@ -132,15 +146,13 @@ def export(
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         onnx_path = tmp / ONNX_FILE
         say("tracing and converting to ONNX")
-        try:
-            # Tracing at batch 1 lets the tracer specialize the batch axis; trace a dynamic one at 2.
-            trace_shape = [2, *shape[1:]] if dynamic_batch else shape
-            _torch_export(reduced, fresh_pixels(trace_shape), onnx_path, dynamic_batch, opset)
-        except EdgepruneError:
-            raise
-        except Exception as exc:  # the exporter's errors are long; keep the first line
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise EdgepruneError(f"ONNX export failed: {first}") from exc
+        # Tracing at batch 1 lets the tracer specialize the batch axis; trace a dynamic one at 2.
+        trace_shape = [2, *shape[1:]] if dynamic_batch else shape
+        trace_to_onnx(
+            reduced, (fresh_pixels(trace_shape),), onnx_path, input_names=[INPUT_NAME],
+            output_names=list(reduced.output_names), opset=opset,
+            dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},) if dynamic_batch else None,
+        )
         graph = load_graph(onnx_path)
         problems = safety_problems(graph)
         batch_dim = graph.graph.input[0].type.tensor_type.shape.dim[0]

@@ -206,8 +206,13 @@ def build_plan(
         target, cost, what = latency, latency_model, "latency"
     if not 0 < target <= 1:
         raise EdgepruneError(f"the {what} target must be in (0, 1], got {target}")
-    # Cost grows with the final token count, so binary-search the largest count within budget.
-    best, low, high = None, lo, n0
+    # Keeping every token is the largest plan; when it already fits (a target of 1.0, or a measured
+    # reducer so slow that any reduction costs more than it saves) it is the answer.
+    unreduced = make(by_final(n0))
+    if cost(unreduced) <= target + 1e-9:
+        return unreduced
+    # Below that, cost grows with the final token count: binary-search the largest count within budget.
+    best, low, high = None, lo, n0 - 1
     while low <= high:
         mid = (low + high) // 2
         plan = make(by_final(mid))

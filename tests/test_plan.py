@@ -88,3 +88,13 @@ def test_constant_schedule_respects_method_minimum():
     assert min(plan.keep) == 2
     with pytest.raises(EdgepruneError, match="cannot reach"):
         build_plan(VIT_B, "evit", flops=0.05, schedule="constant")
+
+
+def test_target_met_by_keeping_every_token():
+    # A latency model where any reduction costs more than it saves (a slow reducer on a tiny model):
+    # the largest plan that meets a target of 1.0 is the unreduced one.
+    slow = lambda p: 1.0 if not p.reduction_points else 4.0  # noqa: E731
+    plan = build_plan(VIT_B, "tome", latency=1.0, points=[0], latency_model=slow)
+    assert plan.reduction_points == [] and plan.macs_ratio == 1.0
+    with pytest.raises(EdgepruneError, match="cannot reach"):
+        build_plan(VIT_B, "tome", latency=0.9, points=[0], latency_model=slow)

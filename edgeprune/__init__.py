@@ -6,8 +6,6 @@ Data flows one way: model -> :func:`build_plan` -> :func:`reduce_model` -> :func
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from torch import nn
 
 from edgeprune.errors import EdgepruneError, ParityError
@@ -16,15 +14,13 @@ from edgeprune.spec import ViTSpec
 
 __version__ = "0.1.0"
 
-if TYPE_CHECKING:
-    from edgeprune.exporters.base import ReducedViT
 
+def reduce_model(model: nn.Module, plan: TokenPlan) -> "nn.Module":
+    """``model`` with ``plan`` applied, in eval mode; shares the model's weights. Classifiers and
+    encoders come back as a ReducedViT, segmenters as a ReducedDense (logits at input resolution)."""
+    from edgeprune.exporters import adapter_for
 
-def reduce_model(model: nn.Module, plan: TokenPlan) -> "ReducedViT":
-    """``model`` with ``plan`` applied, in eval mode; shares the model's weights."""
-    from edgeprune.exporters import ReducedViT, adapter_for
-
-    return ReducedViT(adapter_for(model), plan).eval()
+    return adapter_for(model).reduced(plan).eval()
 
 
 def __getattr__(name: str):

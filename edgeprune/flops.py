@@ -6,7 +6,7 @@ similarity and merge matmuls); norms and activations are left out as they are a 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 from edgeprune.reducers.common import round_sizes
 from edgeprune.spec import ViTSpec
@@ -24,10 +24,15 @@ def mlp_macs(spec: ViTSpec, n: int) -> int:
     return 2 * n * spec.embed_dim * spec.mlp_hidden
 
 
-def reducer_macs(spec: ViTSpec, method: str, n_tok_in: int, n_tok_out: int) -> int:
+def reducer_macs(spec: ViTSpec, method: str, n_tok_in: int, n_tok_out: int, options: Optional[dict] = None) -> int:
     """MACs of one reduction point from ``n_tok_in`` to ``n_tok_out`` patch tokens."""
-    if n_tok_out >= n_tok_in or method == "none":
+    if n_tok_out >= n_tok_in or method in ("none", "pass"):
         return 0
+    if method == "cluster":
+        from edgeprune.reducers.cluster import DEFAULTS, cluster_macs
+
+        iters = int({**DEFAULTS, **(options or {})}["cluster_iters"])
+        return cluster_macs(n_tok_in, n_tok_out, spec.embed_dim, iters) + n_tok_in * spec.embed_dim
     if method == "evit":
         return spec.num_heads * n_tok_in * spec.head_dim + n_tok_in * spec.embed_dim
     width = spec.head_dim if method == "tome" else spec.embed_dim
@@ -47,26 +52,36 @@ def head_macs(spec: ViTSpec) -> int:
     return spec.embed_dim * spec.head_dim_out
 
 
-def block_macs(spec: ViTSpec, method: str, n_tok_in: int, n_tok_out: int) -> int:
+def block_macs(spec: ViTSpec, method: str, n_tok_in: int, n_tok_out: int, options: Optional[dict] = None) -> int:
     """One block whose attention sees ``n_tok_in`` patch tokens and whose MLP sees ``n_tok_out``."""
     p = spec.num_prefix
     return (
         attention_macs(spec, p + n_tok_in)
-        + reducer_macs(spec, method, n_tok_in, n_tok_out)
+        + reducer_macs(spec, method, n_tok_in, n_tok_out, options)
         + mlp_macs(spec, p + n_tok_out)
     )
 
 
+def restore_macs(spec: ViTSpec, method: str, tokens: int) -> int:
+    """Putting one token back per patch before a dense head: gathers are free, a cluster
+    reconstruction is one [P, K] x [K, C] matmul."""
+    if method != "cluster" or tokens >= spec.num_patches:
+        return 0
+    return spec.num_patches * tokens * spec.embed_dim
+
+
 def plan_macs(plan: "TokenPlan") -> int:
     spec = plan.spec
-    total = embed_macs(spec) + head_macs(spec)
+    total = embed_macs(spec) + head_macs(spec) + spec.dense_head_macs
     n_in = spec.num_patches
-    for n_out in plan.keep:
-        total += block_macs(spec, plan.method, n_in, n_out)
+    for i, n_out in enumerate(plan.keep):
+        total += block_macs(spec, plan.method, n_in, n_out, plan.options)
+        if i in spec.feature_blocks:
+            total += restore_macs(spec, plan.method, n_out)
         n_in = n_out
     return total
 
 
 def baseline_macs(spec: ViTSpec) -> int:
     n = spec.num_patches
-    return embed_macs(spec) + head_macs(spec) + spec.depth * block_macs(spec, "none", n, n)
+    return embed_macs(spec) + head_macs(spec) + spec.dense_head_macs + spec.depth * block_macs(spec, "none", n, n)

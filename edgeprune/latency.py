@@ -185,7 +185,7 @@ class _Reduce(nn.Module):
     def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
         outs: list[torch.Tensor] = []
         for x, size, q, k in zip(args[::4], args[1::4], args[2::4], args[3::4]):
-            outs += self.fn(x, size, ReductionContext(q, k, self.scale, self.num_prefix, None, {}), self.keep)
+            outs += self.fn(x, size, ReductionContext(q, k, self.scale, self.num_prefix, None, {}), self.keep)[:2]
         return tuple(outs)
 
 

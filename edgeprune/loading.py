@@ -92,6 +92,19 @@ def create_timm_model(name: str, model_args: dict[str, Any]) -> nn.Module:
         raise EdgepruneError(f"cannot build {name} with {model_args}: {exc}") from None
 
 
+def _is_segmenter_folder(path: Path) -> bool:
+    """A folder whose config.json names the edgeprune segmenter family (HF folders have other keys)."""
+    import json
+
+    config = path / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        return json.loads(config.read_text()).get("family") == "timm-vit-seg"
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        return False
+
+
 def load_model(
     model: str,
     *,
@@ -104,6 +117,16 @@ def load_model(
     if img_size is not None:
         model_args["img_size"] = img_size
     path = Path(model)
+    if path.is_dir() and _is_segmenter_folder(path):
+        from edgeprune.exporters.timm_seg import load_segmenter
+
+        if checkpoint or model_args:
+            raise EdgepruneError("--checkpoint/--model-arg/--img-size apply to timm models; a segmenter folder carries its own")
+        weights = path / "model.safetensors"
+        info = {"source": "edgeprune-segmenter", "path": str(path)}
+        if weights.is_file():
+            info["checkpoint_sha256"] = sha256_file(weights)
+        return load_segmenter(path), info
     if path.is_dir():
         from edgeprune.exporters.hf_vision import load_hf_vision
 

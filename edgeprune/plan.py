@@ -16,11 +16,11 @@ from torch import nn
 
 from edgeprune.errors import EdgepruneError
 from edgeprune.flops import baseline_macs, plan_macs
-from edgeprune.reducers import METHODS
+from edgeprune.reducers import ALL_METHODS, DENSE_METHODS
 from edgeprune.spec import ViTSpec
 
 PLAN_FORMAT = 1
-DEFAULT_PROP_ATTN = {"none": False, "tome": True, "evit": False, "gsp": False}
+DEFAULT_PROP_ATTN = {"none": False, "tome": True, "evit": False, "gsp": False, "cluster": False, "pass": False}
 
 
 @dataclass(frozen=True)
@@ -33,8 +33,10 @@ class TokenPlan:
     target: dict[str, Any] = field(default_factory=dict)  # what the user asked for, for the record
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise EdgepruneError(f"unknown method '{self.method}' (choose from {', '.join(METHODS)})")
+        if self.method not in ALL_METHODS:
+            raise EdgepruneError(f"unknown method '{self.method}' (choose from {', '.join(ALL_METHODS)})")
+        if self.method in DENSE_METHODS and not self.spec.dense:
+            raise EdgepruneError(f"method '{self.method}' is for segmentation models (it restores one token per patch)")
         if len(self.keep) != self.spec.depth:
             raise EdgepruneError(f"plan has {len(self.keep)} blocks, model has {self.spec.depth}")
         prev = self.spec.num_patches
@@ -44,6 +46,8 @@ class TokenPlan:
             if k < min_tokens(self.method) or (self.method == "none" and k != prev):
                 raise EdgepruneError(f"plan keeps {k} tokens at block {i}; method '{self.method}' cannot")
             prev = k
+        if self.method == "cluster":
+            _check_cluster_plan(self)
 
     def tokens_in(self, block: int) -> int:
         """Patch tokens entering ``block``."""
@@ -105,6 +109,27 @@ def min_tokens(method: str) -> int:
     return 2 if method == "evit" else 1
 
 
+def _check_cluster_plan(plan: TokenPlan) -> None:
+    from edgeprune.reducers.cluster import center_grid
+
+    points = plan.reduction_points
+    if len(points) > 1:
+        raise EdgepruneError(f"method 'cluster' clusters once; this plan reduces at blocks {points}")
+    if points:
+        k = plan.keep[points[0]]
+        try:
+            center_grid(k, plan.spec.grid)
+        except ValueError as exc:
+            raise EdgepruneError(f"{exc}; choose a count such as {_near_counts(plan.spec.grid, k)}") from None
+
+
+def _near_counts(grid: tuple[int, int], k: int) -> str:
+    from edgeprune.reducers.cluster import feasible_center_counts
+
+    counts = feasible_center_counts(grid)
+    return ", ".join(str(c) for c in sorted(counts, key=lambda c: abs(c - k))[:3])
+
+
 def points_schedule(num_patches: int, depth: int, points: Sequence[int], final: int) -> tuple[int, ...]:
     """Reduce at ``points`` only, each keeping the same fraction, ending at ``final`` tokens."""
     keep, n, done = [], num_patches, 0
@@ -162,8 +187,10 @@ def build_plan(
     """
     spec = model_or_spec if isinstance(model_or_spec, ViTSpec) else _spec_of(model_or_spec)
     method = method.lower()
-    if method not in METHODS:
-        raise EdgepruneError(f"unknown method '{method}' (choose from {', '.join(METHODS)})")
+    if method not in ALL_METHODS:
+        raise EdgepruneError(f"unknown method '{method}' (choose from {', '.join(ALL_METHODS)})")
+    if method == "cluster" and points is None and schedule == "points":
+        points = [default_cluster_point(spec.depth)]
     prop = DEFAULT_PROP_ATTN[method] if prop_attn is None else bool(prop_attn)
     opts = dict(options or {})
     budgets = {k: v for k, v in dict(keep=keep, tokens=tokens, flops=flops, latency=latency).items() if v is not None}
@@ -184,7 +211,13 @@ def build_plan(
     pts = _check_points(points if points is not None else default_points(depth), depth) if schedule == "points" else []
     lo = min_tokens(method)
 
+    if method == "cluster" and (schedule != "points" or len(pts) != 1):
+        raise EdgepruneError("method 'cluster' clusters at exactly one block: give one reduction point")
+    counts = _final_counts(method, spec, lo)
+
     def by_final(final: int) -> tuple[int, ...]:
+        if method == "cluster":  # the nearest center count that forms a grid, not above `final`
+            final = max([c for c in counts if c <= final] or [counts[0]])
         if schedule == "points":
             return points_schedule(n0, depth, pts, final)
         return constant_schedule(n0, depth, math.ceil((n0 - final) / depth), floor=lo)
@@ -227,6 +260,20 @@ def build_plan(
             f"(the most aggressive plan gives {smallest:.3f}); reduce earlier or at more points"
         )
     return best
+
+
+def default_cluster_point(depth: int) -> int:
+    """Cluster after a sixth of the blocks (block 1 of 6, 2 of 12): early enough to save most of
+    the compute, late enough that tokens carry context to cluster on."""
+    return min(depth - 1, round(depth / 6))
+
+
+def _final_counts(method: str, spec: ViTSpec, lo: int) -> list[int]:
+    if method != "cluster":
+        return list(range(lo, spec.num_patches + 1))
+    from edgeprune.reducers.cluster import feasible_center_counts
+
+    return feasible_center_counts(spec.grid)
 
 
 def _spec_of(model: nn.Module) -> ViTSpec:

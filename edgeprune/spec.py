@@ -19,10 +19,22 @@ class ViTSpec:
     img_size: tuple[int, int]
     head_dim_out: int = 0  # classifier outputs (0 when the model returns tokens)
     class_token: bool = True  # the first prefix token is a CLS token (registers alone are not)
+    # Dense (segmentation) models: blocks whose per-patch tokens feed the head, and the head's MACs.
+    feature_blocks: tuple[int, ...] = ()
+    dense_head_macs: int = 0
 
     @property
     def head_dim(self) -> int:
         return self.embed_dim // self.num_heads
+
+    @property
+    def dense(self) -> bool:
+        return bool(self.feature_blocks)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Patch rows and columns."""
+        return (self.img_size[0] // self.patch_size, self.img_size[1] // self.patch_size)
 
     @property
     def num_tokens(self) -> int:
@@ -31,11 +43,13 @@ class ViTSpec:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["img_size"] = list(self.img_size)
+        d["feature_blocks"] = list(self.feature_blocks)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ViTSpec":
         d = dict(d)
         d["img_size"] = tuple(d["img_size"])
+        d["feature_blocks"] = tuple(d.get("feature_blocks", ()))
         d.setdefault("class_token", d["num_prefix"] > 0)
         return cls(**d)

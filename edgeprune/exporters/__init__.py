@@ -6,9 +6,10 @@ from torch import nn
 
 from edgeprune.errors import EdgepruneError
 from edgeprune.exporters.base import FamilyAdapter, ReducedViT
+from edgeprune.exporters.timm_seg import SegmenterAdapter
 from edgeprune.exporters.timm_vit import TimmViTAdapter
 
-ADAPTERS: list[type[FamilyAdapter]] = [TimmViTAdapter]
+ADAPTERS: list[type[FamilyAdapter]] = [TimmViTAdapter, SegmenterAdapter]
 
 try:  # transformers is optional at import time; the HF adapters register when it is present
     from edgeprune.exporters.hf_vision import HF_ADAPTERS

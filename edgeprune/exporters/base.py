@@ -70,6 +70,10 @@ class FamilyAdapter(ABC):
     def finish(self, x: Tensor, size: Tensor) -> tuple[Tensor, ...]:
         """Final tokens and their sizes -> the family's outputs, in ``output_names`` order."""
 
+    def reduced(self, plan: TokenPlan) -> nn.Module:
+        """The model with ``plan`` applied (a module whose outputs are ``output_names``)."""
+        return ReducedViT(self, plan)
+
     def describe(self) -> dict:
         """Model facts for the manifest."""
         return {"family": self.family, "class": type(self.model).__name__}
@@ -117,6 +121,6 @@ class ReducedViT(nn.Module):
         if self.reducer is not None and keep < self.plan.tokens_in(i):
             spec = self.plan.spec
             ctx = ReductionContext(q, k, view.scale, spec.num_prefix, bias, self.plan.options, spec.class_token)
-            x, size = self.reducer(x, size, ctx, keep)
+            x, size, _ = self.reducer(x, size, ctx, keep)
         x = x + view.ls2(view.mlp(view.norm2(x)))
         return x, size

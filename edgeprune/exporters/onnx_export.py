@@ -19,7 +19,6 @@ from torch import nn
 from edgeprune.artifact import MANIFEST, MANIFEST_FORMAT, ONNX_FILE, Artifact, atomic_directory, sha256_file, write_json_atomic
 from edgeprune.errors import EdgepruneError, ParityError, first_line
 from edgeprune.exporters import adapter_for
-from edgeprune.exporters.base import ReducedViT
 from edgeprune.graph import load_graph, op_counts, safety_problems
 from edgeprune.plan import TokenPlan
 
@@ -53,7 +52,7 @@ def fresh_pixels(shape: list[int]) -> torch.Tensor:
 
 
 def check_parity(
-    reduced: ReducedViT, onnx_path: Path, input_shape: list[int], batches: list[int], tolerance: float
+    reduced: nn.Module, onnx_path: Path, input_shape: list[int], batches: list[int], tolerance: float
 ) -> dict[str, Any]:
     """Run ONNX Runtime and eager PyTorch on fresh inputs; raise ParityError above ``tolerance``."""
     from edgeprune.engines.ort import OrtRunner
@@ -139,7 +138,7 @@ def export(
     if batch < 1:
         raise EdgepruneError(f"--batch must be >= 1, got {batch}")
     adapter = adapter_for(model)
-    reduced = ReducedViT(adapter, plan)
+    reduced = adapter.reduced(plan)
     spec = plan.spec
     shape = [batch, spec.in_chans, *spec.img_size]
     started = time.perf_counter()

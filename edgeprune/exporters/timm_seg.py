@@ -20,7 +20,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edgeprune.errors import EdgepruneError
+from edgeprune.exporters.base import BlockView, FamilyAdapter
 from edgeprune.loading import apply_state_dict, create_timm_model, read_state_dict
+from edgeprune.spec import ViTSpec
 
 FAMILY = "timm-vit-seg"
 HEADS = ("linear", "multilevel")
@@ -101,6 +103,8 @@ class ViTSegmenter(nn.Module):
         self.feature_blocks: tuple[int, ...] = tuple(feature_blocks)
         self.num_classes = num_classes
         self.spec: dict[str, Any] = dict(spec or {})
+        # What a user of the outputs needs (class names, palette, input normalisation); from config.json.
+        self.info: dict[str, Any] = {}
 
     @property
     def num_prefix_tokens(self) -> int:
@@ -115,13 +119,12 @@ class ViTSegmenter(nn.Module):
         m = self.backbone
         return m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(pixels))))
 
-    def to_grid(self, tokens: Tensor, grid: tuple[int, int]) -> Tensor:
-        """[B, prefix + h*w, C] -> [B, C, h, w]: drop prefix tokens, patches in row-major order."""
-        x = tokens[:, self.num_prefix_tokens:]
-        b, n, c = x.shape
+    def to_grid(self, patch_tokens: Tensor, grid: tuple[int, int]) -> Tensor:
+        """Patch tokens [B, h*w, C] in row-major order -> [B, C, h, w]."""
+        b, n, c = patch_tokens.shape
         if n != grid[0] * grid[1]:
             raise EdgepruneError(f"head needs {grid[0] * grid[1]} patch tokens, got {n}")
-        return x.transpose(1, 2).reshape(b, c, grid[0], grid[1])
+        return patch_tokens.transpose(1, 2).reshape(b, c, grid[0], grid[1])
 
     def block_features(self, pixels: Tensor) -> list[Tensor]:
         """Token outputs [B, N, C] of each feature block; the deepest one is final-normed.
@@ -139,12 +142,16 @@ class ViTSegmenter(nn.Module):
                 break
         return feats
 
-    def forward(self, pixels: Tensor) -> Tensor:
+    def decode(self, feats: Sequence[Tensor], size: Sequence[int]) -> Tensor:
+        """Patch tokens [B, h*w, C] of each feature block (prefix tokens dropped) -> logits at ``size``."""
         ph, pw = self.patch_size
-        grid = (pixels.shape[-2] // ph, pixels.shape[-1] // pw)
-        feats = [self.to_grid(t, grid) for t in self.block_features(pixels)]
-        logits = self.head(feats)
-        return F.interpolate(logits, size=pixels.shape[-2:], mode="bilinear", align_corners=False)
+        grid = (int(size[0]) // ph, int(size[1]) // pw)
+        logits = self.head([self.to_grid(t, grid) for t in feats])
+        return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+
+    def forward(self, pixels: Tensor) -> Tensor:
+        prefix = self.num_prefix_tokens
+        return self.decode([t[:, prefix:] for t in self.block_features(pixels)], pixels.shape[-2:])
 
 
 def create_segmenter(backbone: str, num_classes: int, head: str = "linear",
@@ -246,8 +253,85 @@ def load_segmenter(folder_or_config: str | Path) -> ViTSegmenter:
                              feature_blocks=config.get("feature_blocks"), head_args=config.get("head_args"),
                              **dict(config.get("model_args") or {}))
     apply_state_dict(model, read_state_dict(weights), str(weights))
+    model.info = {k: config[k] for k in ("classes", "palette", "input") if k in config}
     return model.eval()
 
 
-__all__ = ["FAMILY", "HEADS", "LinearSegHead", "MultiLevelSegHead", "ViTSegmenter", "create_segmenter",
+def head_macs(model: ViTSegmenter) -> int:
+    """MACs of the head's convolutions at the model's input size, counted on one dummy pass."""
+    spec = model.backbone.patch_embed
+    grid = tuple(s // p for s, p in zip(spec.img_size, spec.patch_size))
+    total = 0
+
+    def count(module: nn.Module, inputs: tuple, output: Tensor) -> None:
+        nonlocal total
+        k = module.kernel_size[0] * module.kernel_size[1]
+        total += output[0].numel() * (module.in_channels // module.groups) * k
+
+    hooks = [m.register_forward_hook(count) for m in model.head.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        feats = [torch.zeros(1, model.backbone.embed_dim, *grid) for _ in model.feature_blocks]
+        with torch.no_grad():
+            model.head(feats)
+    finally:
+        for h in hooks:
+            h.remove()
+    return int(total)
+
+
+class SegmenterAdapter(FamilyAdapter):
+    """:class:`ViTSegmenter` for the reducers: the backbone's blocks up to the deepest feature block,
+    then the head on one restored token per patch (see :mod:`edgeprune.exporters.dense`)."""
+
+    family = FAMILY
+    output_names = ("logits",)
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        from edgeprune.exporters.timm_vit import TimmViTAdapter
+
+        self.backbone = TimmViTAdapter(model.backbone)  # checks the blocks are supported
+        if getattr(model.backbone.patch_embed, "dynamic_img_size", False):
+            raise EdgepruneError("dynamic_img_size models are not supported: export needs a fixed image size")
+
+    @classmethod
+    def matches(cls, model: nn.Module) -> bool:
+        return isinstance(model, ViTSegmenter)
+
+    @property
+    def spec(self) -> ViTSpec:
+        base = self.backbone.spec
+        fields = {**base.__dict__, "depth": self.model.feature_blocks[-1] + 1, "head_dim_out": 0,
+                  "feature_blocks": tuple(self.model.feature_blocks), "dense_head_macs": head_macs(self.model)}
+        return ViTSpec(**fields)
+
+    def embed(self, pixels: Tensor) -> Tensor:
+        return self.model.embed(pixels)
+
+    def blocks(self) -> list[BlockView]:
+        return self.backbone.blocks()[: self.spec.depth]
+
+    def final_norm(self, tokens: Tensor) -> Tensor:
+        return self.model.backbone.norm(tokens)
+
+    def head(self, patch_tokens: Sequence[Tensor], size: Sequence[int]) -> Tensor:
+        """Restored patch tokens [B, P, C] per feature block -> logits [B, classes, *size]."""
+        return self.model.decode(patch_tokens, size)
+
+    def finish(self, x: Tensor, size: Tensor) -> tuple[Tensor, ...]:
+        raise EdgepruneError("segmenters finish through their dense head (use reduced())")
+
+    def reduced(self, plan) -> nn.Module:
+        from edgeprune.exporters.dense import ReducedDense
+
+        return ReducedDense(self, plan)
+
+    def describe(self) -> dict:
+        d = super().describe()
+        d.update(num_classes=self.model.num_classes, head=self.model.spec.get("head"),
+                 feature_blocks=list(self.model.feature_blocks), **self.model.info)
+        return d
+
+
+__all__ = ["FAMILY", "HEADS", "LinearSegHead", "MultiLevelSegHead", "SegmenterAdapter", "ViTSegmenter", "create_segmenter",
            "load_segmenter", "read_segmenter_config", "save_segmenter"]

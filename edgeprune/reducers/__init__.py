@@ -4,7 +4,10 @@ Each reducer takes the token tensor ``x`` [B, N, C], the token sizes ``size`` [B
 patches each token stands for), a :class:`ReductionContext` with what the block computed
 (attention keys, queries), and the number of non-protected tokens to keep. Protected tokens (the
 first ``num_prefix`` tokens: CLS, distillation, registers) are passed through untouched and stay
-first. Everything is expressed with gathers, TopK and one-hot matmuls so the exported ONNX graph has
+first. Besides the new tokens and sizes a reducer returns ``where`` [B, N_patch_in] (int64): the
+index, among its output patch tokens, of the token each input patch token went into (merged, kept,
+or absorbed). Dense heads follow it back to put one token per patch before the head; classifiers
+ignore it and the exporter prunes it from their graphs. Everything is expressed with gathers, TopK and one-hot matmuls so the exported ONNX graph has
 no ScatterElements/ScatterND reductions.
 """
 
@@ -19,7 +22,7 @@ from edgeprune.reducers.evit import evit_prune
 from edgeprune.reducers.gsp import gsp_prune
 from edgeprune.reducers.tome import tome_merge
 
-Reducer = Callable[[Tensor, Tensor, ReductionContext, int], tuple[Tensor, Tensor]]
+Reducer = Callable[[Tensor, Tensor, ReductionContext, int], tuple[Tensor, Tensor, Tensor]]
 
 REDUCERS: dict[str, Reducer] = {
     "tome": tome_merge,
@@ -28,5 +31,8 @@ REDUCERS: dict[str, Reducer] = {
 }
 
 METHODS: tuple[str, ...] = ("none", *REDUCERS)
+# Methods that only make sense when every patch gets its token back before a dense head.
+DENSE_METHODS: tuple[str, ...] = ("cluster", "pass")
+ALL_METHODS: tuple[str, ...] = (*METHODS, *DENSE_METHODS)
 
-__all__ = ["REDUCERS", "METHODS", "Reducer", "ReductionContext", "tome_merge", "evit_prune", "gsp_prune"]
+__all__ = ["REDUCERS", "METHODS", "DENSE_METHODS", "ALL_METHODS", "Reducer", "ReductionContext", "tome_merge", "evit_prune", "gsp_prune"]

@@ -15,14 +15,16 @@ from edgeprune.reducers.common import (
     descending_order,
     gather_tokens,
     in_token_order,
+    membership,
+    rank_among,
     split_prefix,
 )
 
 
-def evit_prune(x: Tensor, size: Tensor, ctx: ReductionContext, keep: int) -> tuple[Tensor, Tensor]:
+def evit_prune(x: Tensor, size: Tensor, ctx: ReductionContext, keep: int) -> tuple[Tensor, Tensor, Tensor]:
     num_tok = x.shape[1] - ctx.num_prefix
     if keep >= num_tok:
-        return x, size
+        return x, size, torch.arange(num_tok, device=x.device).expand(x.shape[0], -1)
     if keep < 2:
         raise ValueError("EViT keeps at least one attentive token plus the fused token")
     x_pre, x_tok = split_prefix(x, ctx.num_prefix)
@@ -38,4 +40,6 @@ def evit_prune(x: Tensor, size: Tensor, ctx: ReductionContext, keep: int) -> tup
 
     x_out = torch.cat((x_pre, gather_tokens(x_tok, kept_idx), fused), dim=1)
     size_out = torch.cat((s_pre, gather_tokens(s_tok, kept_idx), fused_size), dim=1)
-    return x_out, size_out
+    kept = membership(kept_idx, num_tok)
+    where = torch.where(kept, rank_among(kept), keep - 1)  # dropped tokens live on in the fused one
+    return x_out, size_out, where

@@ -20,10 +20,14 @@ from edgeprune.reducers.common import (
     ReductionContext,
     alternating_similarity,
     check_round,
+    compose,
     descending_order,
     gather_tokens,
     in_token_order,
+    interleave,
+    membership,
     one_hot,
+    rank_among,
     round_sizes,
     split_prefix,
 )
@@ -46,7 +50,7 @@ def edge_threshold(similarity: Tensor, options: dict) -> Tensor:
 
 def graph_prune_round(
     x: Tensor, size: Tensor, r: int, num_prefix: int, options: dict
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor]:
     x_pre, x_tok = split_prefix(x, num_prefix)
     s_pre, s_tok = split_prefix(size, num_prefix)
     check_round(x_tok.shape[1], r)
@@ -55,18 +59,28 @@ def graph_prune_round(
     scores = redundancy_scores(similarity, edge_threshold(similarity, options))
     order = descending_order(scores)
     dropped_idx, kept_idx = order[:, :r], in_token_order(order[:, r:])
-    nearest = similarity.argmax(dim=-1).gather(1, dropped_idx)
+    nearest_all = similarity.argmax(dim=-1)
+    nearest = nearest_all.gather(1, dropped_idx)
     assign_t = one_hot(nearest, similarity.shape[-1], x.dtype).transpose(1, 2)  # [B, Nb, r]
 
     s_a, s_b = s_tok[:, ::2], s_tok[:, 1::2]
     s_b = s_b + assign_t @ gather_tokens(s_a, dropped_idx)
     x_out = torch.cat((x_pre, gather_tokens(x_tok[:, ::2], kept_idx), x_tok[:, 1::2]), dim=1)
     size_out = torch.cat((s_pre, gather_tokens(s_a, kept_idx), s_b), dim=1)
-    return x_out, size_out
+
+    # Kept A tokens first, then every B token; a dropped token is represented by its nearest target.
+    n_kept = kept_idx.shape[1]
+    dropped = membership(dropped_idx, similarity.shape[1])
+    where_a = torch.where(dropped, n_kept + nearest_all, rank_among(~dropped))
+    where_b = n_kept + torch.arange(similarity.shape[-1], device=x.device).expand(x.shape[0], -1)
+    return x_out, size_out, interleave(where_a, where_b)
 
 
-def gsp_prune(x: Tensor, size: Tensor, ctx: ReductionContext, keep: int) -> tuple[Tensor, Tensor]:
+def gsp_prune(x: Tensor, size: Tensor, ctx: ReductionContext, keep: int) -> tuple[Tensor, Tensor, Tensor]:
     """Drop patch tokens down to ``keep``; more than half go in several rounds at this point."""
-    for r in round_sizes(x.shape[1] - ctx.num_prefix, keep):
-        x, size = graph_prune_round(x, size, r, ctx.num_prefix, ctx.options)
-    return x, size
+    n_tok = x.shape[1] - ctx.num_prefix
+    where = torch.arange(n_tok, device=x.device).expand(x.shape[0], -1)
+    for r in round_sizes(n_tok, keep):
+        x, size, step = graph_prune_round(x, size, r, ctx.num_prefix, ctx.options)
+        where = compose(where, step)
+    return x, size, where

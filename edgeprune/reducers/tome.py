@@ -15,10 +15,14 @@ from edgeprune.reducers.common import (
     ReductionContext,
     alternating_similarity,
     check_round,
+    compose,
     descending_order,
     gather_tokens,
     in_token_order,
+    interleave,
+    membership,
     one_hot,
+    rank_among,
     round_sizes,
     split_prefix,
 )
@@ -26,8 +30,8 @@ from edgeprune.reducers.common import (
 
 def bipartite_merge_round(
     x: Tensor, size: Tensor, metric: Tensor, r: int, num_prefix: int
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Merge ``r`` tokens of set A into set B once; returns new (x, size, metric).
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Merge ``r`` tokens of set A into set B once; returns new (x, size, metric, where).
 
     ``metric`` is merged like ``x`` so that a further round at the same point can match again.
     """
@@ -59,12 +63,22 @@ def bipartite_merge_round(
     x_out = torch.cat((x_pre, x_unm, x_b / new_s_b), dim=1)
     size_out = torch.cat((s_pre, s_unm, new_s_b), dim=1)
     metric_out = torch.cat((m_pre, m_unm, m_b / new_s_b), dim=1)
-    return x_out, size_out, metric_out
+
+    # Unmerged A tokens come first (in token order), then every B token; a merged A token lives on
+    # in its B partner.
+    n_unm = unmerged_idx.shape[1]
+    merged = membership(src_idx, best_dst.shape[1])
+    where_a = torch.where(merged, n_unm + best_dst, rank_among(~merged))
+    where_b = n_unm + torch.arange(scores.shape[-1], device=x.device).expand(x.shape[0], -1)
+    return x_out, size_out, metric_out, interleave(where_a, where_b)
 
 
-def tome_merge(x: Tensor, size: Tensor, ctx: ReductionContext, keep: int) -> tuple[Tensor, Tensor]:
+def tome_merge(x: Tensor, size: Tensor, ctx: ReductionContext, keep: int) -> tuple[Tensor, Tensor, Tensor]:
     """Merge patch tokens down to ``keep``; more than half go in several rounds at this point."""
     metric = ctx.key_metric()
-    for r in round_sizes(x.shape[1] - ctx.num_prefix, keep):
-        x, size, metric = bipartite_merge_round(x, size, metric, r, ctx.num_prefix)
-    return x, size
+    n_tok = x.shape[1] - ctx.num_prefix
+    where = torch.arange(n_tok, device=x.device).expand(x.shape[0], -1)
+    for r in round_sizes(n_tok, keep):
+        x, size, metric, step = bipartite_merge_round(x, size, metric, r, ctx.num_prefix)
+        where = compose(where, step)
+    return x, size, where

@@ -16,7 +16,7 @@ def make(prefix, n_tok=20, batch=2, heads=2, dim=8):
 def test_keeps_most_attended_and_fuses_the_rest(prefix):
     x, size, ctx = make(prefix)
     keep = 6
-    out, out_size = evit_prune(x, size, ctx, keep)
+    out, out_size, _ = evit_prune(x, size, ctx, keep)
     assert out.shape == (2, prefix + keep, 8)
     torch.testing.assert_close(out[:, :prefix], x[:, :prefix])
     torch.testing.assert_close(out_size.sum(1), size.sum(1))
@@ -48,7 +48,7 @@ def test_query_attention_uses_cls_or_mean_query():
 
 def test_noop_and_minimum():
     x, size, ctx = make(1)
-    out, _ = evit_prune(x, size, ctx, 20)
+    out, _, _ = evit_prune(x, size, ctx, 20)
     assert out is x
     with pytest.raises(ValueError):
         evit_prune(x, size, ctx, 1)
@@ -56,9 +56,9 @@ def test_noop_and_minimum():
 
 def test_batch_independent():
     x, size, ctx = make(1, batch=3)
-    out, _ = evit_prune(x, size, ctx, 5)
+    out, _, _ = evit_prune(x, size, ctx, 5)
     one = ReductionContext(ctx.q[1:2], ctx.k[1:2], ctx.scale, 1)
-    single, _ = evit_prune(x[1:2], size[1:2], one, 5)
+    single, _, _ = evit_prune(x[1:2], size[1:2], one, 5)
     torch.testing.assert_close(single[0], out[1])
 
 
@@ -70,6 +70,6 @@ def test_kept_tokens_stay_in_token_order():
     # Markers in the features reveal which patch each output token came from.
     x, size, ctx = make(1)
     x[:, :, 0] = torch.arange(21, dtype=torch.float32)
-    out, _ = evit_prune(x, size, ctx, 8)
+    out, _, _ = evit_prune(x, size, ctx, 8)
     origin = out[:, 1:-1, 0]
     assert (origin[:, 1:] > origin[:, :-1]).all()

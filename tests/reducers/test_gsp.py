@@ -20,7 +20,7 @@ def test_drops_duplicated_sources_first(prefix):
     for a in (0, 2, 4):
         tok[:, a] = tok[:, 1] + 1e-3 * torch.randn_like(tok[:, 1])
     size = torch.ones(2, prefix + n_tok, 1)
-    out, out_size = gsp_prune(x, size, ctx_for(x, prefix), keep=n_tok - 3)
+    out, out_size, _ = gsp_prune(x, size, ctx_for(x, prefix), keep=n_tok - 3)
     assert out.shape == (2, prefix + n_tok - 3, dim)
     torch.testing.assert_close(out[:, :prefix], x[:, :prefix])
     torch.testing.assert_close(out_size.sum(1), size.sum(1))
@@ -41,13 +41,13 @@ def test_threshold_counts_only_strong_edges():
 
 def test_multi_round_and_absolute_threshold():
     x = torch.randn(2, 1 + 40, 8)
-    out, size = gsp_prune(x, torch.ones(2, 41, 1), ctx_for(x, 1, gsp_threshold=0.2), keep=5)
+    out, size, _ = gsp_prune(x, torch.ones(2, 41, 1), ctx_for(x, 1, gsp_threshold=0.2), keep=5)
     assert out.shape == (2, 6, 8) and size.sum().item() == 2 * 41
 
 
 def test_batch_independent():
     x = torch.randn(3, 1 + 24, 8)
     size = torch.ones(3, 25, 1)
-    out, _ = gsp_prune(x, size, ctx_for(x, 1), keep=10)
-    single, _ = gsp_prune(x[2:3], size[2:3], ctx_for(x[2:3], 1), keep=10)
+    out, _, _ = gsp_prune(x, size, ctx_for(x, 1), keep=10)
+    single, _, _ = gsp_prune(x[2:3], size[2:3], ctx_for(x[2:3], 1), keep=10)
     torch.testing.assert_close(single[0], out[2])

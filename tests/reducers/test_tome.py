@@ -32,7 +32,7 @@ def test_round_matches_reference(prefix, n_tok, r):
     x = torch.randn(3, prefix + n_tok, 12, dtype=torch.float64)
     size = torch.randint(1, 4, (3, prefix + n_tok, 1)).double()
     metric = torch.randn(3, prefix + n_tok, 6, dtype=torch.float64)
-    got_x, got_s, _ = bipartite_merge_round(x, size, metric, r, prefix)
+    got_x, got_s, _, _ = bipartite_merge_round(x, size, metric, r, prefix)
     ref_x, ref_s = reference_round(x, size, metric, r, prefix)
     torch.testing.assert_close(got_x, ref_x)
     torch.testing.assert_close(got_s, ref_s)
@@ -50,7 +50,7 @@ def test_merge_keeps_prefix_mass_and_shape(prefix):
     x = torch.randn(2, prefix + 30, 8)
     size = torch.ones(2, prefix + 30, 1)
     ctx = context(x, prefix)
-    out, out_size = tome_merge(x, size, ctx, keep=7)  # more than half: several rounds
+    out, out_size, _ = tome_merge(x, size, ctx, keep=7)  # more than half: several rounds
     assert out.shape == (2, prefix + 7, 8)
     torch.testing.assert_close(out[:, :prefix], x[:, :prefix])
     torch.testing.assert_close(out_size.sum(dim=1), size.sum(dim=1))
@@ -62,10 +62,10 @@ def test_batch_elements_are_independent():
     x = torch.randn(3, 21, 8)
     size = torch.ones(3, 21, 1)
     ctx = context(x, 1)
-    out, out_size = tome_merge(x, size, ctx, keep=9)
+    out, out_size, _ = tome_merge(x, size, ctx, keep=9)
     for b in range(3):
         one = ReductionContext(ctx.q[b : b + 1], ctx.k[b : b + 1], ctx.scale, 1)
-        single, single_size = tome_merge(x[b : b + 1], size[b : b + 1], one, keep=9)
+        single, single_size, _ = tome_merge(x[b : b + 1], size[b : b + 1], one, keep=9)
         torch.testing.assert_close(single[0], out[b])
         torch.testing.assert_close(single_size[0], out_size[b])
 

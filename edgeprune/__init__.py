@@ -2,20 +2,28 @@
 
 Data flows one way: model -> :func:`build_plan` -> :func:`reduce_model` -> :func:`export`
 -> artifact (ONNX + manifest) -> engine -> runtime.
+
+Everything but the error types loads on first use, so ``import edgeprune`` (and ``edgeprune
+--help``) does not pay for torch, onnx or onnxruntime.
 """
 
 from __future__ import annotations
 
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from edgeprune.errors import EdgepruneError, ParityError
-from edgeprune.plan import TokenPlan, build_plan
-from edgeprune.spec import ViTSpec
 
 __version__ = "0.1.0"
 
+if TYPE_CHECKING:
+    from torch import nn
 
-def reduce_model(model: nn.Module, plan: TokenPlan) -> "nn.Module":
+    from edgeprune.exporters.onnx_export import export
+    from edgeprune.plan import TokenPlan, build_plan
+    from edgeprune.spec import ViTSpec
+
+
+def reduce_model(model: "nn.Module", plan: "TokenPlan") -> "nn.Module":
     """``model`` with ``plan`` applied, in eval mode; shares the model's weights. Classifiers and
     encoders come back as a ReducedViT, segmenters as a ReducedDense (logits at input resolution)."""
     from edgeprune.exporters import adapter_for
@@ -23,13 +31,20 @@ def reduce_model(model: nn.Module, plan: TokenPlan) -> "nn.Module":
     return adapter_for(model).reduced(plan).eval()
 
 
-def __getattr__(name: str):
-    # Export pulls in onnx/onnxscript; keep `import edgeprune` light.
-    if name == "export":
-        from edgeprune.exporters.onnx_export import export
+_LAZY = {
+    "build_plan": "edgeprune.plan",
+    "TokenPlan": "edgeprune.plan",
+    "ViTSpec": "edgeprune.spec",
+    "export": "edgeprune.exporters.onnx_export",
+}
 
-        return export
-    raise AttributeError(name)
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'edgeprune' has no attribute {name!r}")
 
 
 __all__ = ["EdgepruneError", "ParityError", "TokenPlan", "ViTSpec", "build_plan", "reduce_model", "export", "__version__"]

@@ -19,13 +19,13 @@ from edgeprune.errors import EdgepruneError, first_line
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
 
 
-def parse_model_args(pairs: Sequence[str]) -> dict[str, Any]:
+def parse_model_args(pairs: Sequence[str], flag: str = "--model-arg") -> dict[str, Any]:
     """``["depth=6", "img_size=32", "global_pool=avg"]`` -> typed kwargs (Python literals, else strings)."""
     args: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key.strip():
-            raise EdgepruneError(f"--model-arg expects KEY=VALUE, got '{pair}'")
+            raise EdgepruneError(f"{flag} expects KEY=VALUE, got '{pair}'")
         try:
             value = ast.literal_eval(raw)
         except (ValueError, SyntaxError):

@@ -16,7 +16,7 @@ from torch import nn
 
 from edgeprune.errors import EdgepruneError
 from edgeprune.flops import baseline_macs, plan_macs
-from edgeprune.reducers import ALL_METHODS, DENSE_METHODS
+from edgeprune.reducers import ALL_METHODS, DENSE_METHODS, OPTIONS
 from edgeprune.spec import ViTSpec
 
 PLAN_FORMAT = 1
@@ -191,8 +191,10 @@ def build_plan(
         raise EdgepruneError(f"unknown method '{method}' (choose from {', '.join(ALL_METHODS)})")
     if method == "cluster" and points is None and schedule == "points":
         points = [default_cluster_point(spec.depth)]
+    elif spec.dense and points is None and schedule == "points":
+        points = dense_default_points(spec.depth)
     prop = DEFAULT_PROP_ATTN[method] if prop_attn is None else bool(prop_attn)
-    opts = dict(options or {})
+    opts = check_options(method, options or {})
     budgets = {k: v for k, v in dict(keep=keep, tokens=tokens, flops=flops, latency=latency).items() if v is not None}
     n0, depth = spec.num_patches, spec.depth
 
@@ -260,6 +262,35 @@ def build_plan(
             f"(the most aggressive plan gives {smallest:.3f}); reduce earlier or at more points"
         )
     return best
+
+
+def check_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Typed copy of ``options``; unknown names and bad values are one-line errors, not ignored."""
+    known = OPTIONS.get(method, {})
+    checked: dict[str, Any] = {}
+    for name, value in options.items():
+        if name not in known:
+            names = ", ".join(known) or "none"
+            raise EdgepruneError(f"method '{method}' has no option '{name}' (its options: {names})")
+        kind, allowed = known[name]
+        if kind is bool and isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+            value = value.lower() in ("true", "1")
+        try:
+            value = kind(value) if kind is not bool or isinstance(value, bool) else None
+        except (TypeError, ValueError):
+            value = None
+        if value is None or (allowed is not None and value not in allowed):
+            choices = f" (one of {', '.join(map(str, allowed))})" if allowed else ""
+            raise EdgepruneError(f"option {name}={options[name]!r} is not a valid {kind.__name__}{choices}")
+        checked[name] = value
+    return checked
+
+
+def dense_default_points(depth: int) -> list[int]:
+    """Two early points for dense models (blocks 0 and 2 of 6): every point costs a fixed overhead
+    plus an unmerge at each head tap, and on the reference segmenter two points kept 99.5% of the
+    mIoU at 0.55 MACs where three points were slower for the same MACs."""
+    return sorted({0, depth // 3})
 
 
 def default_cluster_point(depth: int) -> int:

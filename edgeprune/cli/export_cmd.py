@@ -13,9 +13,9 @@ from edgeprune.cli.common import ThreadsOpt, console, out, parse_int_list
 
 
 def export(
-    model: str = typer.Argument(..., help="timm model name (e.g. vit_small_patch16_224) or a HF save_pretrained folder (CLIP/SigLIP vision)."),
+    model: str = typer.Argument(..., help="timm model name (e.g. vit_small_patch16_224), a HF save_pretrained folder (CLIP/SigLIP vision) or an edgeprune segmenter folder (e.g. models/scene_seg)."),
     out_dir: Path = typer.Option(..., "--out", "-o", help="Artifact directory to create (model.onnx + manifest.json)."),
-    method: str = typer.Option("tome", "--method", "-m", help="none, tome (merging), evit (attention top-k) or gsp (graph pruning)."),
+    method: str = typer.Option("tome", "--method", "-m", help="none, tome (merging), evit (attention top-k), gsp (graph pruning); segmenters also cluster (Expedite clustering + reconstruction) and pass (token pass)."),
     keep: Optional[float] = typer.Option(None, "--keep", help="Fraction of patch tokens left after the last reduction point."),
     tokens: Optional[int] = typer.Option(None, "--tokens", help="Patch tokens left after the last reduction point."),
     flops: Optional[float] = typer.Option(None, "--flops", help="Target MACs ratio vs the unreduced model."),
@@ -24,6 +24,7 @@ def export(
     schedule: str = typer.Option("points", "--schedule", help="points (few large steps) or constant (ToMe's r per block)."),
     prop_attn: Optional[bool] = typer.Option(None, "--prop-attn/--no-prop-attn", help="Proportional attention (log size bias); default on for tome."),
     gsp_alpha: Optional[float] = typer.Option(None, "--gsp-alpha", help="gsp: edge threshold = mean + alpha * std of similarities."),
+    option: list[str] = typer.Option([], "--option", help="Reducer option KEY=VALUE (repeatable), e.g. cluster_tau=0.02, cluster_iters=3, cluster_residual=false, pass_signal=update."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Weights: .safetensors or .pth/.pt (loaded weights-only)."),
     model_arg: list[str] = typer.Option([], "--model-arg", help="KEY=VALUE forwarded to timm.create_model (repeatable)."),
     img_size: Optional[int] = typer.Option(None, "--img-size", help="Input size for timm models (square)."),
@@ -44,7 +45,9 @@ def export(
     check_target(out_dir, force)  # before the slow model load
     with console.status("loading model"):
         net, info = load_model(model, checkpoint=checkpoint, model_args=parse_model_args(model_arg), img_size=img_size)
-    options = {} if gsp_alpha is None else {"gsp_alpha": gsp_alpha}
+    options = parse_model_args(option, "--option")  # typed and checked by build_plan
+    if gsp_alpha is not None:
+        options["gsp_alpha"] = gsp_alpha
     point_list = parse_int_list(points, "--points")
     common = dict(prop_attn=prop_attn, options=options)
     if latency is not None and method != "none":
@@ -52,6 +55,8 @@ def export(
     else:
         budget = dict(keep=keep, tokens=tokens, flops=flops)
         plan = build_plan(net, method, points=point_list, schedule=schedule, **budget, **common)
+        if tokens is not None and plan.final_tokens != tokens:
+            console.print(f"[yellow]note: {tokens} tokens do not form a center grid; using {plan.final_tokens}[/]", highlight=False)
     with console.status("exporting") as status:
         artifact = export_artifact(
             net, plan, out_dir, batch=batch, dynamic_batch=dynamic_batch, opset=opset,

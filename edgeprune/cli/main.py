@@ -1,4 +1,4 @@
-"""Entry point: ``edgeprune export | bench | inspect``.
+"""Entry point: ``edgeprune export | bench | inspect | segment``.
 
 User errors (:class:`EdgepruneError`) print one line and exit with code 2; usage errors exit 2 too.
 """
@@ -13,6 +13,7 @@ from edgeprune.cli.bench_cmd import bench
 from edgeprune.cli.common import console, out
 from edgeprune.cli.export_cmd import export
 from edgeprune.cli.inspect_cmd import inspect
+from edgeprune.cli.segment_cmd import segment
 from edgeprune.errors import EdgepruneError
 
 app = typer.Typer(
@@ -42,6 +43,7 @@ def _root(
 app.command(help=export.__doc__)(export)
 app.command(help=bench.__doc__)(bench)
 app.command(help=inspect.__doc__)(inspect)
+app.command(help=segment.__doc__)(segment)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,4 +35,12 @@ METHODS: tuple[str, ...] = ("none", *REDUCERS)
 DENSE_METHODS: tuple[str, ...] = ("cluster", "pass")
 ALL_METHODS: tuple[str, ...] = (*METHODS, *DENSE_METHODS)
 
-__all__ = ["REDUCERS", "METHODS", "DENSE_METHODS", "ALL_METHODS", "Reducer", "ReductionContext", "tome_merge", "evit_prune", "gsp_prune"]
+# Options a plan may carry, per method: name -> (type, allowed values or None).
+OPTIONS: dict[str, dict[str, tuple[type, tuple | None]]] = {
+    "gsp": {"gsp_alpha": (float, None), "gsp_threshold": (float, None)},
+    "cluster": {"cluster_iters": (int, None), "cluster_tau": (float, None), "cluster_window": (int, None),
+                "cluster_topk": (int, None), "cluster_residual": (bool, None)},
+    "pass": {"pass_signal": (str, ("redundancy", "update")), "pass_carry": (bool, None)},
+}
+
+__all__ = ["REDUCERS", "METHODS", "DENSE_METHODS", "ALL_METHODS", "OPTIONS", "Reducer", "ReductionContext", "tome_merge", "evit_prune", "gsp_prune"]

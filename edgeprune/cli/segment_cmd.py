@@ -1,0 +1,252 @@
+"""``edgeprune segment``: label and overlay PNGs for images, from a segmenter folder or an exported artifact."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from edgeprune.cli.common import ProviderOpt, console, out
+from edgeprune.errors import EdgepruneError
+
+FAMILY = "timm-vit-seg"
+LABELS_SUFFIX, OVERLAY_SUFFIX = "_labels.png", "_overlay.png"
+
+
+@dataclass
+class Segmenter:
+    """What the command needs from either kind of model: metadata and a batch -> logits function."""
+
+    kind: str  # "pytorch" or "onnxruntime"
+    classes: list[str]
+    palette: np.ndarray
+    mean: list[float]
+    std: list[float]
+    size: tuple[int, int]  # model input (H, W)
+    batch: Optional[int]  # static batch of the graph; None when any batch works
+    run: Callable[[np.ndarray], np.ndarray] = field(repr=False)
+    close: Callable[[], None] = field(repr=False, default=lambda: None)
+
+
+def segment(
+    images: list[Path] = typer.Argument(..., help="Images to segment (PNG, JPEG, ...; RGB, see docs/cli.md for the channel rule)."),
+    model: Path = typer.Option(..., "--model", help="A timm-vit-seg segmenter folder (config.json) or an artifact exported from one (manifest.json)."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Folder for <stem>_labels.png and <stem>_overlay.png (created if missing)."),
+    threads: int = typer.Option(2, "--threads", min=1, help="Intra-op threads (PyTorch or ONNX Runtime)."),
+    provider: str = ProviderOpt,
+    alpha: float = typer.Option(0.5, "--alpha", min=0.0, max=1.0, help="Weight of the class colour in the overlay."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing output files."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the per-image summary as JSON here."),
+) -> None:
+    """Segment images: a class-id label PNG and a colour overlay PNG per image, at its original resolution."""
+    from edgeprune.images import class_fractions, overlay, read_rgb, save_png_atomic, upsample_argmax, write_atomic
+
+    paths = _unique(images)
+    targets = _plan_outputs(paths, out_dir, force)
+    if json_out is not None and not json_out.parent.is_dir():
+        raise EdgepruneError(f"cannot write --json {json_out}: {json_out.parent} is not a directory")
+    with console.status("checking images"):
+        for p in paths:  # decode everything up front: a bad file fails the run before anything is written
+            read_rgb(p)
+    net = _load(model, threads, provider)
+    try:
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise EdgepruneError(f"cannot write to {out_dir}: {exc.strerror or exc}") from None
+        step = net.batch or 1
+        net.run(np.zeros((step, 3, *net.size), np.float32))  # warm-up, so the first image's time is not inflated
+        rows: list[dict[str, Any]] = []
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=console, transient=True) as bar:
+            task = bar.add_task("segmenting", total=len(paths))
+            for start in range(0, len(paths), step):
+                chunk = paths[start:start + step]
+                bar.update(task, description=chunk[0].name)
+                t0 = time.perf_counter()
+                originals = [read_rgb(p) for p in chunk]
+                pixels = _prepare(originals, net)
+                t1 = time.perf_counter()
+                logits = net.run(pixels)[: len(chunk)]
+                if logits.shape[1] != len(net.classes):
+                    raise EdgepruneError(f"--model {model} outputs {logits.shape[1]} classes but records {len(net.classes)}")
+                infer_ms = (time.perf_counter() - t1) * 1e3 / len(chunk)
+                prep_ms = (t1 - t0) * 1e3 / len(chunk)
+                for path, image, lg in zip(chunk, originals, logits):
+                    t2 = time.perf_counter()
+                    h, w = image.shape[:2]
+                    labels = upsample_argmax(np.asarray(lg, np.float32), h, w)
+                    label_path, overlay_path = targets[path]
+                    _save(save_png_atomic, label_path, labels)
+                    _save(save_png_atomic, overlay_path, overlay(image, labels, net.palette, alpha))
+                    fractions = class_fractions(labels, len(net.classes))
+                    rows.append({
+                        "image": str(path), "width": w, "height": h,
+                        "labels": str(label_path), "overlay": str(overlay_path),
+                        "classes": {net.classes[k]: round(float(f), 6) for k, f in enumerate(fractions) if f > 0},
+                        "infer_ms": round(infer_ms, 3),
+                        "total_ms": round(prep_ms + infer_ms + (time.perf_counter() - t2) * 1e3, 3),
+                    })
+                    bar.advance(task)
+    finally:
+        net.close()
+    _print_summary(rows, net, model)
+    if json_out is not None:
+        data = {"model": str(model), "engine": net.kind, "provider": provider if net.kind == "onnxruntime" else "cpu",
+                "threads": threads, "input_size": list(net.size), "classes": net.classes, "alpha": alpha, "images": rows}
+        text = json.dumps(data, indent=2) + "\n"
+        _save(lambda p, t: write_atomic(p, lambda tmp: Path(tmp).write_text(t)), json_out, text)
+        console.print(f"wrote {json_out}", highlight=False)
+
+
+def _save(writer: Callable[[Path, Any], None], path: Path, data: Any) -> None:
+    try:
+        writer(path, data)
+    except OSError as exc:
+        raise EdgepruneError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _unique(images: list[Path]) -> list[Path]:
+    """Inputs in order, the same file named twice kept once."""
+    seen, paths = set(), []
+    for p in images:
+        key = p.resolve()
+        if key not in seen:
+            seen.add(key)
+            paths.append(p)
+    return paths
+
+
+def _plan_outputs(paths: list[Path], out_dir: Path, force: bool) -> dict[Path, tuple[Path, Path]]:
+    """Output paths per input; refuses clashes (case-insensitively, for macOS/Windows) and inputs as targets."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise EdgepruneError(f"--out {out_dir} exists and is not a directory")
+    by_stem: dict[str, Path] = {}
+    targets: dict[Path, tuple[Path, Path]] = {}
+    inputs = {p.resolve() for p in paths}
+    existing = []
+    for p in paths:
+        stem = p.stem
+        if stem.casefold() in by_stem:
+            raise EdgepruneError(
+                f"{by_stem[stem.casefold()]} and {p} would both write {stem}{LABELS_SUFFIX}; rename one or segment them separately")
+        by_stem[stem.casefold()] = p
+        pair = (out_dir / f"{stem}{LABELS_SUFFIX}", out_dir / f"{stem}{OVERLAY_SUFFIX}")
+        for t in pair:
+            if t.resolve() in inputs:
+                raise EdgepruneError(f"{t} is one of the input images; choose another --out")
+            if t.exists():
+                existing.append(t)
+        targets[p] = pair
+    if existing and not force:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise EdgepruneError(f"{existing[0]} already exists{more}; pass --force to overwrite")
+    return targets
+
+
+def _prepare(originals: list[np.ndarray], net: Segmenter) -> np.ndarray:
+    from edgeprune.evaluation import normalize
+    from edgeprune.images import resize_rgb
+
+    batch = np.stack([resize_rgb(im, *net.size) for im in originals])
+    if net.batch and len(batch) < net.batch:  # a static graph takes exactly its batch: repeat the last image
+        batch = np.concatenate([batch, np.repeat(batch[-1:], net.batch - len(batch), 0)])
+    return np.ascontiguousarray(normalize(batch, net.mean, net.std))
+
+
+def _load(folder: Path, threads: int, provider: str) -> Segmenter:
+    if not folder.is_dir():
+        raise EdgepruneError(f"--model {folder}: no such directory")
+    if (folder / "manifest.json").is_file():
+        return _load_artifact(folder, threads, provider)
+    if (folder / "config.json").is_file():
+        return _load_eager(folder, threads, provider)
+    raise EdgepruneError(
+        f"--model {folder} has neither config.json (a segmenter folder) nor manifest.json (an exported artifact)")
+
+
+def _metadata(source: str, info: dict[str, Any], num_classes: int) -> dict[str, Any]:
+    from edgeprune.images import palette_array
+
+    spec = info.get("input") or {}
+    if not (isinstance(spec, dict) and len(spec.get("mean") or []) == 3 and len(spec.get("std") or []) == 3):
+        raise EdgepruneError(f"{source} does not record the input mean/std (input.mean, input.std) needed to normalise images")
+    classes = info.get("classes")
+    if not isinstance(classes, list) or len(classes) != num_classes:
+        classes = [str(k) for k in range(num_classes)]
+    return dict(classes=[str(c) for c in classes], palette=palette_array(info.get("palette"), num_classes),
+                mean=[float(v) for v in spec["mean"]], std=[float(v) for v in spec["std"]])
+
+
+def _check_channels(source: str, channels: Any) -> None:
+    if channels != 3:
+        raise EdgepruneError(f"{source} expects {channels}-channel input; segment handles 3-channel RGB models only")
+
+
+def _load_eager(folder: Path, threads: int, provider: str) -> Segmenter:
+    import torch
+
+    from edgeprune.exporters.timm_seg import load_segmenter, read_segmenter_config
+
+    read_segmenter_config(folder)  # a folder of another family fails here, naming its family
+    if provider.lower() != "cpu":
+        raise EdgepruneError("--provider applies to exported artifacts; a segmenter folder runs in PyTorch on the CPU")
+    with console.status("loading model"):
+        net = load_segmenter(folder)
+    meta = _metadata(f"{folder}/config.json", net.info, net.num_classes)
+    c, h, w = (net.info.get("input") or {}).get("size") or (3, *net.backbone.patch_embed.img_size)
+    _check_channels(str(folder), c)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+
+    def run(pixels: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return net(torch.from_numpy(pixels)).numpy()
+
+    return Segmenter("pytorch", size=(int(h), int(w)), batch=None, run=run,
+                     close=lambda: torch.set_num_threads(previous), **meta)
+
+
+def _load_artifact(folder: Path, threads: int, provider: str) -> Segmenter:
+    from edgeprune.artifact import load_artifact
+    from edgeprune.engines.ort import OrtRunner
+
+    artifact = load_artifact(folder)
+    info = artifact.manifest["model"] if isinstance(artifact.manifest["model"], dict) else {}
+    family = info.get("family")
+    if family != FAMILY:
+        raise EdgepruneError(f"--model {folder} is an artifact of a {family or 'unknown'} model, not a {FAMILY} segmenter")
+    meta = _metadata(f"{folder}/manifest.json", info, int(info.get("num_classes") or len(info.get("classes") or [])))
+    spec = artifact.manifest["inputs"][0]
+    shape = list(spec["shape"])
+    _check_channels(str(folder), shape[1])
+    static = shape[0] if isinstance(shape[0], int) else None
+    runner = OrtRunner(artifact.onnx_path, providers=[provider], threads=threads)
+    with console.status("loading model"):
+        runner.activate()
+    name = spec.get("name", "pixel_values")
+
+    def run(pixels: np.ndarray) -> np.ndarray:
+        return next(iter(runner.infer({name: pixels}).values()))
+
+    return Segmenter("onnxruntime", size=(int(shape[2]), int(shape[3])), batch=static, run=run,
+                     close=runner.deactivate, **meta)
+
+
+def _print_summary(rows: list[dict[str, Any]], net: Segmenter, model: Path) -> None:
+    h, w = net.size
+    table = Table(title=f"{len(rows)} image{'s' if len(rows) != 1 else ''}, {model} ({net.kind}, input {w}x{h})")
+    for col, justify in (("image", "left"), ("size", "right"), ("classes (pixel fraction)", "left"), ("ms/image", "right")):
+        table.add_column(col, justify=justify)
+    for r in rows:
+        found = sorted(r["classes"].items(), key=lambda kv: -kv[1])
+        table.add_row(Path(r["image"]).name, f"{r['width']}x{r['height']}",
+                      ", ".join(f"{name} {frac:.1%}" for name, frac in found), f"{r['infer_ms']:.1f}")
+    out.print(table)

@@ -132,6 +132,12 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iter
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON through a temp file + rename; an unwritable place is one EdgepruneError line."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise EdgepruneError(f"cannot write {path}: {exc.strerror or exc}") from None

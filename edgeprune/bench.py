@@ -74,13 +74,14 @@ def benchmark(
     seed: int = 0,
     settle: int = 2,
     progress: Optional[Callable[[int, int], None]] = None,
+    pause: float = 0.05,
 ) -> BenchResult:
     from edgeprune.engines.ort import OrtRunner
 
     if not artifacts:
         raise EdgepruneError("nothing to benchmark")
-    if rounds < 1 or warmup < 0 or settle < 0:
-        raise EdgepruneError("--rounds must be >= 1, --warmup and --settle >= 0")
+    if rounds < 1 or warmup < 0 or settle < 0 or pause < 0:
+        raise EdgepruneError("--rounds must be >= 1, --warmup, --settle and pause >= 0")
     base = pick_baseline(artifacts, baseline)
     if len({tuple(a.input_shape(batch)) for a in artifacts}) > 1:
         raise EdgepruneError("artifacts take different input shapes; benchmark models of one configuration together")
@@ -97,8 +98,10 @@ def benchmark(
         for r in range(rounds):
             shuffler.shuffle(order)
             for i in order:
-                # Each session's thread pool keeps spinning after its run; the next session's first
-                # calls pay for that, so every timed call follows a few untimed ones of its own.
+                # Each session's thread pool keeps spinning for tens of ms after its run and steals the
+                # cores from the next session (seen as 2x p50s and per-round ratios all over the place),
+                # so every artifact first idles for `pause` seconds, then runs a few untimed calls.
+                time.sleep(pause)
                 for _ in range(settle):
                     runners[i].run_raw(feeds[i])
                 start = time.perf_counter()

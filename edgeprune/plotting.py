@@ -1,17 +1,23 @@
-"""Latency vs MACs (and accuracy vs MACs) plots for benchmark results."""
+"""Latency vs MACs (and accuracy vs MACs) plots for benchmark results, speed/quality trade-offs, overlay sheets."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Optional
 
 from edgeprune.bench import BenchResult
 
-METHOD_COLORS = {"none": "black", "tome": "tab:blue", "evit": "tab:orange", "gsp": "tab:green"}
+if TYPE_CHECKING:
+    import numpy as np
+
+METHOD_COLORS = {"none": "black", "tome": "tab:blue", "evit": "tab:orange", "gsp": "tab:green",
+                 "cluster": "tab:red", "pass": "tab:purple"}
 
 
-def plot_bench(result: BenchResult, path: str | os.PathLike, accuracy: Optional[dict[str, float]] = None) -> Path:
+def plot_bench(result: BenchResult, path: str | os.PathLike, accuracy: Optional[dict[str, float]] = None,
+               accuracy_label: str = "accuracy") -> Path:
     """Write a PNG: p50 latency vs MACs ratio per artifact; a second panel for accuracy when given."""
     import matplotlib
 
@@ -39,10 +45,101 @@ def plot_bench(result: BenchResult, path: str | os.PathLike, accuracy: Optional[
                 ax2.scatter(row.macs_ratio, acc[row.name], color=METHOD_COLORS.get(row.method, "gray"))
                 ax2.annotate(row.name, (row.macs_ratio, acc[row.name]), fontsize=7, xytext=(4, 2), textcoords="offset points")
         ax2.set_xlabel("MACs / unreduced")
-        ax2.set_ylabel("accuracy")
-        ax2.set_title("accuracy vs compute")
+        ax2.set_ylabel(accuracy_label)
+        ax2.set_title(f"{accuracy_label.split(' (')[0]} vs compute")
         ax2.grid(alpha=0.3)
     fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Points no other point beats on both axes (higher is better on each), by ascending x."""
+    front, best_y = [], float("-inf")
+    for x, y in sorted(points, key=lambda p: (-p[0], -p[1])):
+        if y > best_y:
+            front.append((x, y))
+            best_y = y
+    return front[::-1]
+
+
+def plot_tradeoff(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, *, title: str,
+                  hlines: Sequence[float] = (98.0, 95.0), vline: Optional[float] = 1.4, zoom: Optional[float] = 90.0) -> Path:
+    """Speedup vs quality kept (%) per plan, one colour per method, budgets as labels, Pareto front
+    drawn: the acceptance region (above the lines, right of the vertical) is visible at a glance.
+    A second panel zooms on kept >= ``zoom`` %, where the thresholds are. ``rows`` need method,
+    speedup, kept_pct and label."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    markers = dict(zip(METHOD_COLORS, "*osD^vP"))
+    panels = 2 if zoom is not None else 1
+    fig, axes = plt.subplots(1, panels, figsize=(7.5 * panels, 5), squeeze=False)
+    front = pareto_front([(r["speedup"], r["kept_pct"]) for r in rows])
+    for k, ax in enumerate(axes[0]):
+        for method in dict.fromkeys(r["method"] for r in rows):
+            mine = [r for r in rows if r["method"] == method]
+            ax.scatter([r["speedup"] for r in mine], [r["kept_pct"] for r in mine], label=method, s=60 if method == "none" else 30,
+                       color=METHOD_COLORS.get(method, "gray"), marker=markers.get(method, "x"), zorder=3)
+            for r in mine:
+                if k == 0 or r["kept_pct"] >= zoom:
+                    ax.annotate(r["label"], (r["speedup"], r["kept_pct"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        if len(front) > 1:
+            ax.step(*zip(*front), where="pre", color="gray", linewidth=1, linestyle="--", label="Pareto front", zorder=2)
+        for y in hlines:
+            ax.axhline(y, color="tab:red" if y == max(hlines) else "tab:orange", linewidth=0.8, linestyle=":")
+            ax.annotate(f"{y:g}%", (1.0, y), xycoords=("axes fraction", "data"), fontsize=7, xytext=(-24, 2), textcoords="offset points")
+        if vline:
+            ax.axvline(vline, color="tab:red", linewidth=0.8, linestyle=":")
+        ax.set_xlabel("speedup vs unreduced (median per-round ratio)")
+        ax.set_ylabel("mIoU kept, % of unreduced")
+        ax.grid(alpha=0.3)
+        if k == 1:
+            top = max(r["kept_pct"] for r in rows)
+            ax.set_ylim(zoom, max(top, 100.0) + 0.3)
+            xs = [r["speedup"] for r in rows if r["kept_pct"] >= zoom] + ([vline] if vline else [])
+            ax.set_xlim(min(xs) - 0.05, max(xs) + 0.1)
+            ax.set_title(f"zoom: kept >= {zoom:g}%", fontsize=10)
+    axes[0][0].set_title(title, fontsize=10)
+    axes[0][0].legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_panels(panels: Sequence[tuple[str, "np.ndarray"]], path: str | os.PathLike, *, title: str = "",
+                legend: Optional[Sequence[tuple[str, Sequence[int]]]] = None) -> Path:
+    """One row of titled RGB images (an input and overlays of several models) with a class legend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    h, w = panels[0][1].shape[:2]
+    width = 3.0 * w / max(h, w) + 0.2
+    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), 3.0 * h / max(h, w) + 0.9), squeeze=False)
+    for ax, (name, image) in zip(axes[0], panels):
+        ax.imshow(image)
+        ax.set_title(name, fontsize=8)
+        ax.axis("off")
+    if legend:
+        handles = [Patch(color=[c / 255 for c in rgb], label=n) for n, rgb in legend]
+        fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=7, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0.06 if legend else 0, 1, 0.9 if title else 1))
+    return _save(fig, path)
+
+
+def _save(fig, path: str | os.PathLike) -> Path:
+    import matplotlib.pyplot as plt
+
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=120)

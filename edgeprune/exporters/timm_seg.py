@@ -12,6 +12,7 @@ import json
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Optional
 
@@ -270,7 +271,8 @@ def head_macs(model: ViTSegmenter) -> int:
 
     hooks = [m.register_forward_hook(count) for m in model.head.modules() if isinstance(m, nn.Conv2d)]
     try:
-        feats = [torch.zeros(1, model.backbone.embed_dim, *grid) for _ in model.feature_blocks]
+        dtype = next(model.head.parameters()).dtype
+        feats = [torch.zeros(1, model.backbone.embed_dim, *grid, dtype=dtype) for _ in model.feature_blocks]
         with torch.no_grad():
             model.head(feats)
     finally:
@@ -298,7 +300,7 @@ class SegmenterAdapter(FamilyAdapter):
     def matches(cls, model: nn.Module) -> bool:
         return isinstance(model, ViTSegmenter)
 
-    @property
+    @cached_property
     def spec(self) -> ViTSpec:
         base = self.backbone.spec
         fields = {**base.__dict__, "depth": self.model.feature_blocks[-1] + 1, "head_dim_out": 0,

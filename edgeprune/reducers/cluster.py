@@ -25,9 +25,10 @@ from torch import Tensor
 
 from edgeprune.reducers.common import ReductionContext, split_prefix
 
-DEFAULTS = {"cluster_iters": 3, "cluster_tau": 0.02, "cluster_window": 2, "cluster_topk": 4,
+DEFAULTS = {"cluster_iters": 3, "cluster_tau": 0.02, "cluster_window": 2, "cluster_topk": 0,
             "cluster_residual": True}
 MAX_ASPECT_DISTORTION = 1.34
+PRIOR_MASS = 1.0
 
 
 @dataclass
@@ -126,13 +127,18 @@ def cluster_tokens(x: Tensor, size: Tensor, ctx: ReductionContext, keep: int,
     centers = pool_t @ x_tok  # [B, K, C]
     for _ in range(iters):
         assign = (bias_t - squared_distance(x_tok, centers) / tau).softmax(dim=-1)  # [B, P, K]
+        # A center keeps its previous position with the weight of one token: a center that lost
+        # (almost) all its tokens would otherwise be a mean over vanishing weights, as sensitive
+        # to rounding as 1 / mass, and its engines' outputs would disagree.
         mass = assign.sum(dim=1).unsqueeze(-1)  # [B, K, 1]
-        centers = (assign.transpose(1, 2) @ x_tok) / mass.clamp_min(1e-6)
+        centers = (assign.transpose(1, 2) @ x_tok + PRIOR_MASS * centers) / (mass + PRIOR_MASS)
     logits = bias_t - squared_distance(x_tok, centers) / tau
     assign = logits.softmax(dim=-1)
-    top = min(int(opts["cluster_topk"]), keep)
-    kth = logits.topk(top, dim=-1, largest=True, sorted=True).values[..., -1:]
-    weights = torch.where(logits >= kth, logits, torch.full_like(logits, float("-inf"))).softmax(dim=-1)
+    top = int(opts["cluster_topk"])
+    if 0 < top < keep:
+        kth = logits.topk(top, dim=-1, largest=True, sorted=True).values[..., -1:]
+        logits = torch.where(logits >= kth, logits, torch.full_like(logits, float("-inf")))
+    weights = logits.softmax(dim=-1)
 
     sizes = assign.sum(dim=1).unsqueeze(-1)  # soft patch counts, for proportional attention
     x_out = torch.cat((x_pre, centers), dim=1)

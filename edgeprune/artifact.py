@@ -116,6 +116,9 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iter
     try:
         parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a shipped artifact is readable like any folder
     except OSError as exc:
         raise EdgepruneError(f"cannot write to {parent}: {exc.strerror or exc}") from None
     try:

@@ -31,9 +31,8 @@ def reducer_macs(spec: ViTSpec, method: str, n_tok_in: int, n_tok_out: int, opti
     if method == "cluster":
         from edgeprune.reducers.cluster import DEFAULTS, cluster_macs
 
-        opts = {**DEFAULTS, **(options or {})}
-        iters, window = int(opts["cluster_iters"]), int(opts["cluster_window"])
-        return cluster_macs(n_tok_in, n_tok_out, spec.embed_dim, iters, window) + n_tok_in * spec.embed_dim
+        iters = int({**DEFAULTS, **(options or {})}["cluster_iters"])
+        return cluster_macs(n_tok_in, n_tok_out, spec.embed_dim, iters) + n_tok_in * spec.embed_dim
     if method == "evit":
         return spec.num_heads * n_tok_in * spec.head_dim + n_tok_in * spec.embed_dim
     width = spec.head_dim if method == "tome" else spec.embed_dim

@@ -20,6 +20,7 @@ def export(
     tokens: Optional[int] = typer.Option(None, "--tokens", help="Patch tokens left after the last reduction point."),
     flops: Optional[float] = typer.Option(None, "--flops", help="Target MACs ratio vs the unreduced model."),
     latency: Optional[float] = typer.Option(None, "--latency", help="Target latency ratio, from this machine's calibrated per-block latency (cached)."),
+    budgets: Optional[str] = typer.Option(None, "--budgets", help="Engine set: one artifact per MACs ratio, e.g. 1.0,0.75,0.5 (1.0 = unreduced); --out becomes a set folder."),
     points: Optional[str] = typer.Option(None, "--points", help="Blocks that reduce, e.g. 1,4,7 (default for 12 blocks). With --latency: searched when omitted."),
     schedule: str = typer.Option("points", "--schedule", help="points (few large steps) or constant (ToMe's r per block)."),
     prop_attn: Optional[bool] = typer.Option(None, "--prop-attn/--no-prop-attn", help="Proportional attention (log size bias); default on for tome."),
@@ -42,6 +43,7 @@ def export(
     from edgeprune.plan import build_plan
 
     started = time.perf_counter()
+    budget_list = _parse_budget_set(budgets, keep=keep, tokens=tokens, flops=flops, latency=latency)
     check_target(out_dir, force)  # before the slow model load
     with console.status("loading model"):
         net, info = load_model(model, checkpoint=checkpoint, model_args=parse_model_args(model_arg), img_size=img_size)
@@ -50,6 +52,18 @@ def export(
         options["gsp_alpha"] = gsp_alpha
     point_list = parse_int_list(points, "--points")
     common = dict(prop_attn=prop_attn, options=options)
+    if budget_list is not None:
+        from edgeprune.cli.inspect_cmd import print_set
+        from edgeprune.engine_set import export_engine_set
+
+        with console.status("exporting engine set") as status:
+            engine_set = export_engine_set(
+                net, method, budget_list, out_dir, batch=batch, dynamic_batch=dynamic_batch, opset=opset,
+                tolerance=tolerance, model_info=info, overwrite=force, progress=status.update,
+                points=point_list, schedule=schedule, **common,
+            )
+        print_set(engine_set, f"exported engine set {out_dir} in {time.perf_counter() - started:.1f} s")
+        return
     if latency is not None and method != "none":
         plan = _latency_plan(net, method, latency, point_list, schedule, threads, common)
     else:
@@ -63,6 +77,18 @@ def export(
             tolerance=tolerance, model_info=info, overwrite=force, progress=status.update,
         )
     _print_summary(artifact.path, artifact.manifest, time.perf_counter() - started)
+
+
+def _parse_budget_set(budgets: Optional[str], **single: Optional[float]) -> Optional[list[float]]:
+    if budgets is None:
+        return None
+    from edgeprune.engine_set import parse_budgets
+    from edgeprune.errors import EdgepruneError
+
+    given = [f"--{k}" for k, v in single.items() if v is not None]
+    if given:
+        raise EdgepruneError(f"--budgets replaces the single budget options; drop {', '.join(given)}")
+    return parse_budgets(budgets)
 
 
 def _latency_plan(net, method, latency, points, schedule, threads, common):

@@ -1,4 +1,4 @@
-"""``edgeprune inspect``: what an artifact contains."""
+"""``edgeprune inspect``: what an artifact (or an engine set) contains."""
 
 from __future__ import annotations
 
@@ -12,15 +12,23 @@ from edgeprune.cli.common import out
 
 
 def inspect(
-    artifact_dir: Path = typer.Argument(..., help="Artifact directory written by edgeprune export."),
+    artifact_dir: Path = typer.Argument(..., help="Artifact directory written by edgeprune export (or an engine set folder)."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON instead of tables."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Check the ONNX file's sha256 against the manifest."),
 ) -> None:
     """Show an artifact's manifest, its plan block by block, and the graph's op counts."""
     from edgeprune.artifact import load_artifact
+    from edgeprune.engine_set import is_engine_set, load_engine_set
     from edgeprune.flops import block_macs
     from edgeprune.graph import load_graph, op_counts
 
+    if is_engine_set(artifact_dir):
+        engine_set = load_engine_set(artifact_dir, verify=verify)
+        if as_json:
+            out.print_json(json.dumps(engine_set.manifest))
+        else:
+            print_set(engine_set, f"{engine_set.path} ({'verified' if verify else 'not verified'})")
+        return
     artifact = load_artifact(artifact_dir, verify=verify)
     m = artifact.manifest
     if as_json:
@@ -56,3 +64,30 @@ def inspect(
     for op, count in op_counts(load_graph(artifact.onnx_path)).items():
         ops.add_row(op, str(count))
     out.print(ops)
+
+
+def print_set(engine_set, title: str) -> None:
+    """Members (budget, tokens, MACs, parity) and, when calibrated, their latencies and where measured."""
+    from edgeprune.engine_set import calibration_matches
+
+    cal = engine_set.calibration or {}
+    timed = cal.get("members", {})
+    table = Table(title=title)
+    columns = ["member", "budget", "tokens", "MACs ratio", "parity"] + (["p50 ms", "p90 ms", "p99 ms"] if timed else [])
+    for col in columns:
+        table.add_column(col, justify="left" if col == "member" else "right")
+    for m in engine_set.members:
+        parity = m.artifact.manifest["parity"]["max"]
+        cells = [m.path, f"{m.budget:g}", str(m.final_tokens), f"{m.macs_ratio:.3f}", f"{parity:.1e}"]
+        if timed:
+            t = timed.get(m.path, {})
+            cells += [f"{t[k]:.3f}" if k in t else "-" for k in ("p50_ms", "p90_ms", "p99_ms")]
+        table.add_row(*cells)
+    out.print(table)
+    if cal:
+        ok, why = calibration_matches(engine_set)
+        where = "this machine" if ok else f"another machine: {why}"
+        out.print(f"calibrated {cal.get('measured_at')} on {where}; {cal.get('rounds')} rounds, "
+                  f"{cal.get('threads')} threads, {cal.get('provider')}, batch {cal.get('batch')}", highlight=False)
+    else:
+        out.print("not calibrated (edgeprune calibrate SET)", highlight=False)

@@ -1,4 +1,4 @@
-"""Entry point: ``edgeprune export | bench | inspect | segment``.
+"""Entry point: ``edgeprune export | bench | inspect | segment | calibrate``.
 
 User errors (:class:`EdgepruneError`) print one line and exit with code 2; usage errors exit 2 too.
 """
@@ -10,6 +10,7 @@ import sys
 import typer
 
 from edgeprune.cli.bench_cmd import bench
+from edgeprune.cli.calibrate_cmd import calibrate
 from edgeprune.cli.common import console, out
 from edgeprune.cli.export_cmd import export
 from edgeprune.cli.inspect_cmd import inspect
@@ -44,6 +45,7 @@ app.command(help=export.__doc__)(export)
 app.command(help=bench.__doc__)(bench)
 app.command(help=inspect.__doc__)(inspect)
 app.command(help=segment.__doc__)(segment)
+app.command(help=calibrate.__doc__)(calibrate)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,36 @@
+"""``edgeprune calibrate``: measure an engine set's per-member latency on this machine, into set.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from edgeprune.cli.common import ProviderOpt, ThreadsOpt, console
+
+
+def calibrate(
+    engine_set_dir: Path = typer.Argument(..., help="Engine set folder written by edgeprune export --budgets."),
+    rounds: int = typer.Option(50, "--rounds", min=1, help="Timed rounds; each runs every member once, in shuffled order."),
+    warmup: int = typer.Option(5, "--warmup", min=0, help="Untimed runs per member first."),
+    threads: int = ThreadsOpt,
+    provider: str = ProviderOpt,
+    force: bool = typer.Option(False, "--force", help="Replace a calibration from another machine without the warning (it is replaced either way)."),
+) -> None:
+    """Time every member of an engine set interleaved and store its latency distribution in set.json."""
+    from edgeprune.cli.inspect_cmd import print_set
+    from edgeprune.engine_set import calibrate_engine_set, calibration_matches, load_engine_set
+
+    engine_set = load_engine_set(engine_set_dir, verify=True)
+    if engine_set.calibration:
+        same, why = calibration_matches(engine_set)
+        if not same and not force:
+            console.print(f"[yellow]warning: replacing a calibration from another machine ({why})[/]",
+                          highlight=False, soft_wrap=True)
+    columns = (TextColumn("calibrating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("rounds", total=rounds)
+        calibrate_engine_set(engine_set, rounds=rounds, warmup=warmup, threads=threads, provider=provider,
+                             progress=lambda done, _total: bar.update(task, completed=done))
+    print_set(engine_set, f"calibrated {engine_set.path}: {rounds} interleaved rounds, {threads} threads, {provider}")

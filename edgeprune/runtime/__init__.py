@@ -1,0 +1,13 @@
+"""Runtime scheduling: pick one engine (token budget) per frame, share a token pool across cameras."""
+
+from edgeprune.runtime.policies import (POLICIES, CombinedPolicy, ContentPolicy, DeadlinePolicy, Decision,
+                                        EngineProfile, FixedPolicy, FrameContext, Policy, downscale_gray,
+                                        frame_change, make_policy, validate_profiles)
+from edgeprune.runtime.pool import StreamDemand, allocate
+from edgeprune.runtime.simulator import SimResult, Trace, load_trace, save_trace, simulate, trace_from_profiles
+
+__all__ = [
+    "POLICIES", "CombinedPolicy", "ContentPolicy", "DeadlinePolicy", "Decision", "EngineProfile", "FixedPolicy",
+    "FrameContext", "Policy", "downscale_gray", "frame_change", "make_policy", "validate_profiles",
+    "StreamDemand", "allocate", "SimResult", "Trace", "load_trace", "save_trace", "simulate", "trace_from_profiles",
+]

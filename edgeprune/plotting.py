@@ -49,12 +49,7 @@ def plot_bench(result: BenchResult, path: str | os.PathLike, accuracy: Optional[
         ax2.set_title(f"{accuracy_label.split(' (')[0]} vs compute")
         ax2.grid(alpha=0.3)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return _save(fig, path)
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:

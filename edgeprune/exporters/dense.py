@@ -21,11 +21,10 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from edgeprune.errors import EdgepruneError
-from edgeprune.plan import TokenPlan
-from edgeprune.reducers import REDUCERS, ReductionContext
+from edgeprune.exporters.base import ReducedViT
+from edgeprune.reducers import ReductionContext
 from edgeprune.reducers.cluster import Clustering, cluster_tokens
 from edgeprune.reducers.common import compose, gather_tokens
 from edgeprune.reducers.token_pass import pass_tokens
@@ -73,22 +72,8 @@ class DenseState:
         return tokens if self.where is None else gather_tokens(tokens, self.where)
 
 
-class ReducedDense(nn.Module):
+class ReducedDense(ReducedViT):
     """Runs a dense adapter's model under a plan; logits keep the input resolution."""
-
-    def __init__(self, adapter, plan: TokenPlan) -> None:
-        super().__init__()
-        if plan.spec != adapter.spec:
-            raise EdgepruneError("the plan was built for a different model configuration")
-        self.model = adapter.model.eval()
-        self.adapter = adapter
-        self.plan = plan
-        self.views = adapter.blocks()
-        self.reducer = REDUCERS.get(plan.method)
-
-    @property
-    def output_names(self) -> tuple[str, ...]:
-        return self.adapter.output_names
 
     def forward(self, pixels: Tensor) -> Tensor:
         plan, spec = self.plan, self.plan.spec
@@ -99,13 +84,13 @@ class ReducedDense(nn.Module):
         for i, view in enumerate(self.views):
             merged = plan.prop_attn and i > 0 and plan.keep[i - 1] < spec.num_patches
             bias = size.log().transpose(1, 2).unsqueeze(1) if merged else None
-            x, size = self._block(view, x, size, bias, state, i)
+            x, size = self._dense_block(view, x, size, bias, state, i)
             if i in spec.feature_blocks:
                 tokens = state.restore(x)
                 feats.append(self.adapter.final_norm(tokens) if i == spec.feature_blocks[-1] else tokens)
         return self.adapter.head(feats, pixels.shape[-2:])
 
-    def _block(self, view, x: Tensor, size: Tensor, bias: Optional[Tensor], state: DenseState,
+    def _dense_block(self, view, x: Tensor, size: Tensor, bias: Optional[Tensor], state: DenseState,
                i: int) -> tuple[Tensor, Tensor]:
         x_in = x
         q, k, v = view.qkv(view.norm1(x))

@@ -1,0 +1,165 @@
+"""The runtime: one engine per token budget, one chosen per frame by a policy.
+
+``Runtime(set, target_ms=..., policy=...)`` loads a calibrated engine set (see
+:mod:`edgeprune.engine_set`), turns its calibration into :class:`EngineProfile` s for the policy,
+and for every frame: computes the cheap content signal, asks the policy for an engine, runs it,
+and tells the policy the measured latency. Several threads may call :meth:`Runtime.infer` at once
+(one per camera, say): the policy and per-stream state sit behind one lock that is held only for
+the microseconds of choosing and observing, never while an engine runs; ONNX Runtime sessions
+accept concurrent runs.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import warnings
+from collections.abc import Hashable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+
+from edgeprune.errors import EdgepruneError
+from edgeprune.runtime.policies import (Decision, EngineProfile, FrameContext, Policy, downscale_gray,
+                                        frame_change, make_policy)
+
+INPUT_NAME = "pixel_values"
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    """One frame's outcome: what ran, how long it took, whether the deadline held."""
+
+    frame: int
+    stream: Hashable
+    engine: str
+    budget: float
+    outputs: dict[str, np.ndarray]
+    labels: Optional[np.ndarray]  # [H, W] uint8 class ids at the model's input size (segmenters)
+    engine_ms: float  # the engine run alone
+    total_ms: float  # preprocessing + scheduling + engine
+    scheduler_ms: float  # content signal + choose + observe
+    deadline_met: bool  # total_ms <= the frame's deadline
+    decision: Decision
+
+
+def profiles_from_calibration(engine_set: Any) -> list[EngineProfile]:
+    """The set's calibrated p50/p95 per member, largest budget first; a clear error if uncalibrated."""
+    calibration = engine_set.calibration
+    if not calibration:
+        raise EdgepruneError(f"{engine_set.path}: the engine set is not calibrated; run `edgeprune calibrate {engine_set.path}`")
+    stats = calibration.get("members", {})
+    profiles = []
+    for member in sorted(engine_set.members, key=lambda m: -m.budget):
+        s = stats.get(member.path)
+        if not s:
+            raise EdgepruneError(f"{engine_set.path}: calibration lacks member {member.path}; run `edgeprune calibrate` again")
+        profiles.append(EngineProfile(member.path, member.budget, float(s["p50_ms"]), max(float(s["p95_ms"]), float(s["p50_ms"]))))
+    return profiles
+
+
+class Runtime:
+    """Per-frame budget selection over an engine set (see the module docstring)."""
+
+    def __init__(self, engine_set: Union[str, Path, Any], target_ms: float, policy: Union[str, Policy] = "deadline",
+                 *, threads: int = 2, provider: str = "cpu", policy_args: Optional[dict[str, Any]] = None,
+                 strict_machine: bool = False) -> None:
+        from edgeprune.engine_set import calibration_matches, load_engine_set
+        from edgeprune.engines.ort import OrtRunner
+
+        self.set = load_engine_set(engine_set) if isinstance(engine_set, (str, Path)) else engine_set
+        self.profiles = profiles_from_calibration(self.set)
+        ok, why = calibration_matches(self.set)
+        if not ok:
+            message = f"{self.set.path}: calibrated on another machine ({why}); latency predictions may be off"
+            if strict_machine:
+                raise EdgepruneError(message + "; run `edgeprune calibrate` here")
+            warnings.warn(message + "; recalibrate with `edgeprune calibrate`", RuntimeWarning, stacklevel=2)
+        self.target_ms = float(target_ms)
+        self.policy = policy if isinstance(policy, Policy) else make_policy(policy, self.profiles, self.target_ms, **dict(policy_args or {}))
+        members = {m.path: m for m in self.set.members}
+        self._members = [members[p.name] for p in self.profiles]
+        first = self._members[0].artifact
+        self._input = dict(first.manifest.get("model", {}).get("input") or {})
+        self._batch_shape = first.input_shape()
+        self._runners = [OrtRunner(m.artifact.onnx_path, providers=[provider], threads=threads) for m in self._members]
+        for runner in self._runners:
+            runner.activate()
+        self._lock = threading.Lock()
+        self._previous: dict[Hashable, np.ndarray] = {}
+        self._frames = 0
+        self._closed = False
+
+    @property
+    def budgets(self) -> list[float]:
+        return [p.budget for p in self.profiles]
+
+    def preprocess(self, frame: np.ndarray) -> np.ndarray:
+        """RGB uint8 [H, W, 3] -> the engine's normalised input [1, 3, h, w] (model input size)."""
+        from edgeprune.evaluation import normalize
+        from edgeprune.images import resize_rgb
+
+        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+            raise EdgepruneError(f"frames must be RGB uint8 [H, W, 3], got {frame.dtype} {list(frame.shape)}")
+        if "mean" not in self._input:
+            raise EdgepruneError("this engine set's model records no input normalisation; pass preprocessed arrays to infer_array")
+        _, _, h, w = self._batch_shape
+        if frame.shape[:2] != (h, w):
+            frame = resize_rgb(frame, h, w)
+        return normalize(frame[None], self._input["mean"], self._input["std"])
+
+    def infer(self, frame: np.ndarray, stream: Hashable = 0, deadline_ms: Optional[float] = None) -> FrameResult:
+        """Run one RGB frame of ``stream`` through the engine the policy picks."""
+        start = time.perf_counter()
+        pixels = self.preprocess(frame)
+        return self._run(pixels, downscale_gray(frame), stream, deadline_ms, start)
+
+    def infer_array(self, pixels: np.ndarray, stream: Hashable = 0, deadline_ms: Optional[float] = None) -> FrameResult:
+        """Run an already preprocessed input [1, C, H, W]; the content signal comes from its first channel."""
+        start = time.perf_counter()
+        gray = np.ascontiguousarray(pixels[0, 0])
+        span = float(gray.max() - gray.min()) or 1.0
+        small = downscale_gray(((gray - gray.min()) / span * 255).astype(np.uint8))
+        return self._run(pixels.astype(np.float32, copy=False), small, stream, deadline_ms, start)
+
+    def _run(self, pixels: np.ndarray, small: np.ndarray, stream: Hashable, deadline_ms: Optional[float],
+             start: float) -> FrameResult:
+        if self._closed:
+            raise EdgepruneError("the runtime is closed")
+        t0 = time.perf_counter()
+        with self._lock:
+            content = frame_change(self._previous.get(stream), small)
+            self._previous[stream] = small
+            index = self._frames
+            self._frames += 1
+            decision = self.policy.choose(FrameContext(index, content, deadline_ms))
+        t1 = time.perf_counter()
+        outputs = self._runners[decision.index].infer({INPUT_NAME: pixels})
+        t2 = time.perf_counter()
+        engine_ms = (t2 - t1) * 1e3
+        with self._lock:
+            self.policy.observe(decision.index, engine_ms)
+        end = time.perf_counter()
+        logits = outputs.get("logits")
+        labels = logits[0].argmax(0).astype(np.uint8) if logits is not None and logits.ndim == 4 else None
+        total_ms = (end - start) * 1e3
+        member = self._members[decision.index]
+        return FrameResult(index, stream, member.path, member.budget, outputs, labels, engine_ms, total_ms,
+                           ((t1 - t0) + (end - t2)) * 1e3, total_ms <= (deadline_ms or self.target_ms), decision)
+
+    def close(self) -> None:
+        if not self._closed:
+            for runner in self._runners:
+                runner.deactivate()
+            self._closed = True
+
+    def __enter__(self) -> "Runtime":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+__all__ = ["FrameResult", "Runtime", "profiles_from_calibration"]

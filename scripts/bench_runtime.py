@@ -1,0 +1,195 @@
+#!/usr/bin/env python
+"""Deadline scheduling on this machine: a real latency trace with a CPU load step, replayed for
+every policy against the hindsight oracle, then a live run of the Runtime under the same load.
+
+1. An engine set of the reference segmenter (tome, budgets 1.0/0.75/0.5/0.35) is exported and
+   calibrated (reused from --work when present).
+2. Trace: for each of --frames frames, every engine runs once on that frame (shuffled order) and
+   its latency is recorded; a second process spins on one core for the middle third of the frames.
+   The trace therefore says what each engine *would* have taken at every frame, which is what the
+   oracle needs: per frame, the largest budget whose latency met the target.
+3. Replay: each policy chooses frame by frame on the trace (it sees only the past), through
+   edgeprune.runtime.simulate; misses and mean budget vs the oracle's.
+4. Live: the Runtime with the deadline policy on the same frames and load schedule; misses, mean
+   budget and the scheduler's own time per frame (content signal + choose + observe).
+
+    python scripts/bench_runtime.py --work out/runtime_bench [--frames 1000] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+BUDGETS = (1.0, 0.75, 0.5, 0.35)
+
+
+def spin(stop) -> None:
+    """The load: one process busy on one core until told to stop."""
+    x = 0
+    while not stop.is_set():
+        for _ in range(10000):
+            x += 1
+
+
+class LoadStep:
+    """Starts the busy process at frame ``start`` and stops it at ``end``."""
+
+    def __init__(self, start: int, end: int) -> None:
+        self.start, self.end = start, end
+        self.stop = mp.Event()
+        self.proc = None
+
+    def at(self, frame: int) -> None:
+        if frame == self.start:
+            self.stop.clear()
+            self.proc = mp.Process(target=spin, args=(self.stop,), daemon=True)
+            self.proc.start()
+            time.sleep(0.05)
+        elif frame == self.end:
+            self.close()
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.stop.set()
+            self.proc.join(timeout=5)
+            self.proc = None
+
+
+def engine_set(work: Path, threads: int):
+    from edgeprune.engine_set import calibrate_engine_set, calibration_matches, export_engine_set, is_engine_set, load_engine_set
+    from edgeprune.exporters.timm_seg import load_segmenter
+
+    root = work / "set"
+    if not is_engine_set(root):
+        print(f"exporting the engine set to {root} ...", flush=True)
+        export_engine_set(load_segmenter(REPO / "models" / "scene_seg"), "tome", list(BUDGETS), root)
+    engines = load_engine_set(root)
+    if not engines.calibration or not calibration_matches(engines)[0] or engines.calibration.get("threads") != threads:
+        print("calibrating ...", flush=True)
+        calibrate_engine_set(engines, rounds=40, threads=threads)
+    return engines
+
+
+def clip(n: int, size: int) -> list[np.ndarray]:
+    from edgeprune.data import SceneConfig, make_clip
+
+    frames, _ = make_clip(7, min(n, 200), SceneConfig(height=size, width=size))
+    return [frames[i % len(frames)] for i in range(n)]
+
+
+def record_trace(engines, frames: list[np.ndarray], threads: int, load: LoadStep) -> np.ndarray:
+    from edgeprune.engines.ort import OrtRunner
+    from edgeprune.evaluation import normalize
+
+    members = sorted(engines.members, key=lambda m: -m.budget)
+    info = members[0].artifact.manifest["model"]["input"]
+    runners = [OrtRunner(m.artifact.onnx_path, threads=threads) for m in members]
+    for r in runners:
+        r.activate()
+    ms = np.zeros((len(frames), len(members)))
+    order = list(range(len(members)))
+    shuffle = random.Random(0)
+    try:
+        for f, frame in enumerate(frames):
+            load.at(f)
+            feed = {"pixel_values": normalize(frame[None], info["mean"], info["std"])}
+            shuffle.shuffle(order)
+            for e in order:
+                t0 = time.perf_counter()
+                runners[e].run_raw(feed)
+                ms[f, e] = (time.perf_counter() - t0) * 1e3
+    finally:
+        load.close()
+        for r in runners:
+            r.deactivate()
+    return ms
+
+
+def live_run(engines, frames, target_ms: float, threads: int, load: LoadStep) -> dict:
+    from edgeprune.runtime import Runtime
+
+    results = []
+    with Runtime(engines, target_ms=target_ms, policy="deadline", threads=threads) as rt:
+        for _ in range(20):  # warm the sessions up outside the record
+            rt.infer(frames[0], stream="warmup")
+        try:
+            for f, frame in enumerate(frames):
+                load.at(f)
+                results.append(rt.infer(frame))
+        finally:
+            load.close()
+    engine = np.array([r.engine_ms for r in results])
+    return {
+        "frames": len(results),
+        "miss_rate": float(np.mean(engine > target_ms)),
+        "miss_rate_total": float(np.mean([not r.deadline_met for r in results])),
+        "mean_budget": float(np.mean([r.budget for r in results])),
+        "scheduler_ms_mean": float(np.mean([r.scheduler_ms for r in results])),
+        "scheduler_ms_p99": float(np.percentile([r.scheduler_ms for r in results], 99)),
+        "budgets": [r.budget for r in results],
+        "engine_ms": engine.round(3).tolist(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    from edgeprune.runtime import Trace, make_policy, profiles_from_calibration, simulate
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, default=Path("out/runtime_bench"))
+    ap.add_argument("--frames", type=int, default=1000)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--target-ms", type=float, default=None,
+                    help="default: 70%% of the way from the fastest to the slowest engine's calibrated p50")
+    args = ap.parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+
+    engines = engine_set(args.work, args.threads)
+    profiles = profiles_from_calibration(engines)
+    slow, fast = profiles[0].p50_ms, profiles[-1].p50_ms
+    target = args.target_ms or fast + 0.7 * (slow - fast)
+    size = engines.members[0].artifact.input_shape()[-1]
+    frames = clip(args.frames, size)
+    third = args.frames // 3
+    print("calibrated p50 ms: " + ", ".join(f"{p.name} {p.p50_ms:.2f}" for p in profiles) + f"; target {target:.2f} ms", flush=True)
+
+    print(f"recording the trace: {args.frames} frames x {len(profiles)} engines, load on frames {third}..{2 * third} ...", flush=True)
+    ms = record_trace(engines, frames, args.threads, LoadStep(third, 2 * third))
+    trace = Trace([p.name for p in profiles], [p.budget for p in profiles], ms)
+    quiet, loaded = ms[:third].mean(0), ms[third:2 * third].mean(0)
+    print("mean ms quiet / under load: " + ", ".join(f"{p.name} {q:.2f}/{w:.2f}" for p, q, w in zip(profiles, quiet, loaded)))
+
+    rows = {}
+    print(f"\n{'policy':10s} {'misses':>8s} {'unavoid.':>9s} {'budget':>7s} {'oracle':>7s} {'ratio':>6s} {'switches':>8s} {'us/frame':>8s}")
+    for name in ("fixed", "deadline", "combined"):
+        policy = make_policy(name, profiles, target, **({"index": len(profiles) - 1} if name == "fixed" else {}))
+        r = simulate(policy, trace, args.frames, target)
+        rows[name] = {k: getattr(r, k) for k in ("miss_rate", "unavoidable_misses", "mean_budget", "oracle_mean_budget", "budget_ratio", "switches", "overhead_us")}
+        print(f"{name:10s} {r.miss_rate:8.2%} {r.unavoidable_misses:9d} {r.mean_budget:7.3f} {r.oracle_mean_budget:7.3f} "
+              f"{r.budget_ratio:6.2f} {r.switches:8d} {r.overhead_us:8.1f}")
+
+    print("\nlive Runtime (deadline policy), same frames and load step ...", flush=True)
+    live = live_run(engines, frames, target, args.threads, LoadStep(third, 2 * third))
+    print(f"live: misses {live['miss_rate']:.2%} (engine time), {live['miss_rate_total']:.2%} (whole frame); "
+          f"mean budget {live['mean_budget']:.3f}; scheduler {live['scheduler_ms_mean'] * 1e3:.0f} us/frame mean, "
+          f"{live['scheduler_ms_p99'] * 1e3:.0f} us p99")
+    deadline = rows["deadline"]
+    ok = deadline["miss_rate"] <= 0.02 and deadline["budget_ratio"] >= 0.8 and live["scheduler_ms_mean"] <= 0.2
+    print(f"acceptance (replay: misses <= 2%, budget >= 80% of oracle; scheduler <= 0.2 ms): {'PASS' if ok else 'FAIL'}")
+    out = args.work / "results.json"
+    out.write_text(json.dumps({"target_ms": target, "profiles": [p.__dict__ for p in profiles], "replay": rows,
+                               "live": live, "trace_ms": ms.round(3).tolist()}, indent=1))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Runtime over a real (tiny) calibrated engine set: engines run in ONNX Runtime, policies choose."""
+
+import json
+import threading
+import warnings
+
+import numpy as np
+import pytest
+
+from edgeprune.errors import EdgepruneError
+
+
+@pytest.fixture(scope="module")
+def engine_set(tmp_path_factory):
+    from edgeprune.engine_set import calibrate_engine_set, export_engine_set, load_engine_set
+    from edgeprune.exporters.timm_seg import create_segmenter
+
+    model = create_segmenter("vit_tiny_patch16_224", 4, head="linear", img_size=32, patch_size=8, depth=2,
+                             embed_dim=32, num_heads=2, mlp_ratio=2.0)
+    model.info = {"input": {"size": [3, 32, 32], "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}}
+    root = tmp_path_factory.mktemp("set") / "SET"
+    export_engine_set(model, "tome", [1.0, 0.75], root)
+    engines = load_engine_set(root)
+    calibrate_engine_set(engines, rounds=5, warmup=1)
+    return root
+
+
+def frames(n, seed=0, size=(48, 40)):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def test_infer_returns_labels_budget_and_timing(engine_set):
+    from edgeprune.runtime import Runtime
+
+    with Runtime(engine_set, target_ms=1000.0) as rt:
+        assert rt.budgets == [1.0, 0.75]
+        for i, frame in enumerate(frames(4)):
+            r = rt.infer(frame)
+            assert r.frame == i and r.budget in rt.budgets
+            assert r.labels.shape == (32, 32) and r.labels.dtype == np.uint8 and r.labels.max() < 4
+            assert 0 < r.engine_ms <= r.total_ms and r.deadline_met
+            assert 0 <= r.scheduler_ms < r.total_ms
+        assert r.budget == 1.0  # a generous deadline affords the biggest engine
+
+
+def test_fixed_policy_and_missed_deadline(engine_set):
+    from edgeprune.runtime import Runtime
+
+    with Runtime(engine_set, target_ms=1e-6, policy="fixed", policy_args={"index": 1}) as rt:
+        r = rt.infer(frames(1)[0])
+        assert r.engine == "b0.75" and not r.deadline_met
+
+
+def test_uncalibrated_and_foreign_sets(engine_set, tmp_path):
+    import shutil
+
+    from edgeprune.runtime import Runtime
+
+    copy = tmp_path / "SET"
+    shutil.copytree(engine_set, copy)
+    manifest = json.loads((copy / "set.json").read_text())
+    manifest["calibration"]["machine"]["cpu"] = "some other cpu"
+    (copy / "set.json").write_text(json.dumps(manifest))
+    with pytest.warns(RuntimeWarning, match="another machine"):
+        Runtime(copy, target_ms=50).close()
+    with pytest.raises(EdgepruneError, match="another machine"):
+        Runtime(copy, target_ms=50, strict_machine=True)
+    manifest["calibration"] = None
+    (copy / "set.json").write_text(json.dumps(manifest))
+    with pytest.raises(EdgepruneError, match="edgeprune calibrate"):
+        Runtime(copy, target_ms=50)
+
+
+def test_bad_frames_are_one_line_errors(engine_set):
+    from edgeprune.runtime import Runtime
+
+    with warnings.catch_warnings(), Runtime(engine_set, target_ms=50) as rt:
+        with pytest.raises(EdgepruneError, match="RGB uint8"):
+            rt.infer(np.zeros((8, 8), np.uint8))
+        with pytest.raises(EdgepruneError, match="RGB uint8"):
+            rt.infer(np.zeros((8, 8, 3), np.float32))
+    with pytest.raises(EdgepruneError, match="closed"):
+        rt.infer(frames(1)[0])
+
+
+def test_threads_share_one_runtime(engine_set):
+    """Four camera threads at once: every frame gets a unique index, nothing raises, each stream's
+    content signal is computed against its own previous frame."""
+    from edgeprune.runtime import Runtime
+
+    results, errors = [], []
+    with Runtime(engine_set, target_ms=1000.0, policy="combined") as rt:
+        def camera(stream):
+            try:
+                for frame in frames(15, seed=stream):
+                    results.append(rt.infer(frame, stream=stream))
+            except Exception as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=camera, args=(s,)) for s in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors
+    assert sorted(r.frame for r in results) == list(range(60))
+    assert {r.stream for r in results} == {0, 1, 2, 3}

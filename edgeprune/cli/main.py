@@ -1,4 +1,4 @@
-"""Entry point: ``edgeprune export | bench | inspect | segment | calibrate``.
+"""Entry point: ``edgeprune export | bench | inspect | segment | calibrate | demo``.
 
 User errors (:class:`EdgepruneError`) print one line and exit with code 2; usage errors exit 2 too.
 """
@@ -12,6 +12,7 @@ import typer
 from edgeprune.cli.bench_cmd import bench
 from edgeprune.cli.calibrate_cmd import calibrate
 from edgeprune.cli.common import console, out
+from edgeprune.cli.demo_cmd import demo
 from edgeprune.cli.export_cmd import export
 from edgeprune.cli.inspect_cmd import inspect
 from edgeprune.cli.segment_cmd import segment
@@ -46,6 +47,7 @@ app.command(help=bench.__doc__)(bench)
 app.command(help=inspect.__doc__)(inspect)
 app.command(help=segment.__doc__)(segment)
 app.command(help=calibrate.__doc__)(calibrate)
+app.command(help=demo.__doc__)(demo)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,123 @@
+"""``edgeprune demo`` as users run it: generated clip, a real mp4, engine sets, and bad input -> exit 2, nothing left."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeprune.video import VideoWriter, open_video
+from tests.cli.test_cli import error_line, run
+
+REFERENCE = Path(__file__).resolve().parents[2] / "models" / "scene_seg"
+FAST = ["--threads", "1"]  # a shared 2-core CI box: one thread avoids spin-wait contention
+
+
+@pytest.fixture(scope="module")
+def engine_sets(tmp_path_factory):
+    """A tiny tome set of the reference segmenter (budgets 1.0, 0.5): calibrated, and an uncalibrated copy."""
+    from edgeprune.engine_set import calibrate_engine_set, export_engine_set
+    from edgeprune.loading import load_model
+
+    root = tmp_path_factory.mktemp("demo_sets")
+    net, info = load_model(str(REFERENCE))
+    engine_set = export_engine_set(net, "tome", [1.0, 0.5], root / "SET", model_info=info)
+    shutil.copytree(root / "SET", root / "RAW")
+    calibrate_engine_set(engine_set, rounds=5, warmup=1, threads=1)
+    return {"calibrated": root / "SET", "raw": root / "RAW"}
+
+
+def outputs(folder: Path, stem: str = "out") -> list[str]:
+    return sorted(p for p in os.listdir(folder) if p.startswith(stem))
+
+
+def frames_of(path: Path) -> list[np.ndarray]:
+    return list(open_video(path))
+
+
+def test_generated_clip_default_model(tmp_path, capsys):
+    out = tmp_path / "out.mp4"
+    code, stdout, err = run(["demo", "--max-frames", "20", "--out", out, *FAST], capsys)
+    assert code == 0, err
+    assert outputs(tmp_path) == ["out.metrics.json", "out.mp4", "out.plot.png"]
+    reader = open_video(out)
+    assert reader.size == (256, 256) and len(list(reader)) == 20
+    data = json.loads((tmp_path / "out.metrics.json").read_text())
+    s = data["summary"]
+    assert s["frames"] == 20 and len(data["frames"]) == 20 and s["mean_budget"] == 1.0
+    assert 0 <= s["hit_rate"] <= 1 and s["p95_ms"] >= s["p50_ms"] > 0 and s["rss_end_mb"] > 0
+    assert set(data["frames"][0]) == {"index", "engine", "budget", "engine_ms", "total_ms", "deadline_met"}
+    assert "20 frames" in stdout and "hits" in stdout
+    # Existing outputs are refused without --force, and left alone.
+    before = out.stat().st_mtime_ns
+    code, _, err = run(["demo", "--max-frames", "2", "--out", out, *FAST], capsys)
+    assert code == 2 and "--force" in error_line(err) and out.stat().st_mtime_ns == before
+
+
+def test_real_video_file(tmp_path, capsys):
+    from edgeprune.data import SceneConfig, make_clip
+
+    clip, _ = make_clip(3, 12, SceneConfig(height=96, width=160))
+    src = tmp_path / "in.mp4"
+    with VideoWriter(src, 24, (160, 96)) as writer:
+        for f in clip:
+            writer.write(f)
+    out = tmp_path / "out.mp4"
+    code, stdout, err = run(["demo", src, src, "--max-frames", "20", "--out", out, "--alpha", "0.3", *FAST], capsys)
+    assert code == 0, err
+    reader = open_video(out)
+    assert reader.size == (160, 96) and reader.fps == pytest.approx(24)
+    assert len(list(reader)) == 20  # two passes over the 12-frame video, cut at 20
+    assert json.loads((tmp_path / "out.metrics.json").read_text())["sources"] == [str(src), str(src)]
+
+
+def test_bad_inputs_exit_2_and_leave_nothing(tmp_path, capsys):
+    import cv2
+
+    (tmp_path / "text.mp4").write_text("not a video\n")
+    empty = cv2.VideoWriter(str(tmp_path / "empty.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 30, (64, 48))
+    empty.release()
+    (tmp_path / "notamodel").mkdir()
+    cases = [
+        (["demo", tmp_path / "missing.mp4"], "no such file"),
+        (["demo", tmp_path / "text.mp4"], "cannot read video"),
+        (["demo", tmp_path / "empty.mp4"], "cannot read video"),
+        (["demo", "--model", tmp_path / "notamodel"], "neither config.json"),
+        (["demo", "--model", tmp_path / "nope"], "no such directory"),
+        (["demo", "--out", tmp_path / "no" / "dir" / "out.mp4"], "not a directory"),
+        (["demo", "--out", tmp_path / "out.avi"], ".mp4"),
+        (["demo", "--policy", "fastest"], "unknown policy"),
+    ]
+    for argv, message in cases:
+        args = [*argv, "--max-frames", "2", *FAST]
+        if "--out" not in args:
+            args += ["--out", tmp_path / "out.mp4"]
+        code, _, err = run(args, capsys)
+        assert code == 2, (argv, err)
+        line = error_line(err)
+        assert line.startswith("error:") and message in line, (argv, line)
+        assert outputs(tmp_path) == [], argv
+        assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp.mp4")]
+
+
+def test_engine_set(engine_sets, tmp_path, capsys):
+    out = tmp_path / "out.mp4"
+    code, stdout, err = run(["demo", "--model", engine_sets["calibrated"], "--target-fps", "100", "--max-frames", "15",
+                             "--out", out, *FAST], capsys)
+    assert code == 0, err
+    data = json.loads((tmp_path / "out.metrics.json").read_text())
+    assert data["budgets"] == [1.0, 0.5] and data["policy"] == "deadline"
+    assert {r["budget"] for r in data["frames"]} <= {1.0, 0.5}
+    assert {r["engine"] for r in data["frames"]} <= {"b1.00", "b0.50"}
+    assert data["summary"]["target_ms"] == 10.0 and len(frames_of(out)) == 15
+    code, _, err = run(["demo", "--model", engine_sets["calibrated"], "--policy", "fixed", "--max-frames", "3",
+                        "--out", tmp_path / "fixed.mp4", *FAST], capsys)
+    assert code == 0, err
+
+
+def test_uncalibrated_set(engine_sets, tmp_path, capsys):
+    code, _, err = run(["demo", "--model", engine_sets["raw"], "--max-frames", "2", "--out", tmp_path / "out.mp4"], capsys)
+    assert code == 2 and "edgeprune calibrate" in error_line(err)
+    assert outputs(tmp_path) == []

@@ -137,8 +137,12 @@ def output_paths(out_path: Path) -> tuple[Path, Path, Path]:
 def _check_outputs(out_path: Path, inputs: list[Path], force: bool) -> None:
     if out_path.suffix.lower() != ".mp4":
         raise EdgepruneError(f"--out {out_path}: the output must be an .mp4 file")
-    if not out_path.parent.is_dir():
+    if out_path.parent.exists() and not out_path.parent.is_dir():
         raise EdgepruneError(f"cannot write --out {out_path}: {out_path.parent} is not a directory")
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)  # like export's --out: a new folder is fine
+    except OSError as exc:
+        raise EdgepruneError(f"cannot write --out {out_path}: {exc.strerror or exc}") from None
     resolved = {p.resolve() for p in inputs}
     for p in output_paths(out_path):
         if p.resolve() in resolved:

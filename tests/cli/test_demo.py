@@ -86,7 +86,7 @@ def test_bad_inputs_exit_2_and_leave_nothing(tmp_path, capsys):
         (["demo", tmp_path / "empty.mp4"], "cannot read video"),
         (["demo", "--model", tmp_path / "notamodel"], "neither config.json"),
         (["demo", "--model", tmp_path / "nope"], "no such directory"),
-        (["demo", "--out", tmp_path / "no" / "dir" / "out.mp4"], "not a directory"),
+        (["demo", "--out", tmp_path / "text.mp4" / "out.mp4"], "not a directory"),
         (["demo", "--out", tmp_path / "out.avi"], ".mp4"),
         (["demo", "--policy", "fastest"], "unknown policy"),
     ]

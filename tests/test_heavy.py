@@ -1,4 +1,5 @@
-"""Full-size cases: real ViT-B/S, DeiT-B distilled, a register ViT, CLIP and SigLIP at default sizes.
+"""Full-size cases: real ViT-B/S, DeiT-B distilled, a register ViT, CLIP and SigLIP at default sizes,
+and three segmenters (the reference model, ViT-S/16 linear, ViT-S/16 registers + multi-level head).
 
 Run with ``python -m pytest -m heavy`` (CI runs them after the fast suite when time allows).
 """
@@ -19,7 +20,10 @@ pytestmark = pytest.mark.heavy
 def test_parity_matrix_full_size():
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "parity_matrix.py")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "20 exports x 2 batch sizes" in proc.stdout
+    # 5 classifiers/encoders x 4 methods + 3 segmenters x 6 methods (cluster and pass are dense-only)
+    assert "38 exports x 2 batch sizes" in proc.stdout
+    for name in ("siglip", "scene_seg", "seg_vits_regs_multilevel"):
+        assert name in proc.stdout
 
 
 def test_vit_base_export_and_inspect(tmp_path):

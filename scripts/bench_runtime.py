@@ -92,7 +92,7 @@ def record_trace(engines, frames: list[np.ndarray], threads: int, load: LoadStep
 
     members = sorted(engines.members, key=lambda m: -m.budget)
     info = members[0].artifact.manifest["model"]["input"]
-    runners = [OrtRunner(m.artifact.onnx_path, threads=threads) for m in members]
+    runners = [OrtRunner(m.artifact.onnx_path, threads=threads, spinning=False) for m in members]  # as the Runtime runs them
     for r in runners:
         r.activate()
     ms = np.zeros((len(frames), len(members)))

@@ -41,10 +41,15 @@ def resolve_providers(names: Sequence[str]) -> list[str]:
 class SessionFromOnnx:
     """Loader: builds an ``onnxruntime.InferenceSession`` when called."""
 
-    def __init__(self, path: str | os.PathLike, providers: Sequence[str] = ("cpu",), threads: Optional[int] = DEFAULT_THREADS) -> None:
+    def __init__(self, path: str | os.PathLike, providers: Sequence[str] = ("cpu",), threads: Optional[int] = DEFAULT_THREADS,
+                 spinning: bool = True) -> None:
         self.path = Path(path)
         self.providers = list(providers)
         self.threads = threads
+        # Spinning threads answer the next run sooner, but keep the cores busy for a while after
+        # each run; a runtime switching between sessions (or a scheduler step right after a run)
+        # then waits for them. Runtimes turn it off.
+        self.spinning = spinning
 
     def __call__(self):
         import onnxruntime as ort
@@ -55,6 +60,8 @@ class SessionFromOnnx:
             options.intra_op_num_threads = self.threads
             options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        if not self.spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = resolve_providers(self.providers)
         try:
             return ort.InferenceSession(str(self.path), options, providers=providers)
@@ -65,10 +72,11 @@ class SessionFromOnnx:
 class OrtRunner(Runner):
     name = "onnxruntime"
 
-    def __init__(self, session_or_path: Any, providers: Sequence[str] = ("cpu",), threads: Optional[int] = DEFAULT_THREADS) -> None:
+    def __init__(self, session_or_path: Any, providers: Sequence[str] = ("cpu",), threads: Optional[int] = DEFAULT_THREADS,
+                 spinning: bool = True) -> None:
         super().__init__()
         if isinstance(session_or_path, (str, os.PathLike)):
-            session_or_path = SessionFromOnnx(session_or_path, providers, threads)
+            session_or_path = SessionFromOnnx(session_or_path, providers, threads, spinning)
         self.loader = session_or_path
         self.session = None
 

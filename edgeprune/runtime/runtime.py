@@ -84,7 +84,8 @@ class Runtime:
         first = self._members[0].artifact
         self._input = dict(first.manifest.get("model", {}).get("input") or {})
         self._batch_shape = first.input_shape()
-        self._runners = [OrtRunner(m.artifact.onnx_path, providers=[provider], threads=threads) for m in self._members]
+        self._runners = [OrtRunner(m.artifact.onnx_path, providers=[provider], threads=threads, spinning=False)
+                         for m in self._members]
         for runner in self._runners:
             runner.activate()
         self._lock = threading.Lock()

@@ -102,25 +102,39 @@ class ReducedViT(nn.Module):
         return self.adapter.output_names
 
     def forward(self, pixels: Tensor):
-        plan = self.plan
         x = self.adapter.embed(pixels)
-        size = torch.ones_like(x[..., :1])
+        x, size = self.run_blocks(x, torch.ones_like(x[..., :1]), self._reduce)
+        out = self.adapter.finish(x, size)
+        return out[0] if len(out) == 1 else out
+
+    def run_blocks(self, x: Tensor, size: Tensor, reduce: Callable, after: Optional[Callable[[int, Tensor], None]] = None) -> tuple[Tensor, Tensor]:
+        """The block loop: ``reduce(x, x_in, size, ctx, keep, n_in) -> (x, size)`` runs at each
+        reduction point (between attention and MLP); ``after(i, x)`` sees every block's output."""
+        plan = self.plan
         for i, view in enumerate(self.views):
             # Sizes are all 1 until the first reduction, where log(size) would add nothing.
             merged = plan.prop_attn and i > 0 and plan.keep[i - 1] < plan.spec.num_patches
             bias = size.log().transpose(1, 2).unsqueeze(1) if merged else None
-            x, size = self._block(view, x, size, bias, i)
-        out = self.adapter.finish(x, size)
-        return out[0] if len(out) == 1 else out
+            x, size = self._block(view, x, size, bias, i, reduce)
+            if after is not None:
+                after(i, x)
+        return x, size
 
-    def _block(self, view: BlockView, x: Tensor, size: Tensor, bias: Optional[Tensor], i: int) -> tuple[Tensor, Tensor]:
+    def _block(self, view: BlockView, x: Tensor, size: Tensor, bias: Optional[Tensor], i: int,
+               reduce: Callable) -> tuple[Tensor, Tensor]:
+        x_in = x
         q, k, v = view.qkv(view.norm1(x))
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=view.scale)
         x = x + view.ls1(view.attn_out(a))
-        keep = self.plan.keep[i]
-        if self.reducer is not None and keep < self.plan.tokens_in(i):
-            spec = self.plan.spec
-            ctx = ReductionContext(q, k, view.scale, spec.num_prefix, bias, self.plan.options, spec.class_token)
-            x, size, _ = self.reducer(x, size, ctx, keep)
+        plan = self.plan
+        keep, n_in = plan.keep[i], plan.tokens_in(i)
+        if plan.method != "none" and keep < n_in:
+            spec = plan.spec
+            ctx = ReductionContext(q, k, view.scale, spec.num_prefix, bias, plan.options, spec.class_token)
+            x, size = reduce(x, x_in, size, ctx, keep, n_in)
         x = x + view.ls2(view.mlp(view.norm2(x)))
+        return x, size
+
+    def _reduce(self, x: Tensor, x_in: Tensor, size: Tensor, ctx: ReductionContext, keep: int, n_in: int) -> tuple[Tensor, Tensor]:
+        x, size, _ = self.reducer(x, size, ctx, keep)
         return x, size

@@ -20,7 +20,6 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from edgeprune.exporters.base import ReducedViT
@@ -42,11 +41,11 @@ class DenseState:
         self.anchors_then: Optional[Tensor] = None  # the anchors' features when the token was parked
         self.clustering: Optional[Clustering] = None
 
-    def moved(self, step: Tensor, num_active_in: int, num_patches: int) -> None:
+    def moved(self, step: Tensor, num_active_in: int) -> None:
         """Active tokens were reduced: ``step`` maps the ``num_active_in`` active tokens to their new
         index; parked tokens keep theirs (new ones are parked in front of older ones)."""
-        if num_active_in < num_patches:
-            tail = torch.arange(num_active_in, num_patches, device=step.device).expand(step.shape[0], -1)
+        if self.parked is not None:
+            tail = torch.arange(num_active_in, self.num_patches, device=step.device).expand(step.shape[0], -1)
             step = torch.cat((step, tail), dim=1)
         self.where = step[:, : self.num_patches] if self.where is None else compose(self.where, step)
         if self.anchors is not None:
@@ -78,40 +77,29 @@ class ReducedDense(ReducedViT):
     def forward(self, pixels: Tensor) -> Tensor:
         plan, spec = self.plan, self.plan.spec
         x = self.adapter.embed(pixels)
-        size = torch.ones_like(x[..., :1])
         state = DenseState(x, spec.num_prefix)
-        feats = []
-        for i, view in enumerate(self.views):
-            merged = plan.prop_attn and i > 0 and plan.keep[i - 1] < spec.num_patches
-            bias = size.log().transpose(1, 2).unsqueeze(1) if merged else None
-            x, size = self._dense_block(view, x, size, bias, state, i)
-            if i in spec.feature_blocks:
-                tokens = state.restore(x)
-                feats.append(self.adapter.final_norm(tokens) if i == spec.feature_blocks[-1] else tokens)
-        return self.adapter.head(feats, pixels.shape[-2:])
+        feats: list[Tensor] = []
 
-    def _dense_block(self, view, x: Tensor, size: Tensor, bias: Optional[Tensor], state: DenseState,
-               i: int) -> tuple[Tensor, Tensor]:
-        x_in = x
-        q, k, v = view.qkv(view.norm1(x))
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=view.scale)
-        x = x + view.ls1(view.attn_out(a))
-        plan, spec = self.plan, self.plan.spec
-        n_in, keep = plan.tokens_in(i), plan.keep[i]
-        if plan.method != "none" and keep < n_in:
-            ctx = ReductionContext(q, k, view.scale, spec.num_prefix, bias, plan.options, spec.class_token)
+        def reduce(x: Tensor, x_in: Tensor, size: Tensor, ctx: ReductionContext, keep: int, n_in: int) -> tuple[Tensor, Tensor]:
             if plan.method == "cluster":
                 x, size, state.clustering = cluster_tokens(x, size, ctx, keep, spec.grid)
             elif plan.method == "pass":
                 x, size, parked, step, anchors, anchors_then = pass_tokens(x, x_in, size, ctx, keep)
-                state.moved(step, n_in, spec.num_patches)
+                state.moved(step, n_in)
                 carry = bool(plan.options.get("pass_carry", True))
                 state.park(parked, anchors if carry else None, anchors_then if carry else None)
             else:
                 x, size, step = self.reducer(x, size, ctx, keep)
-                state.moved(step, n_in, n_in)
-        x = x + view.ls2(view.mlp(view.norm2(x)))
-        return x, size
+                state.moved(step, n_in)
+            return x, size
+
+        def tap(i: int, x: Tensor) -> None:
+            if i in spec.feature_blocks:
+                tokens = state.restore(x)
+                feats.append(self.adapter.final_norm(tokens) if i == spec.feature_blocks[-1] else tokens)
+
+        self.run_blocks(x, torch.ones_like(x[..., :1]), reduce, tap)
+        return self.adapter.head(feats, pixels.shape[-2:])
 
 
 __all__ = ["DenseState", "ReducedDense"]

@@ -303,12 +303,12 @@ def test_dense_state_two_passes_restore_every_patch():
     state = DenseState(x0, 1)
     x1, _, parked1, where1, anchors1, then1 = pass_tokens(
         x0 + rnd(bsz, 1 + n, c), x0, torch.ones(bsz, 1 + n, 1), ctx(1 + n), 8)
-    state.moved(where1, n, n)
+    state.moved(where1, n)
     state.park(parked1, anchors1, then1)
     x2_in = x1 + rnd(*x1.shape)  # the rest of the block and the next blocks
     x2, _, parked2, where2, anchors2, then2 = pass_tokens(
         x2_in + rnd(*x1.shape), x2_in, torch.ones(bsz, 9, 1), ctx(9), 5)
-    state.moved(where2, 8, n)
+    state.moved(where2, 8)
     state.park(parked2, anchors2, then2)
     final = x2 + rnd(*x2.shape)
     got = state.restore(final)
@@ -346,8 +346,8 @@ def test_dense_state_composes_merges():
     assert torch.equal(state.restore(x), x[:, 1:])  # nothing moved yet: identity
     step1 = torch.tensor([[0, 1, 1, 2, 3, 3], [3, 2, 1, 0, 0, 1]])
     step2 = torch.tensor([[0, 0, 1, 1], [1, 0, 0, 1]])
-    state.moved(step1, 6, 6)
-    state.moved(step2, 4, 4)
+    state.moved(step1, 6)
+    state.moved(step2, 4)
     final = torch.randn(2, 1 + 2, 4)
     assert torch.equal(state.restore(final), gather_tokens(final[:, 1:], compose(step1, step2)))
 

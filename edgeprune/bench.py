@@ -75,6 +75,7 @@ def benchmark(
     settle: int = 2,
     progress: Optional[Callable[[int, int], None]] = None,
     pause: float = 0.05,
+    spinning: bool = True,
 ) -> BenchResult:
     from edgeprune.engines.ort import OrtRunner
 
@@ -87,7 +88,7 @@ def benchmark(
         raise EdgepruneError("artifacts take different input shapes; benchmark models of one configuration together")
     rng = np.random.default_rng(seed)
     feeds = [{a.manifest["inputs"][0]["name"]: rng.standard_normal(a.input_shape(batch)).astype(np.float32)} for a in artifacts]
-    runners = [OrtRunner(a.onnx_path, providers, threads).activate() for a in artifacts]
+    runners = [OrtRunner(a.onnx_path, providers, threads, spinning=spinning).activate() for a in artifacts]
     try:
         for runner, feed in zip(runners, feeds):
             for _ in range(warmup):

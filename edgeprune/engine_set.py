@@ -220,7 +220,11 @@ def calibrate_engine_set(
     progress: Optional[Callable[[int, int], None]] = None,
 ) -> dict[str, Any]:
     """Time every member interleaved (bench's shuffled rounds, settle and pause) and store the result
-    in ``set.json`` (rewritten atomically). Returns the calibration."""
+    in ``set.json`` (rewritten atomically). Returns the calibration.
+
+    Sessions run without intra-op spinning, as :class:`edgeprune.runtime.Runtime` runs them: spinning
+    sessions time 10-15% faster in isolation, and a scheduler fed those numbers misses its deadlines.
+    """
     from datetime import datetime, timezone
 
     from edgeprune.bench import benchmark
@@ -229,9 +233,10 @@ def calibrate_engine_set(
     artifacts = [m.artifact for m in engine_set.members]
     batch = artifacts[0].input_shape()[0]
     result = benchmark(artifacts, batch=batch, rounds=rounds, warmup=warmup, threads=threads,
-                       providers=[provider], progress=progress)
+                       providers=[provider], progress=progress, spinning=False)
     calibration = {
         "machine": machine_fingerprint(), "versions": library_versions(), "provider": provider, "threads": threads,
+        "spinning": False,
         "batch": batch, "rounds": rounds, "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "members": {m.path: latency_stats(row.samples_ms) for m, row in zip(engine_set.members, result.rows)},
     }

@@ -46,10 +46,22 @@ class _Engine:
     def __init__(self, model: Path, target_ms: float, policy: str, threads: int, provider: str) -> None:
         from edgeprune.engine_set import is_engine_set
         from edgeprune.images import palette_array
+        from edgeprune.runtime.temporal import is_temporal
 
         self._runtime: Any = None
+        self._temporal: Any = None
         self._net: Any = None
-        if is_engine_set(model):
+        self._source = 0
+        if is_temporal(model):
+            from edgeprune.runtime.temporal import TemporalRuntime
+
+            with console.status("loading temporal artifact"):
+                self._temporal = TemporalRuntime(model, threads=threads, provider=provider)
+            info = self._temporal.artifact.model
+            k = int(info.get("num_classes") or len(info.get("classes") or []) or 1)
+            self.kind, self.palette = "temporal reuse", palette_array(info.get("palette"), k)
+            self.budgets = [1.0, round(self._temporal.recompute_share, 4)]
+        elif is_engine_set(model):
             from edgeprune.runtime.runtime import Runtime
 
             with warnings.catch_warnings(record=True) as caught:
@@ -71,7 +83,15 @@ class _Engine:
             self._name = model.name
             self._net.run(np.zeros((self._net.batch or 1, 3, *self._net.size), np.float32))  # warm-up, untimed
 
+    def new_source(self) -> None:
+        """A new video starts: temporal caches of the last one must not leak into it."""
+        self._source += 1
+
     def step(self, frame: np.ndarray) -> Step:
+        if self._temporal is not None:
+            t = self._temporal.infer(frame, stream=self._source)
+            name = f"refresh ({t.reason})" if t.refreshed else f"update {t.recomputed:.0%} of patches"
+            return Step(name, t.recomputed, t.logits[0], t.engine_ms, t.total_ms)
         if self._runtime is not None:
             r = self._runtime.infer(frame)
             return Step(r.engine, r.budget, r.outputs["logits"][0], r.engine_ms, r.total_ms)
@@ -85,6 +105,8 @@ class _Engine:
         return Step(self._name, self.budgets[0], logits, (t2 - t1) * 1e3, (t2 - t0) * 1e3)
 
     def close(self) -> None:
+        if self._temporal is not None:
+            self._temporal.close()
         if self._runtime is not None:
             self._runtime.close()
         if self._net is not None:
@@ -164,7 +186,7 @@ def _plot(rows: list[dict[str, Any]], target_ms: float, path: Path, title: str) 
     x = [r["index"] for r in rows]
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 5.5), sharex=True)
     ax1.step(x, [r["budget"] for r in rows], where="post", color="tab:blue")
-    ax1.set_ylabel("budget (MACs ratio)")
+    ax1.set_ylabel("patches recomputed" if "temporal" in title else "budget (MACs ratio)")
     ax1.set_ylim(0, 1.05)
     ax1.grid(alpha=0.3)
     ax2.plot(x, [r["total_ms"] for r in rows], lw=0.8, color="tab:orange", label="total")
@@ -205,6 +227,7 @@ def run_demo(sources: list[Source], model: Path, out_path: Path, *, target_fps: 
     total = sum(s.count or 0 for s in sources) if all(s.count for s in sources) else None
     if max_frames:
         total = min(total, max_frames) if total else max_frames
+    temporal = engine.kind == "temporal reuse"
     rows: list[dict[str, Any]] = []
     created: list[Path] = []
     hits = 0
@@ -216,6 +239,7 @@ def run_demo(sources: list[Source], model: Path, out_path: Path, *, target_fps: 
                 Progress(*columns, console=console, transient=True, disable=not progress) as bar:
             task = bar.add_task("demo", total=total)
             for source in sources:
+                engine.new_source()
                 bar.update(task, description=Path(source.name).name)
                 for frame in source.frames:
                     if max_frames and len(rows) >= max_frames:
@@ -229,7 +253,7 @@ def run_demo(sources: list[Source], model: Path, out_path: Path, *, target_fps: 
                     image = overlay(frame, upsample_argmax(np.asarray(st.logits, np.float32), h, w), engine.palette, alpha)
                     draw_hud(image, [
                         (f"frame {i}", (255, 255, 255)),
-                        (f"{st.engine}  budget {st.budget:.2f}", (255, 255, 255)),
+                        (f"{st.engine}" if temporal else f"{st.engine}  budget {st.budget:.2f}", (255, 255, 255)),
                         (f"{st.total_ms:.1f} ms / target {target_ms:.1f} ms", (120, 255, 120) if met else (255, 90, 90)),
                         (f"hits {hits / (i + 1):.1%}", (255, 255, 255)),
                     ])
@@ -249,7 +273,7 @@ def run_demo(sources: list[Source], model: Path, out_path: Path, *, target_fps: 
                 "target_fps": target_fps, "target_ms": round(target_ms, 3), "hit_rate": round(hits / len(rows), 4),
                 "mean_budget": round(float(np.mean([r["budget"] for r in rows])), 4),
                 "p50_ms": round(float(np.percentile(lat, 50)), 3), "p95_ms": round(float(np.percentile(lat, 95)), 3),
-                "engines": dict(Counter(r["engine"] for r in rows)),
+                "engines": dict(Counter(r["engine"].split(" (")[0] for r in rows)),
                 "rss_start_mb": rss_start, "rss_end_mb": vmrss_mb(),
             }
             data = {"model": str(model), "kind": engine.kind, "policy": policy if "set" in engine.kind else None,
@@ -285,7 +309,7 @@ def _default_model() -> Path:
 
 def demo(
     videos: Optional[list[Path]] = typer.Argument(None, help="Videos to segment, one after another into one output; none: a generated clip."),
-    model: Optional[Path] = typer.Option(None, "--model", help="Engine set (set.json), artifact or segmenter folder [default: models/scene_seg]."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Engine set (set.json; a budget per frame), temporal artifact (export --temporal; reuse across frames), artifact or segmenter folder [default: models/scene_seg]."),
     out_path: Path = typer.Option(Path("demo.mp4"), "--out", "-o", help="Output .mp4; <stem>.metrics.json and <stem>.plot.png go beside it."),
     target_fps: float = typer.Option(30.0, "--target-fps", help="Frame rate to keep up with; the deadline is 1000/fps ms."),
     policy: str = typer.Option("deadline", "--policy", help="Engine sets: deadline, fixed, content or combined."),

@@ -20,6 +20,7 @@ def export(
     tokens: Optional[int] = typer.Option(None, "--tokens", help="Patch tokens left after the last reduction point."),
     flops: Optional[float] = typer.Option(None, "--flops", help="Target MACs ratio vs the unreduced model."),
     latency: Optional[float] = typer.Option(None, "--latency", help="Target latency ratio, from this machine's calibrated per-block latency (cached)."),
+    temporal: Optional[float] = typer.Option(None, "--temporal", help="Segmenters: temporal reuse for video; a refresh graph (every patch) and an update graph recomputing this share of the patches (e.g. 0.4) or this many; --out becomes a temporal artifact for demo/TemporalRuntime."),
     budgets: Optional[str] = typer.Option(None, "--budgets", help="Engine set: one artifact per MACs ratio, e.g. 1.0,0.75,0.5 (1.0 = unreduced); --out becomes a set folder."),
     points: Optional[str] = typer.Option(None, "--points", help="Blocks that reduce, e.g. 1,4,7 (default for 12 blocks). With --latency: searched when omitted."),
     schedule: str = typer.Option("points", "--schedule", help="points (few large steps) or constant (ToMe's r per block)."),
@@ -44,12 +45,25 @@ def export(
 
     started = time.perf_counter()
     budget_list = _parse_budget_set(budgets, keep=keep, tokens=tokens, flops=flops, latency=latency)
+    if temporal is not None:
+        _check_temporal_flags(method, budgets=budgets, keep=keep, tokens=tokens, flops=flops, latency=latency, points=points)
     check_target(out_dir, force)  # before the slow model load
     with console.status("loading model"):
         net, info = load_model(model, checkpoint=checkpoint, model_args=parse_model_args(model_arg), img_size=img_size)
     options = parse_model_args(option, "--option")  # typed and checked by build_plan
     if gsp_alpha is not None:
         options["gsp_alpha"] = gsp_alpha
+    if temporal is not None:
+        from edgeprune.exporters.temporal import export_temporal
+
+        with console.status("exporting temporal artifact") as status:
+            path = export_temporal(net, temporal, out_dir, batch=batch, dynamic_batch=dynamic_batch, opset=opset,
+                                   tolerance=tolerance, model_info=info, overwrite=force, progress=status.update)
+        from edgeprune.cli.inspect_cmd import print_temporal
+        from edgeprune.runtime.temporal import load_temporal
+
+        print_temporal(load_temporal(path, verify=False), f"exported temporal artifact {out_dir} in {time.perf_counter() - started:.1f} s")
+        return
     point_list = parse_int_list(points, "--points")
     common = dict(prop_attn=prop_attn, options=options)
     if budget_list is not None:
@@ -77,6 +91,14 @@ def export(
             tolerance=tolerance, model_info=info, overwrite=force, progress=status.update,
         )
     _print_summary(artifact.path, artifact.manifest, time.perf_counter() - started)
+
+
+def _check_temporal_flags(method: str, **others: Optional[object]) -> None:
+    from edgeprune.errors import EdgepruneError
+
+    given = [f"--{k}" for k, v in others.items() if v is not None] + (["--method"] if method not in ("tome", "none") else [])
+    if given:
+        raise EdgepruneError(f"--temporal exports the unreduced model with temporal reuse; drop {', '.join(given)}")
 
 
 def _parse_budget_set(budgets: Optional[str], **single: Optional[float]) -> Optional[list[float]]:

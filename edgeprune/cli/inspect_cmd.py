@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import typer
 from rich.table import Table
 
@@ -22,6 +23,15 @@ def inspect(
     from edgeprune.flops import block_macs
     from edgeprune.graph import load_graph, op_counts
 
+    from edgeprune.runtime.temporal import is_temporal, load_temporal
+
+    if is_temporal(artifact_dir):
+        temporal = load_temporal(artifact_dir, verify=verify)
+        if as_json:
+            out.print_json(json.dumps(temporal.manifest))
+        else:
+            print_temporal(temporal, f"{temporal.path} ({'verified' if verify else 'not verified'})")
+        return
     if is_engine_set(artifact_dir):
         engine_set = load_engine_set(artifact_dir, verify=verify)
         if as_json:
@@ -91,3 +101,25 @@ def print_set(engine_set, title: str) -> None:
                   f"{cal.get('threads')} threads, {cal.get('provider')}, batch {cal.get('batch')}", highlight=False)
     else:
         out.print("not calibrated (edgeprune calibrate SET)", highlight=False)
+
+
+def print_temporal(temporal, title: str) -> None:
+    """A temporal artifact: its two graphs, their MACs and parity, and the cache it carries."""
+    m = temporal.manifest
+    model = m["model"]
+    info = Table(title=title, show_header=False)
+    info.add_row("model", f"{model.get('name', model.get('path', '?'))} [{model.get('family')}]")
+    info.add_row("patches", f"{m['patches']} ({m['grid'][0]} x {m['grid'][1]}) + {m['prefix']} prefix tokens")
+    info.add_row("update", f"recomputes {m['recompute']} patches ({m['recompute_share']:.0%}); the rest come from the cache")
+    shapes = {n: s for n, s in m["inputs"].items() if n.startswith("cache_")}
+    floats = sum(int(np.prod([d if isinstance(d, int) else 1 for d in s])) for s in shapes.values())
+    info.add_row("cache", f"{len(shapes)} tensors, {floats * 4 / 1e6:.2f} MB per stream")
+    out.print(info)
+    table = Table(title="graphs")
+    for col in ("graph", "patches", "MACs", "vs refresh", "parity (max rel. err)", "sha256"):
+        table.add_column(col)
+    full = m["graphs"]["refresh"]["macs"]
+    for name, g in m["graphs"].items():
+        table.add_row(name, str(g["recompute"]), f"{g['macs'] / 1e9:.3f} G", f"{g['macs'] / full:.3f}",
+                      f"{g['parity']['max']:.2e}", g["sha256"][:12])
+    out.print(table)

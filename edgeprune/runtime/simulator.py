@@ -51,6 +51,10 @@ class SimResult:
     budget_ratio: float
     switches: int
     overhead_us: float = field(default=0.0, compare=False)  # mean choose+observe per frame
+    # The per-frame oracle also knows each frame's jitter, which nothing causal can; the window
+    # oracle knows only each stretch's latency distribution (see window_oracle_budget).
+    window_oracle_mean_budget: float = 0.0
+    window_ratio: float = 0.0
 
     @property
     def indices(self) -> list[int]:
@@ -91,8 +95,28 @@ def simulate(policy: Policy, latency_fn: Callable[[int, int], float], frames: in
     mean_budget = sum(d.budget for d in decisions) / frames
     oracle_mean = oracle / frames
     switches = sum(a.index != b.index for a, b in zip(decisions, decisions[1:]))
+    window_mean = window_oracle_budget(latency_fn, frames, budgets, target_ms)
     return SimResult(decisions, latencies, float(target_ms), misses, misses / frames, unavoidable, mean_budget,
-                     oracle_mean, mean_budget / oracle_mean, switches, spent / frames * 1e6)
+                     oracle_mean, mean_budget / oracle_mean, switches, spent / frames * 1e6,
+                     window_mean, mean_budget / window_mean)
+
+
+def window_oracle_budget(latency_fn: Callable[[int, int], float], frames: int, budgets: Sequence[float],
+                         target_ms: float, window: int = 50, miss_budget: float = 0.02) -> float:
+    """Mean budget of the hindsight oracle that holds one engine per ``window`` frames: in each
+    stretch, the largest budget whose misses there stay within ``miss_budget`` (else the fastest).
+    It knows how loaded every stretch was, but not the jitter of single frames."""
+    total = 0.0
+    for start in range(0, frames, window):
+        stop = min(frames, start + window)
+        pick = budgets[-1]
+        for e, budget in enumerate(budgets):
+            missed = sum(latency_fn(i, e) > target_ms for i in range(start, stop))
+            if missed <= miss_budget * (stop - start):
+                pick = budget
+                break
+        total += pick * (stop - start)
+    return total / frames
 
 
 def trace_from_profiles(profiles: Sequence[EngineProfile], n: int, seed: int = 0,

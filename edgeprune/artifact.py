@@ -88,6 +88,9 @@ def load_artifact(path: str | os.PathLike, verify: bool = True) -> Artifact:
         raise EdgepruneError(f"{root}: no {MANIFEST} (not an edgeprune artifact)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise EdgepruneError(f"{mpath}: corrupt manifest ({exc})") from None
+    if isinstance(manifest, dict) and manifest.get("kind") == "edgeprune-temporal":
+        raise EdgepruneError(f"{root} is a temporal artifact (two graphs with caches): run it with `edgeprune demo "
+                             f"--model {root}` or edgeprune.runtime.temporal.TemporalRuntime")
     if not isinstance(manifest, dict) or any(k not in manifest for k in REQUIRED_KEYS):
         raise EdgepruneError(f"{mpath}: manifest lacks required keys {', '.join(REQUIRED_KEYS)}")
     if manifest["format"] != MANIFEST_FORMAT:

@@ -10,10 +10,14 @@ import numpy as np
 
 def normalize(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """uint8 RGB images [N, H, W, 3] -> float32 [N, 3, H, W], scaled to [0, 1] then standardised."""
-    x = images.astype(np.float32).transpose(0, 3, 1, 2) / 255.0
-    m = np.asarray(mean, np.float32).reshape(1, -1, 1, 1)
-    s = np.asarray(std, np.float32).reshape(1, -1, 1, 1)
-    return (x - m) / s
+    std_ = np.asarray(std, np.float32)
+    scale = (1.0 / (255.0 * std_)).astype(np.float32)
+    offset = (-np.asarray(mean, np.float32) / std_).astype(np.float32)
+    # One multiply-add on the contiguous HWC array, then one transposing copy: runs every frame.
+    x = images.astype(np.float32)
+    x *= scale
+    x += offset
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
 def confusion(labels: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:

@@ -319,12 +319,19 @@ def demo(
     threads: int = typer.Option(2, "--threads", min=1, help="Intra-op threads (PyTorch or ONNX Runtime)."),
     provider: str = ProviderOpt,
     alpha: float = typer.Option(0.5, "--alpha", min=0.0, max=1.0, help="Weight of the class colour in the overlay."),
+    cameras: bool = typer.Option(False, "--cameras", help="Play the VIDEOs side by side as simultaneous cameras sharing one token pool per tick (needs an engine set)."),
+    pool: Optional[float] = typer.Option(None, "--pool", help="--cameras: sum of per-frame budgets per tick [default: 0.5 per camera]."),
+    minimum: float = typer.Option(0.0, "--minimum", min=0.0, max=1.0, help="--cameras: budget every camera gets at least."),
+    signal: str = typer.Option("complexity", "--signal", help="--cameras: what earns a camera more of the pool: complexity, change or both."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
 ) -> None:
     """Segment a video (or a generated clip) into an overlay mp4 with a latency HUD, plus metrics JSON and a plot."""
     model = model if model is not None else _default_model()
     if not model.is_dir():
         raise EdgepruneError(f"--model {model}: no such directory")
+    if cameras:
+        _run_cameras(videos or [], model, out_path, pool, minimum, signal, target_fps, max_frames, threads, provider, alpha, force)
+        return
     sources = [video_source(v) for v in videos] if videos else [generated_source(seed, min(clip_frames, max_frames or clip_frames))]
     try:
         s = run_demo(sources, model, out_path, target_fps=target_fps, policy=policy, max_frames=max_frames,
@@ -337,5 +344,26 @@ def demo(
               f"hits {s['hit_rate']:.1%}, mean budget {s['mean_budget']:.2f}, latency p50 {s['p50_ms']:.1f} ms "
               f"p95 {s['p95_ms']:.1f} ms, RSS {s['rss_start_mb']} -> {s['rss_end_mb']} MB; engines: {engines}",
               highlight=False, soft_wrap=True)
+    for p in output_paths(out_path):
+        out.print(f"wrote {p}", highlight=False)
+
+
+def _run_cameras(videos: list[Path], model: Path, out_path: Path, pool: Optional[float], minimum: float, signal: str,
+                 target_fps: float, max_frames: Optional[int], threads: int, provider: str, alpha: float, force: bool) -> None:
+    from edgeprune.cli.cameras import run_cameras
+
+    if signal not in ("complexity", "change", "both"):
+        raise EdgepruneError(f"--signal must be complexity, change or both, got {signal!r}")
+    sources = [video_source(v) for v in videos]
+    try:
+        s = run_cameras(sources, model, out_path, pool=pool, minimum=minimum, signal=signal, target_fps=target_fps,
+                        max_frames=max_frames, threads=threads, provider=provider, alpha=alpha, force=force)
+    finally:
+        for src in sources:
+            getattr(src.frames, "close", lambda: None)()
+    budgets = ", ".join(f"{k} {v:.2f}" for k, v in s["mean_budget"].items())
+    out.print(f"{s['ticks']} ticks x {s['cameras']} cameras in {s['wall_s']:.1f} s: pool {s['pool']:g} per tick "
+              f"(signal {s['signal']}), tick p50 {s['tick_p50_ms']:.1f} ms, hits {s['hit_rate']:.1%} "
+              f"(target {s['target_ms']:.1f} ms); mean budget: {budgets}", highlight=False, soft_wrap=True)
     for p in output_paths(out_path):
         out.print(f"wrote {p}", highlight=False)

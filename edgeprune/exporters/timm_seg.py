@@ -330,8 +330,8 @@ class SegmenterAdapter(FamilyAdapter):
 
     def describe(self) -> dict:
         d = super().describe()
-        d.update(num_classes=self.model.num_classes, head=self.model.spec.get("head"),
-                 feature_blocks=list(self.model.feature_blocks), **self.model.info)
+        d.update({"num_classes": self.model.num_classes, "head": self.model.spec.get("head"),
+                  "feature_blocks": list(self.model.feature_blocks), **self.model.info})
         return d
 
 

@@ -313,6 +313,15 @@ def downscale_gray(frame_rgb_uint8: np.ndarray, size: int = 32) -> np.ndarray:
     return (out >> 4).astype(np.uint8)
 
 
+def frame_complexity(small: np.ndarray) -> float:
+    """Spatial detail of a thumbnail in [0, 1]: the mean absolute difference between neighbouring
+    pixels (both directions), scaled so a hard checkerboard gives 1. Busy, textured frames need
+    more tokens than flat ones to keep their segmentation."""
+    g = small.astype(np.int16)
+    detail = np.abs(np.diff(g, axis=0)).mean() + np.abs(np.diff(g, axis=1)).mean()
+    return float(min(1.0, detail / 510.0))
+
+
 def frame_change(prev_small: np.ndarray | None, cur_small: np.ndarray) -> float:
     """Mean absolute difference of two thumbnails, in [0, 1]; 1.0 when there is no previous frame."""
     if prev_small is None:

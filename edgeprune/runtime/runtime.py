@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 import time
 import warnings
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -23,7 +23,7 @@ import numpy as np
 
 from edgeprune.errors import EdgepruneError
 from edgeprune.runtime.policies import (Decision, EngineProfile, FrameContext, Policy, downscale_gray,
-                                        frame_change, make_policy)
+                                        frame_change, frame_complexity, make_policy)
 
 INPUT_NAME = "pixel_values"
 
@@ -39,7 +39,7 @@ class FrameResult:
     outputs: dict[str, np.ndarray]
     labels: Optional[np.ndarray]  # [H, W] uint8 class ids at the model's input size (segmenters)
     engine_ms: float  # the engine run alone
-    total_ms: float  # preprocessing + scheduling + engine
+    total_ms: float  # preprocessing + scheduling + engine + labels
     scheduler_ms: float  # content signal + choose + observe
     deadline_met: bool  # total_ms <= the frame's deadline
     decision: Decision
@@ -91,6 +91,9 @@ class Runtime:
         self._lock = threading.Lock()
         self._previous: dict[Hashable, np.ndarray] = {}
         self._frames = 0
+        # What a frame costs besides the engine (resize, normalise, signal, scheduling, argmax):
+        # the policy plans the engine against the deadline minus this, as deadline_met counts it.
+        self._overhead_ms = 0.0
         self._closed = False
 
     @property
@@ -102,8 +105,7 @@ class Runtime:
         from edgeprune.evaluation import normalize
         from edgeprune.images import resize_rgb
 
-        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
-            raise EdgepruneError(f"frames must be RGB uint8 [H, W, 3], got {frame.dtype} {list(frame.shape)}")
+        self._check_frame(frame)
         if "mean" not in self._input:
             raise EdgepruneError("this engine set's model records no input normalisation; pass preprocessed arrays to infer_array")
         _, _, h, w = self._batch_shape
@@ -117,6 +119,47 @@ class Runtime:
         pixels = self.preprocess(frame)
         return self._run(pixels, downscale_gray(frame), stream, deadline_ms, start)
 
+    def infer_pool(self, frames: Mapping[Hashable, np.ndarray], pool: float, minimum: float = 0.0,
+                   maximum: float = 1.0, signal: str = "complexity") -> dict[Hashable, FrameResult]:
+        """One tick of several cameras sharing one budget (EchoingPixels' single pool).
+
+        ``pool`` is the sum of per-frame budgets (MACs ratios) this tick may spend, e.g. 1.5 for
+        three cameras at 0.5 on average; each stream gets at least ``minimum``. The pool goes to the
+        streams with the most ``signal`` (:func:`edgeprune.runtime.pool.allocate`): ``complexity``
+        (spatial detail, :func:`frame_complexity`; busy scenes lose more to token reduction),
+        ``change`` (difference from the stream's last frame) or ``both`` (their mean). Each stream
+        then runs the member of its allocated budget. Streams run one after another in the caller's
+        thread; call it from one thread per tick.
+        """
+        from edgeprune.runtime.pool import StreamDemand, allocate
+
+        if not frames:
+            raise EdgepruneError("infer_pool: no frames given")
+        if signal not in ("complexity", "change", "both"):
+            raise EdgepruneError(f"infer_pool: signal must be complexity, change or both, got {signal!r}")
+        start = time.perf_counter()
+        smalls = {s: downscale_gray(self._check_frame(f)) for s, f in frames.items()}
+        with self._lock:
+            change = {s: frame_change(self._previous.get(s), smalls[s]) for s in frames}
+        detail = {s: frame_complexity(smalls[s]) for s in frames}
+        weight = {"complexity": detail, "change": change,
+                  "both": {s: (detail[s] + change[s]) / 2 for s in frames}}[signal]
+        demands = [StreamDemand(str(s), weight[s], minimum, maximum) for s in frames]
+        shares = allocate(pool, demands, self.budgets)
+        allocation_ms = (time.perf_counter() - start) * 1e3
+        results = {}
+        for s, frame in frames.items():
+            index = self.budgets.index(shares[str(s)])
+            t0 = time.perf_counter()
+            pixels = self.preprocess(frame)
+            results[s] = self._run(pixels, smalls[s], s, None, t0, forced=index, extra_ms=allocation_ms / len(frames))
+        return results
+
+    def _check_frame(self, frame: np.ndarray) -> np.ndarray:
+        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+            raise EdgepruneError(f"frames must be RGB uint8 [H, W, 3], got {frame.dtype} {list(frame.shape)}")
+        return frame
+
     def infer_array(self, pixels: np.ndarray, stream: Hashable = 0, deadline_ms: Optional[float] = None) -> FrameResult:
         """Run an already preprocessed input [1, C, H, W]; the content signal comes from its first channel."""
         start = time.perf_counter()
@@ -126,7 +169,7 @@ class Runtime:
         return self._run(pixels.astype(np.float32, copy=False), small, stream, deadline_ms, start)
 
     def _run(self, pixels: np.ndarray, small: np.ndarray, stream: Hashable, deadline_ms: Optional[float],
-             start: float) -> FrameResult:
+             start: float, forced: Optional[int] = None, extra_ms: float = 0.0) -> FrameResult:
         if self._closed:
             raise EdgepruneError("the runtime is closed")
         t0 = time.perf_counter()
@@ -135,20 +178,27 @@ class Runtime:
             self._previous[stream] = small
             index = self._frames
             self._frames += 1
-            decision = self.policy.choose(FrameContext(index, content, deadline_ms))
+            if forced is None:
+                budget_ms = (deadline_ms or self.target_ms) - self._overhead_ms
+                decision = self.policy.choose(FrameContext(index, content, max(budget_ms, 1e-3)))
+            else:
+                p = self.profiles[forced]
+                decision = Decision(forced, p.budget, p.p50_ms, "pool")
         t1 = time.perf_counter()
         outputs = self._runners[decision.index].infer({INPUT_NAME: pixels})
         t2 = time.perf_counter()
         engine_ms = (t2 - t1) * 1e3
         with self._lock:
             self.policy.observe(decision.index, engine_ms)
-        end = time.perf_counter()
+        t3 = time.perf_counter()
         logits = outputs.get("logits")
         labels = logits[0].argmax(0).astype(np.uint8) if logits is not None and logits.ndim == 4 else None
-        total_ms = (end - start) * 1e3
+        total_ms = (time.perf_counter() - start) * 1e3
+        with self._lock:
+            self._overhead_ms += 0.1 * (max(total_ms - engine_ms, 0.0) - self._overhead_ms)
         member = self._members[decision.index]
         return FrameResult(index, stream, member.path, member.budget, outputs, labels, engine_ms, total_ms,
-                           ((t1 - t0) + (end - t2)) * 1e3, total_ms <= (deadline_ms or self.target_ms), decision)
+                           ((t1 - t0) + (t3 - t2)) * 1e3 + extra_ms, total_ms <= (deadline_ms or self.target_ms), decision)
 
     def close(self) -> None:
         if not self._closed:

@@ -70,3 +70,8 @@ def test_corrupt_temporal_artifact(temporal, tmp_path, capsys):
     code, _, err = run(["demo", "--model", broken, "--out", tmp_path / "d.mp4", "--max-frames", 2], capsys)
     assert code == 2 and "sha256" in error_line(err)
     assert not list(tmp_path.glob("d*"))
+
+
+def test_commands_for_plain_artifacts_point_to_the_demo(temporal, tmp_path, capsys):
+    code, _, err = run(["bench", temporal, "--rounds", 1], capsys)
+    assert code == 2 and "is a temporal artifact" in error_line(err)

@@ -106,3 +106,23 @@ def test_threads_share_one_runtime(engine_set):
     assert not errors
     assert sorted(r.frame for r in results) == list(range(60))
     assert {r.stream for r in results} == {0, 1, 2, 3}
+
+
+def test_pool_gives_the_changing_camera_more(engine_set):
+    from edgeprune.runtime import Runtime
+
+    still, busy = frames(1, seed=1)[0], frames(4, seed=2)
+    with Runtime(engine_set, target_ms=1000.0) as rt:
+        first = rt.infer_pool({"still": still, "busy": busy[0]}, pool=1.75)
+        assert sum(r.budget for r in first.values()) <= 1.75 + 1e-9
+        for frame in busy[1:]:
+            tick = rt.infer_pool({"still": still, "busy": frame}, pool=1.75, minimum=0.75)
+            assert tick["busy"].budget == 1.0 and tick["still"].budget == 0.75
+            assert tick["busy"].decision.reason.startswith("pool")
+            assert tick["busy"].labels.shape == (32, 32) and tick["busy"].stream == "busy"
+        with pytest.raises(EdgepruneError, match="minimums"):
+            rt.infer_pool({"a": still, "b": still, "c": still}, pool=1.0, minimum=0.75)
+        with pytest.raises(EdgepruneError, match="no frames"):
+            rt.infer_pool({}, pool=1.0)
+        with pytest.raises(EdgepruneError, match="RGB uint8"):
+            rt.infer_pool({"a": still.astype(np.float32)}, pool=1.0)

@@ -64,16 +64,11 @@ def run_pool(engines, cams, args, signal: str, full) -> dict:
     budgets = {n: [] for n in names}
     tick_ms = []
     with Runtime(engines, target_ms=1000.0, threads=args.threads) as rt:
-        levels = rt.budgets
-        even = max((b for b in levels if b * len(names) <= args.pool + 1e-9), default=levels[-1])
         for t in range(args.ticks):
-            frames = {n: cams[n][t] for n in names}
+            turn = t % len(names)  # equal weights: the leftover levels rotate between cameras
+            frames = {n: cams[n][t] for n in names[turn:] + names[:turn]}
             t0 = time.perf_counter()
-            if signal == "equal":
-                results = {n: rt.infer_pool({n: f}, pool=even, minimum=even) for n, f in frames.items()}
-                results = {n: r[n] for n, r in results.items()}
-            else:
-                results = rt.infer_pool(frames, pool=args.pool, minimum=args.minimum, signal=signal)
+            results = rt.infer_pool(frames, pool=args.pool, minimum=args.minimum, signal=signal)
             tick_ms.append((time.perf_counter() - t0) * 1e3)
             for n in names:
                 conf[n] += confusion(full[n][t], results[n].labels, k)

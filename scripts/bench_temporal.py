@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['clip']:28s} {r['frames']:6d} {r['full_ms']:8.2f} {r['temporal_ms']:8.2f} {r['speedup']:7.2f}x "
               f"{r['speedup_iqr'][0]:4.2f}-{r['speedup_iqr'][1]:4.2f} {r['engine_speedup']:6.2f}x {r['recomputed_share']:7.1%} {r['agreement']:7.1%}  "
               f"{r['frames_by_graph']}", flush=True)
-    out = args.work / "results.json"
+    out = args.work / f"results_{args.recompute:g}.json"
     out.write_text(json.dumps({"settings": {**settings, "recompute": temporal.recompute, "patches": temporal.patches},
                                "static_clips": q, "real_clips": rows}, indent=1))
     print(f"wrote {out}")

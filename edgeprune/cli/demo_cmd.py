@@ -322,7 +322,7 @@ def demo(
     cameras: bool = typer.Option(False, "--cameras", help="Play the VIDEOs side by side as simultaneous cameras sharing one token pool per tick (needs an engine set)."),
     pool: Optional[float] = typer.Option(None, "--pool", help="--cameras: sum of per-frame budgets per tick [default: 0.5 per camera]."),
     minimum: float = typer.Option(0.0, "--minimum", min=0.0, max=1.0, help="--cameras: budget every camera gets at least."),
-    signal: str = typer.Option("complexity", "--signal", help="--cameras: what earns a camera more of the pool: complexity, change or both."),
+    signal: str = typer.Option("complexity", "--signal", help="--cameras: what earns a camera more of the pool: complexity, change, both or equal."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
 ) -> None:
     """Segment a video (or a generated clip) into an overlay mp4 with a latency HUD, plus metrics JSON and a plot."""
@@ -352,8 +352,10 @@ def _run_cameras(videos: list[Path], model: Path, out_path: Path, pool: Optional
                  target_fps: float, max_frames: Optional[int], threads: int, provider: str, alpha: float, force: bool) -> None:
     from edgeprune.cli.cameras import run_cameras
 
-    if signal not in ("complexity", "change", "both"):
-        raise EdgepruneError(f"--signal must be complexity, change or both, got {signal!r}")
+    from edgeprune.runtime.runtime import POOL_SIGNALS
+
+    if signal not in POOL_SIGNALS:
+        raise EdgepruneError(f"--signal must be one of {', '.join(POOL_SIGNALS)}, got {signal!r}")
     sources = [video_source(v) for v in videos]
     try:
         s = run_cameras(sources, model, out_path, pool=pool, minimum=minimum, signal=signal, target_fps=target_fps,

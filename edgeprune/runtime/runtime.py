@@ -26,6 +26,7 @@ from edgeprune.runtime.policies import (Decision, EngineProfile, FrameContext, P
                                         frame_change, frame_complexity, make_policy)
 
 INPUT_NAME = "pixel_values"
+POOL_SIGNALS = ("complexity", "change", "both", "equal")
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,9 @@ class Runtime:
         three cameras at 0.5 on average; each stream gets at least ``minimum``. The pool goes to the
         streams with the most ``signal`` (:func:`edgeprune.runtime.pool.allocate`): ``complexity``
         (spatial detail, :func:`frame_complexity`; busy scenes lose more to token reduction),
-        ``change`` (difference from the stream's last frame) or ``both`` (their mean). Each stream
+        ``change`` (difference from the stream's last frame), ``both`` (their mean) or ``equal``
+        (the same weight for all; leftover levels go to the first streams of ``frames``, so rotate
+        its order from tick to tick to share them). Each stream
         then runs the member of its allocated budget. Streams run one after another in the caller's
         thread; call it from one thread per tick.
         """
@@ -135,14 +138,14 @@ class Runtime:
 
         if not frames:
             raise EdgepruneError("infer_pool: no frames given")
-        if signal not in ("complexity", "change", "both"):
-            raise EdgepruneError(f"infer_pool: signal must be complexity, change or both, got {signal!r}")
+        if signal not in POOL_SIGNALS:
+            raise EdgepruneError(f"infer_pool: signal must be one of {', '.join(POOL_SIGNALS)}, got {signal!r}")
         start = time.perf_counter()
         smalls = {s: downscale_gray(self._check_frame(f)) for s, f in frames.items()}
         with self._lock:
             change = {s: frame_change(self._previous.get(s), smalls[s]) for s in frames}
         detail = {s: frame_complexity(smalls[s]) for s in frames}
-        weight = {"complexity": detail, "change": change,
+        weight = {"complexity": detail, "change": change, "equal": {s: 1.0 for s in frames},
                   "both": {s: (detail[s] + change[s]) / 2 for s in frames}}[signal]
         demands = [StreamDemand(str(s), weight[s], minimum, maximum) for s in frames]
         shares = allocate(pool, demands, self.budgets)
@@ -213,4 +216,4 @@ class Runtime:
         self.close()
 
 
-__all__ = ["FrameResult", "Runtime", "profiles_from_calibration"]
+__all__ = ["POOL_SIGNALS", "FrameResult", "Runtime", "profiles_from_calibration"]

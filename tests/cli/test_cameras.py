@@ -54,7 +54,7 @@ def test_cameras_share_the_pool(engine_set, tmp_path, capsys):
 
 @pytest.mark.parametrize("extra, message", [
     (["--pool", "0.5", "--minimum", "0.6"], "cannot give 2 cameras"),
-    (["--signal", "loud"], "--signal must be"),
+    (["--signal", "loud"], "--signal must be one of"),
 ])
 def test_bad_pool_settings(engine_set, tmp_path, capsys, extra, message):
     a, b = clip(tmp_path / "a.mp4", 3), clip(tmp_path / "b.mp4", 3)

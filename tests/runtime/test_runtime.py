@@ -116,7 +116,7 @@ def test_pool_gives_the_changing_camera_more(engine_set):
         first = rt.infer_pool({"still": still, "busy": busy[0]}, pool=1.75)
         assert sum(r.budget for r in first.values()) <= 1.75 + 1e-9
         for frame in busy[1:]:
-            tick = rt.infer_pool({"still": still, "busy": frame}, pool=1.75, minimum=0.75)
+            tick = rt.infer_pool({"still": still, "busy": frame}, pool=1.75, minimum=0.75, signal="change")
             assert tick["busy"].budget == 1.0 and tick["still"].budget == 0.75
             assert tick["busy"].decision.reason.startswith("pool")
             assert tick["busy"].labels.shape == (32, 32) and tick["busy"].stream == "busy"
@@ -126,3 +126,19 @@ def test_pool_gives_the_changing_camera_more(engine_set):
             rt.infer_pool({}, pool=1.0)
         with pytest.raises(EdgepruneError, match="RGB uint8"):
             rt.infer_pool({"a": still.astype(np.float32)}, pool=1.0)
+
+
+def test_pool_signals(engine_set):
+    from edgeprune.runtime import Runtime
+
+    flat = np.full((40, 48, 3), 128, np.uint8)
+    busy = frames(1, seed=3)[0]
+    with Runtime(engine_set, target_ms=1000.0) as rt:
+        tick = rt.infer_pool({"flat": flat, "busy": busy}, pool=1.75, minimum=0.75)  # complexity
+        assert tick["busy"].budget == 1.0 and tick["flat"].budget == 0.75
+        for first, second in (("flat", "busy"), ("busy", "flat")):
+            tick = rt.infer_pool({first: flat if first == "flat" else busy, second: busy if second == "busy" else flat},
+                                 pool=1.75, minimum=0.75, signal="equal")
+            assert tick[first].budget == 1.0 and tick[second].budget == 0.75  # equal weights: order decides
+        with pytest.raises(EdgepruneError, match="signal must be one of"):
+            rt.infer_pool({"flat": flat}, pool=1.0, signal="loud")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -39,7 +39,8 @@ class TemporalSegmenter(nn.Module):
 
     ``forward(pixels, update_index [B, M] int64, *caches) -> (logits, *next_caches)`` in the order
     of :attr:`cache_names`. ``update_index`` holds M distinct patch indices in [0, patches)
-    (row-major); prefix tokens (CLS, registers) are always recomputed.
+    (row-major); prefix tokens (CLS, registers) are always recomputed. With M = every patch (a
+    refresh) it is ``forward(pixels)``: the full model, returning the caches it fills.
     """
 
     def __init__(self, model: nn.Module, recompute: int) -> None:
@@ -76,6 +77,8 @@ class TemporalSegmenter(nn.Module):
 
     @property
     def input_names(self) -> list[str]:
+        if self.recompute == self.num_patches:
+            return ["pixel_values"]
         return ["pixel_values", "update_index", *self.cache_names]
 
     @property
@@ -103,10 +106,15 @@ class TemporalSegmenter(nn.Module):
         b, n, c = t.shape
         return t.reshape(b, n, self.heads, c // self.heads).transpose(1, 2)
 
-    def forward(self, pixels: Tensor, update_index: Tensor, *caches: Tensor) -> tuple[Tensor, ...]:
+    def forward(self, pixels: Tensor, *update: Tensor) -> tuple[Tensor, ...]:
+        """``update`` is ``(update_index, *caches)``; a refresh (every patch) takes pixels only."""
+        x_all = self.adapter.embed(pixels)
+        if self.recompute == self.num_patches:
+            # Every token is recomputed in place: no cache to read, no rows to merge.
+            return self._refresh(x_all, pixels.shape[-2:])
+        update_index, caches = update[0], update[1:]
         depth, prefix, n_tok = self.depth, self.num_prefix, self.num_tokens
         keys_in, values_in, feats_in = caches[:depth], caches[depth:2 * depth], caches[2 * depth:]
-        x_all = self.adapter.embed(pixels)
         b, device = x_all.shape[0], pixels.device
         rows = torch.cat([torch.arange(prefix, device=device).unsqueeze(0).expand(b, -1), update_index + prefix], dim=1)
         s = rows.shape[1]
@@ -146,6 +154,20 @@ class TemporalSegmenter(nn.Module):
         logits = self.adapter.head(feats, pixels.shape[-2:])
         return (logits, *keys, *values, *feats)
 
+    def _refresh(self, x: Tensor, size: Sequence[int]) -> tuple[Tensor, ...]:
+        keys, values, feats = [], [], []
+        last = self.feature_blocks[-1]
+        for i, view in enumerate(self.views):
+            q, k, v = self._kv(i, x)
+            keys.append(k)
+            values.append(v)
+            a = F.scaled_dot_product_attention(q, self._heads(k), self._heads(v), scale=view.scale)
+            x = x + view.ls1(view.attn_out(a))
+            x = x + view.ls2(view.mlp(view.norm2(x)))
+            if i in self.feature_blocks:
+                feats.append((self.adapter.final_norm(x) if i == last else x)[:, self.num_prefix:])
+        return (self.adapter.head(feats, size), *keys, *values, *feats)
+
 
 def recompute_count(fraction_or_count: float, num_patches: int) -> int:
     """``0.4`` -> 40% of the patches (rounded, at least 1); an integer > 1 is a patch count."""
@@ -180,6 +202,8 @@ def fresh_inputs(module: TemporalSegmenter, batch: int, recompute: int,
     spec = module.adapter.spec
     pixels = fresh_pixels([batch, spec.in_chans, *spec.img_size])
     index = torch.stack([torch.randperm(module.num_patches, generator=gen)[:recompute] for _ in range(batch)])
+    if recompute == module.num_patches:
+        return (pixels,)
     caches = [torch.randn(*shape, generator=gen) for shape in module.cache_shapes(batch).values()]
     return (pixels, index, *caches)
 
@@ -244,8 +268,9 @@ def export_temporal(
             say(f"{name} graph ({m} of {module.num_patches} patches): tracing and converting to ONNX")
             trace_batch = 2 if dynamic_batch else batch
             dim = torch.export.Dim("batch", min=1, max=256)
-            # forward takes the caches as *caches: their shapes go in as one nested tuple.
-            dynamic = ({0: dim}, {0: dim}, tuple({0: dim} for _ in module.cache_names)) if dynamic_batch else None
+            # forward takes (pixels, *update): the update inputs' shapes go in as one nested tuple.
+            rest = tuple({0: dim} for _ in module.input_names[1:])
+            dynamic = (({0: dim}, rest) if rest else ({0: dim},)) if dynamic_batch else None
             trace_to_onnx(module, fresh_inputs(module, trace_batch, m), path, input_names=module.input_names,
                           output_names=module.output_names, opset=opset, dynamic_shapes=dynamic)
             graph = load_graph(path)
@@ -254,7 +279,8 @@ def export_temporal(
                 raise EdgepruneError(f"exported {name} graph breaks edgeprune's export rules: {problems[0]}")
             say(f"{name} graph: checking ONNX Runtime against eager PyTorch")
             parity = check_temporal_parity(module, path, [1, 2] if dynamic_batch else [batch], tolerance)
-            graphs[name] = {"file": path.name, "recompute": m, "sha256": sha256_file(path), "ops": op_counts(graph),
+            graphs[name] = {"file": path.name, "recompute": m, "inputs": module.input_names, "sha256": sha256_file(path),
+                            "ops": op_counts(graph),
                             "macs": temporal_macs(module, m), "parity": parity}
         shapes = probe.cache_shapes("batch" if dynamic_batch else batch)  # type: ignore[arg-type]
         spec = probe.adapter.spec

@@ -187,6 +187,7 @@ class TemporalRuntime:
         for runner in self._runners.values():
             runner.activate()
         self._all = np.arange(self.artifact.patches, dtype=np.int64)[None]
+        self._cache_names = list(self.artifact.cache_shapes)
         self._streams: dict[Hashable, _Stream] = {}
         self._lock = threading.Lock()
         self._closed = False
@@ -233,16 +234,16 @@ class TemporalRuntime:
                 index, drift = choose_patches(change, self.artifact.recompute)
                 if drift > self.drift_threshold:
                     reason = f"drift {drift:.2f} > {self.drift_threshold:g}"
-            if reason:
-                graph, index, drift = "refresh", self._all, 0.0
-                caches = state.caches or {n: np.zeros(s, np.float32) for n, s in self.artifact.cache_shapes.items()}
+            pixels = normalize(small[None], self._mean, self._std)
+            if reason:  # the refresh graph takes the pixels alone and fills every cache
+                graph, index, drift, feed = "refresh", self._all, 0.0, {"pixel_values": pixels}
             else:
-                graph, index, caches = "update", index[None], state.caches
-            feed = {"pixel_values": normalize(small[None], self._mean, self._std), "update_index": index, **caches}
+                graph, index = "update", index[None]
+                feed = {"pixel_values": pixels, "update_index": index, **state.caches}
             t0 = time.perf_counter()
             out = self._runners[graph].infer(feed)
             engine_ms = (time.perf_counter() - t0) * 1e3
-            state.caches = {name: out["next_" + name[len("cache_"):]] for name in caches}
+            state.caches = {name: out["next_" + name[len("cache_"):]] for name in self._cache_names}
             if reason:
                 state.reference, state.since_refresh = features, 0
             else:

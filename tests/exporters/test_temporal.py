@@ -25,9 +25,9 @@ def tiny(layout: str) -> torch.nn.Module:
     return create_segmenter("vit_tiny_patch16_224", 5, **{**TINY, **LAYOUTS[layout]}).eval()
 
 
-def run(module: TemporalSegmenter, pixels, index, caches):
+def run(module: TemporalSegmenter, pixels, index=None, caches=()):
     with torch.no_grad():
-        out = module(pixels, index, *caches)
+        out = module(pixels) if index is None else module(pixels, index, *caches)
     return out[0], list(out[1:])
 
 
@@ -36,10 +36,10 @@ def test_refresh_is_the_model_and_an_unchanged_frame_stays_exact(layout):
     model = tiny(layout)
     patches = TemporalSegmenter(model, 1).num_patches
     refresh, update = TemporalSegmenter(model, patches), TemporalSegmenter(model, patches // 4)
-    pixels, index, *junk = fresh_inputs(refresh, 2, patches)
+    (pixels,) = fresh_inputs(refresh, 2, patches)  # a refresh takes pixels only
     with torch.no_grad():
         expected = model(pixels)
-    logits, caches = run(refresh, pixels, index, junk)  # random caches: a refresh must ignore them
+    logits, caches = run(refresh, pixels)
     assert logits.shape == expected.shape == (2, 5, 32, 32)
     assert torch.allclose(logits, expected, atol=1e-5)
     _, part, *_ = fresh_inputs(update, 2, patches // 4)
@@ -65,7 +65,7 @@ def test_cache_rows_are_replaced_only_where_recomputed():
         assert not torch.allclose(after[rows], before[rows]), name
     # Block 0 sees embeddings only, so its recomputed keys are exact: those of a refresh.
     refresh = TemporalSegmenter(model, patches)
-    _, full = run(refresh, pixels, torch.arange(patches).expand(2, -1), caches)
+    _, full = run(refresh, pixels)
     k0 = names.index("cache_keys.0")
     assert torch.allclose(out[k0][fresh], full[k0][fresh], atol=1e-5)
 
@@ -90,7 +90,7 @@ def test_changed_patches_recomputed_move_the_output_toward_the_new_frame():
     a = torch.randn(1, 3, 32, 32, generator=gen)
     b = a.clone()
     b[..., :8, :16] = torch.randn(1, 3, 8, 16, generator=gen)  # patches 0 and 1 change
-    _, cache_a = run(refresh, a, torch.arange(patches)[None], fresh_inputs(refresh, 1, patches)[2:])
+    _, cache_a = run(refresh, a)
     with torch.no_grad():
         target = model(b)
     changed = run(TemporalSegmenter(model, 2), b, torch.tensor([[0, 1]]), cache_a)[0]

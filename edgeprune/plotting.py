@@ -141,3 +141,32 @@ def _save(fig, path: str | os.PathLike) -> Path:
     plt.close(fig)
     os.replace(tmp, path)
     return path
+
+
+def plot_timeline(path: str | os.PathLike, x: Sequence[int], budgets: Mapping[str, Sequence[float]],
+                  latencies: Mapping[str, Sequence[float]], target_ms: float, *, title: str,
+                  budget_label: str = "budget (MACs ratio)", x_label: str = "frame") -> None:
+    """Two stacked panels over time: budget per series (steps) and latency per series, with the target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 5.5), sharex=True)
+    for label, values in budgets.items():
+        ax1.step(x, values, where="post", lw=1, label=label)
+    ax1.set_ylabel(budget_label)
+    ax1.set_ylim(0, 1.05)
+    ax1.grid(alpha=0.3)
+    if len(budgets) > 1:
+        ax1.legend(fontsize=7, loc="lower right")
+    for (label, values), colour in zip(latencies.items(), ("tab:orange", "tab:green", "tab:purple")):
+        ax2.plot(x, values, lw=0.8, color=colour, label=label)
+    ax2.axhline(target_ms, color="red", ls="--", lw=1, label=f"target {target_ms:.1f} ms")
+    ax2.set_xlabel(x_label)
+    ax2.set_ylabel("latency, ms")
+    ax2.grid(alpha=0.3)
+    ax2.legend(fontsize=8, loc="upper right")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)

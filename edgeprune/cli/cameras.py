@@ -30,30 +30,10 @@ def tile_size(width: int, height: int) -> tuple[int, int]:
 
 
 def _plot(rows: list[dict[str, Any]], names: list[str], target_ms: float, path: Path, title: str) -> None:
-    import matplotlib
+    from edgeprune.plotting import plot_timeline
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from edgeprune.plotting import _save
-
-    x = [r["index"] for r in rows]
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 5.5), sharex=True)
-    for n in names:
-        ax1.step(x, [r["budgets"][n] for r in rows], where="post", lw=1, label=n)
-    ax1.set_ylabel("budget (MACs ratio)")
-    ax1.set_ylim(0, 1.05)
-    ax1.grid(alpha=0.3)
-    ax1.legend(fontsize=7, loc="lower right")
-    ax2.plot(x, [r["tick_ms"] for r in rows], lw=0.8, color="tab:orange", label="tick (all cameras)")
-    ax2.axhline(target_ms, color="red", ls="--", lw=1, label=f"target {target_ms:.1f} ms")
-    ax2.set_xlabel("tick")
-    ax2.set_ylabel("latency, ms")
-    ax2.grid(alpha=0.3)
-    ax2.legend(fontsize=8, loc="upper right")
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    _save(fig, path)
+    plot_timeline(path, [r["index"] for r in rows], {n: [r["budgets"][n] for r in rows] for n in names},
+                  {"tick (all cameras)": [r["tick_ms"] for r in rows]}, target_ms, title=title, x_label="tick")
 
 
 def run_cameras(sources: list[Any], model: Path, out_path: Path, *, pool: Optional[float] = None, minimum: float = 0.0,
@@ -63,9 +43,9 @@ def run_cameras(sources: list[Any], model: Path, out_path: Path, *, pool: Option
     """Run ``sources`` as simultaneous cameras through one engine set and one token pool per tick."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from edgeprune.cli.demo_cmd import _check_outputs, _remove, output_paths, vmrss_mb
+    from edgeprune.cli.demo_cmd import _check_outputs, all_or_nothing, output_paths, vmrss_mb, write_side_outputs
     from edgeprune.engine_set import is_engine_set
-    from edgeprune.images import overlay, palette_array, resize_rgb, upsample_argmax, write_atomic
+    from edgeprune.images import overlay, palette_array, resize_rgb, upsample_argmax
     from edgeprune.runtime.runtime import Runtime
     from edgeprune.video import VideoWriter, draw_hud
 
@@ -80,7 +60,7 @@ def run_cameras(sources: list[Any], model: Path, out_path: Path, *, pool: Option
         names = [f"{i}:{n}" for i, n in enumerate(names)]
     pool = 0.5 * len(sources) if pool is None else pool
     _check_outputs(out_path, [Path(s.name) for s in sources], force)
-    video_path, metrics_path, plot_path = output_paths(out_path)
+    video_path = output_paths(out_path)[0]
     target_ms = 1000.0 / target_fps
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
@@ -98,12 +78,11 @@ def run_cameras(sources: list[Any], model: Path, out_path: Path, *, pool: Option
     if max_frames:
         total = min(total, max_frames) if total else max_frames
     rows: list[dict[str, Any]] = []
-    created: list[Path] = []
     hits = 0
     started = time.perf_counter()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
-        with VideoWriter(video_path, sources[0].fps, (tw * len(sources), th)) as writer, \
+        with all_or_nothing(out_path) as created, VideoWriter(video_path, sources[0].fps, (tw * len(sources), th)) as writer, \
                 Progress(*columns, console=console, transient=True, disable=not progress) as bar:
             task = bar.add_task(f"{len(sources)} cameras", total=total)
             for frames in zip(*(s.frames for s in sources)):
@@ -142,16 +121,8 @@ def run_cameras(sources: list[Any], model: Path, out_path: Path, *, pool: Option
             }
             text = json.dumps({"model": str(model), "kind": "cameras", "sources": [s.name for s in sources],
                                "video": str(video_path), "summary": summary, "ticks": rows}, indent=1) + "\n"
-            created.append(metrics_path)
-            write_atomic(metrics_path, lambda tmp: Path(tmp).write_text(text))
-            created.append(plot_path)
-            _plot(rows, names, target_ms, plot_path, f"{model.name}: {len(names)} cameras, pool {pool:g}, signal {signal}")
-    except OSError as exc:
-        _remove(created)
-        raise EdgepruneError(f"cannot write outputs beside {out_path}: {exc.strerror or exc}") from None
-    except BaseException:
-        _remove(created)
-        raise
+            title = f"{model.name}: {len(names)} cameras, pool {pool:g}, signal {signal}"
+            write_side_outputs(created, out_path, text, lambda path: _plot(rows, names, target_ms, path, title))
     finally:
         runtime.close()
     return summary

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import warnings
@@ -176,29 +177,11 @@ def _check_outputs(out_path: Path, inputs: list[Path], force: bool) -> None:
 
 
 def _plot(rows: list[dict[str, Any]], target_ms: float, path: Path, title: str) -> None:
-    import matplotlib
+    from edgeprune.plotting import plot_timeline
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from edgeprune.plotting import _save
-
-    x = [r["index"] for r in rows]
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 5.5), sharex=True)
-    ax1.step(x, [r["budget"] for r in rows], where="post", color="tab:blue")
-    ax1.set_ylabel("patches recomputed" if "temporal" in title else "budget (MACs ratio)")
-    ax1.set_ylim(0, 1.05)
-    ax1.grid(alpha=0.3)
-    ax2.plot(x, [r["total_ms"] for r in rows], lw=0.8, color="tab:orange", label="total")
-    ax2.plot(x, [r["engine_ms"] for r in rows], lw=0.6, color="tab:green", alpha=0.7, label="engine")
-    ax2.axhline(target_ms, color="red", ls="--", lw=1, label=f"target {target_ms:.1f} ms")
-    ax2.set_xlabel("frame")
-    ax2.set_ylabel("latency, ms")
-    ax2.grid(alpha=0.3)
-    ax2.legend(fontsize=8, loc="upper right")
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    _save(fig, path)
+    plot_timeline(path, [r["index"] for r in rows], {"budget": [r["budget"] for r in rows]},
+                  {"total": [r["total_ms"] for r in rows], "engine": [r["engine_ms"] for r in rows]}, target_ms,
+                  title=title, budget_label="patches recomputed" if "temporal" in title else "budget (MACs ratio)")
 
 
 def run_demo(sources: list[Source], model: Path, out_path: Path, *, target_fps: float = 30.0, policy: str = "deadline",
@@ -211,7 +194,7 @@ def run_demo(sources: list[Source], model: Path, out_path: Path, *, target_fps: 
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from edgeprune.images import overlay, resize_rgb, upsample_argmax, write_atomic
+    from edgeprune.images import overlay, resize_rgb, upsample_argmax
     from edgeprune.runtime.policies import POLICIES
     from edgeprune.video import VideoWriter, draw_hud
 
@@ -220,7 +203,7 @@ def run_demo(sources: list[Source], model: Path, out_path: Path, *, target_fps: 
     if policy not in POLICIES:
         raise EdgepruneError(f"--policy: unknown policy {policy!r}; choose from {', '.join(POLICIES)}")
     _check_outputs(out_path, [Path(s.name) for s in sources], force)
-    video_path, metrics_path, plot_path = output_paths(out_path)
+    video_path = output_paths(out_path)[0]
     target_ms = 1000.0 / target_fps
     engine = _Engine(model, target_ms, policy, threads, provider)
     w, h = sources[0].size
@@ -229,13 +212,12 @@ def run_demo(sources: list[Source], model: Path, out_path: Path, *, target_fps: 
         total = min(total, max_frames) if total else max_frames
     temporal = engine.kind == "temporal reuse"
     rows: list[dict[str, Any]] = []
-    created: list[Path] = []
     hits = 0
     rss_start = vmrss_mb()
     started = time.perf_counter()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
-        with VideoWriter(video_path, sources[0].fps, (w, h)) as writer, \
+        with all_or_nothing(out_path) as created, VideoWriter(video_path, sources[0].fps, (w, h)) as writer, \
                 Progress(*columns, console=console, transient=True, disable=not progress) as bar:
             task = bar.add_task("demo", total=total)
             for source in sources:
@@ -279,17 +261,9 @@ def run_demo(sources: list[Source], model: Path, out_path: Path, *, target_fps: 
             data = {"model": str(model), "kind": engine.kind, "policy": policy if "set" in engine.kind else None,
                     "budgets": engine.budgets, "sources": [s.name for s in sources], "size": [w, h],
                     "video": str(video_path), "summary": summary, "frames": rows}
-            text = json.dumps(data, indent=1) + "\n"
-            created.append(metrics_path)
-            write_atomic(metrics_path, lambda tmp: Path(tmp).write_text(text))
-            created.append(plot_path)
-            _plot(rows, target_ms, plot_path, f"{model.name} ({engine.kind}), target {target_fps:g} fps")
-    except OSError as exc:
-        _remove(created)
-        raise EdgepruneError(f"cannot write outputs beside {out_path}: {exc.strerror or exc}") from None
-    except BaseException:
-        _remove(created)
-        raise
+            title = f"{model.name} ({engine.kind}), target {target_fps:g} fps"
+            write_side_outputs(created, out_path, json.dumps(data, indent=1) + "\n",
+                               lambda path: _plot(rows, target_ms, path, title))
     finally:
         engine.close()
     return summary
@@ -298,6 +272,32 @@ def run_demo(sources: list[Source], model: Path, out_path: Path, *, target_fps: 
 def _remove(paths: list[Path]) -> None:
     for p in paths:
         p.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def all_or_nothing(out_path: Path) -> Iterator[list[Path]]:
+    """Collects the side outputs written inside; any failure removes them (the video writer
+    discards its own file), so a failed run leaves nothing beside ``out_path``."""
+    created: list[Path] = []
+    try:
+        yield created
+    except OSError as exc:
+        _remove(created)
+        raise EdgepruneError(f"cannot write outputs beside {out_path}: {exc.strerror or exc}") from None
+    except BaseException:
+        _remove(created)
+        raise
+
+
+def write_side_outputs(created: list[Path], out_path: Path, text: str, plot: Callable[[Path], None]) -> None:
+    """The metrics JSON (atomically) and the plot beside ``out_path``, recorded in ``created``."""
+    from edgeprune.images import write_atomic
+
+    _, metrics_path, plot_path = output_paths(out_path)
+    created.append(metrics_path)
+    write_atomic(metrics_path, lambda tmp: Path(tmp).write_text(text))
+    created.append(plot_path)
+    plot(plot_path)
 
 
 def _default_model() -> Path:

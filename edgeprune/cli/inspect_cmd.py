@@ -22,23 +22,17 @@ def inspect(
     from edgeprune.engine_set import is_engine_set, load_engine_set
     from edgeprune.flops import block_macs
     from edgeprune.graph import load_graph, op_counts
-
     from edgeprune.runtime.temporal import is_temporal, load_temporal
 
-    if is_temporal(artifact_dir):
-        temporal = load_temporal(artifact_dir, verify=verify)
-        if as_json:
-            out.print_json(json.dumps(temporal.manifest))
-        else:
-            print_temporal(temporal, f"{temporal.path} ({'verified' if verify else 'not verified'})")
-        return
-    if is_engine_set(artifact_dir):
-        engine_set = load_engine_set(artifact_dir, verify=verify)
-        if as_json:
-            out.print_json(json.dumps(engine_set.manifest))
-        else:
-            print_set(engine_set, f"{engine_set.path} ({'verified' if verify else 'not verified'})")
-        return
+    # Folders that hold more than one graph: a temporal artifact, an engine set.
+    for is_kind, load, show in ((is_temporal, load_temporal, print_temporal), (is_engine_set, load_engine_set, print_set)):
+        if is_kind(artifact_dir):
+            bundle = load(artifact_dir, verify=verify)
+            if as_json:
+                out.print_json(json.dumps(bundle.manifest))
+            else:
+                show(bundle, f"{bundle.path} ({'verified' if verify else 'not verified'})")
+            return
     artifact = load_artifact(artifact_dir, verify=verify)
     m = artifact.manifest
     if as_json:

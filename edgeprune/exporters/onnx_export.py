@@ -52,27 +52,34 @@ def fresh_pixels(shape: list[int]) -> torch.Tensor:
 
 
 def check_parity(
-    reduced: nn.Module, onnx_path: Path, input_shape: list[int], batches: list[int], tolerance: float
+    module: nn.Module, onnx_path: Path, input_shape: list[int], batches: list[int], tolerance: float,
+    make_inputs: Optional[Callable[[int], tuple[torch.Tensor, ...]]] = None, input_names: Optional[list[str]] = None,
 ) -> dict[str, Any]:
-    """Run ONNX Runtime and eager PyTorch on fresh inputs; raise ParityError above ``tolerance``."""
+    """Run ONNX Runtime and eager PyTorch on fresh inputs; raise ParityError above ``tolerance``.
+
+    Inputs are fresh random pixels of ``input_shape`` at each batch size, or ``make_inputs(batch)``
+    (tensors in the order of ``input_names``) for graphs that take more than pixels.
+    """
     from edgeprune.engines.ort import OrtRunner
 
+    names = input_names or [INPUT_NAME]
+    make = make_inputs or (lambda batch: (fresh_pixels([batch, *input_shape[1:]]),))
     report: dict[str, Any] = {"tolerance": tolerance, "metric": "max_abs_diff / max_abs_reference", "batches": {}}
     with OrtRunner(onnx_path) as runner:
         for batch in batches:
-            pixels = fresh_pixels([batch, *input_shape[1:]])
+            inputs = make(batch)
             with torch.no_grad():
-                expected = reduced(pixels)
+                expected = module(*inputs)
             expected = expected if isinstance(expected, tuple) else (expected,)
-            actual = runner.infer({INPUT_NAME: pixels.numpy()})
+            actual = runner.infer({name: t.numpy() for name, t in zip(names, inputs)})
             errors = {
-                name: relative_error(actual[name], ref.numpy()) for name, ref in zip(reduced.output_names, expected)
+                name: relative_error(actual[name], ref.numpy()) for name, ref in zip(module.output_names, expected)
             }
             report["batches"][str(batch)] = errors
             worst = max(errors, key=errors.get)
             if not errors[worst] <= tolerance:
                 raise ParityError(
-                    f"ONNX output '{worst}' differs from eager PyTorch at batch {batch}: "
+                    f"{onnx_path.name}: ONNX output '{worst}' differs from eager PyTorch at batch {batch}: "
                     f"relative error {errors[worst]:.2e} > {tolerance:.0e}"
                 )
     report["max"] = max(max(e.values()) for e in report["batches"].values())

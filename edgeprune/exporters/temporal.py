@@ -22,12 +22,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from edgeprune.errors import EdgepruneError, ParityError
+from edgeprune.errors import EdgepruneError
 
 TEMPORAL_KIND = "edgeprune-temporal"
 TEMPORAL_FORMAT = 1
@@ -210,24 +209,10 @@ def fresh_inputs(module: TemporalSegmenter, batch: int, recompute: int,
 
 def check_temporal_parity(module: TemporalSegmenter, onnx_path: Path, batches: list[int], tolerance: float) -> dict[str, Any]:
     """ONNX Runtime vs eager PyTorch on fresh random pixels, indices and caches, per output."""
-    from edgeprune.engines.ort import OrtRunner
-    from edgeprune.exporters.onnx_export import relative_error
+    from edgeprune.exporters.onnx_export import check_parity
 
-    report: dict[str, Any] = {"tolerance": tolerance, "metric": "max_abs_diff / max_abs_reference", "batches": {}}
-    with OrtRunner(onnx_path) as runner:
-        for batch in batches:
-            inputs = fresh_inputs(module, batch, module.recompute)
-            with torch.no_grad():
-                expected = module(*inputs)
-            actual = runner.infer({name: t.numpy() for name, t in zip(module.input_names, inputs)})
-            errors = {name: relative_error(actual[name], ref.numpy()) for name, ref in zip(module.output_names, expected)}
-            report["batches"][str(batch)] = errors
-            worst = max(errors, key=errors.get)
-            if not errors[worst] <= tolerance:
-                raise ParityError(f"temporal graph output '{worst}' differs from eager PyTorch at batch {batch}: "
-                                  f"relative error {errors[worst]:.2e} > {tolerance:.0e}")
-    report["max"] = max(max(e.values()) for e in report["batches"].values())
-    return report
+    return check_parity(module, onnx_path, [], batches, tolerance, input_names=module.input_names,
+                        make_inputs=lambda batch: fresh_inputs(module, batch, module.recompute))
 
 
 def export_temporal(

@@ -140,5 +140,10 @@ def _print_summary(path: Path, manifest: dict, seconds: float) -> None:
     table.add_row("reduction points", ", ".join(map(str, plan["reduction_points"])) or "-")
     table.add_row("MACs", f"{manifest['flops']['macs'] / 1e9:.3f} G ({manifest['flops']['macs_ratio']:.3f} of unreduced)")
     table.add_row("parity", f"max relative error {manifest['parity']['max']:.2e} (tolerance {manifest['parity']['tolerance']:.0e})")
+    lint = manifest.get("trt_lint") or {}
+    if lint:
+        verdict = "clean" if not lint["errors"] and not lint["warnings"] else \
+            f"{lint['errors']} errors, {lint['warnings']} warnings ({', '.join(lint['rules'])}); see `edgeprune lint`"
+        table.add_row("TensorRT lint", f"{verdict} (TensorRT {lint['trt']})")
     table.add_row("time", f"{seconds:.1f} s")
     out.print(table)

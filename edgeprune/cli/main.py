@@ -1,4 +1,4 @@
-"""Entry point: ``edgeprune export | bench | inspect | segment | calibrate | demo``.
+"""Entry point: ``edgeprune export | bench | inspect | lint | segment | calibrate | demo``.
 
 User errors (:class:`EdgepruneError`) print one line and exit with code 2; usage errors exit 2 too.
 """
@@ -15,6 +15,7 @@ from edgeprune.cli.common import console, out
 from edgeprune.cli.demo_cmd import demo
 from edgeprune.cli.export_cmd import export
 from edgeprune.cli.inspect_cmd import inspect
+from edgeprune.cli.lint_cmd import lint
 from edgeprune.cli.segment_cmd import segment
 from edgeprune.errors import EdgepruneError
 
@@ -45,6 +46,7 @@ def _root(
 app.command(help=export.__doc__)(export)
 app.command(help=bench.__doc__)(bench)
 app.command(help=inspect.__doc__)(inspect)
+app.command(help=lint.__doc__)(lint)
 app.command(help=segment.__doc__)(segment)
 app.command(help=calibrate.__doc__)(calibrate)
 app.command(help=demo.__doc__)(demo)

@@ -179,12 +179,21 @@ def export(
             "flops": {"macs": plan.macs, "baseline_macs": plan.baseline_macs, "macs_ratio": round(plan.macs_ratio, 6)},
             "onnx": {"file": ONNX_FILE, "opset": opset, "sha256": sha256_file(onnx_path), "ops": op_counts(graph)},
             "parity": parity,
+            "trt_lint": trt_lint_report(graph),
             "versions": library_versions(),
             "export_seconds": round(time.perf_counter() - started, 2),
         }
         _record_output_shapes(manifest, graph)
         write_json_atomic(tmp / MANIFEST, manifest)
     return Artifact(Path(out_dir), manifest)
+
+
+def trt_lint_report(graph) -> dict[str, Any]:
+    """The TensorRT-compatibility lint of an exported graph, for its manifest (see ``edgeprune lint``)."""
+    from edgeprune.engines.trt_lint import DEFAULT_TRT, lint_model, summarize
+
+    findings = lint_model(graph, DEFAULT_TRT)
+    return {"trt": DEFAULT_TRT, **summarize(findings), "findings": [f.to_dict() for f in findings]}
 
 
 def _record_output_shapes(manifest: dict[str, Any], graph) -> None:

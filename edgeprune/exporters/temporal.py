@@ -231,7 +231,8 @@ def export_temporal(
     """Export the refresh graph (every patch) and the update graph (``recompute`` patches: a share in
     (0, 1] or a count) of a segmenter to ``out_dir`` with one manifest; both parity-checked."""
     from edgeprune.artifact import MANIFEST, atomic_directory, sha256_file, write_json_atomic
-    from edgeprune.exporters.onnx_export import DEFAULT_OPSET, DEFAULT_TOLERANCE, library_versions, trace_to_onnx
+    from edgeprune.exporters.onnx_export import (DEFAULT_OPSET, DEFAULT_TOLERANCE, library_versions, trace_to_onnx,
+                                                 trt_lint_report)
     from edgeprune.graph import load_graph, op_counts, safety_problems
 
     say = progress or (lambda _msg: None)
@@ -265,7 +266,7 @@ def export_temporal(
             say(f"{name} graph: checking ONNX Runtime against eager PyTorch")
             parity = check_temporal_parity(module, path, [1, 2] if dynamic_batch else [batch], tolerance)
             graphs[name] = {"file": path.name, "recompute": m, "inputs": module.input_names, "sha256": sha256_file(path),
-                            "ops": op_counts(graph),
+                            "ops": op_counts(graph), "trt_lint": trt_lint_report(graph),
                             "macs": temporal_macs(module, m), "parity": parity}
         shapes = probe.cache_shapes("batch" if dynamic_batch else batch)  # type: ignore[arg-type]
         spec = probe.adapter.spec

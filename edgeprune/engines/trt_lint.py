@@ -123,14 +123,23 @@ def _constants(model: onnx.ModelProto) -> dict[str, Any]:
     return values
 
 
-def _shapes(model: onnx.ModelProto) -> dict[str, list[Any]]:
-    """Tensor name -> dims (int, str for a symbol, None when unknown) after ONNX shape inference."""
+def _shapes(model: onnx.ModelProto, needed: set[str]) -> dict[str, list[Any]]:
+    """Tensor name -> dims (int, str for a symbol, None when unknown): the graph's own annotations
+    (edgeprune's exporter writes them), ONNX shape inference only when a ``needed`` one is missing
+    (it copies the whole model, weights included: seconds for a ViT-B)."""
+    out = _annotated(model)
+    if needed <= set(out):
+        return out
     try:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except Exception:  # inference is best effort: a graph it cannot follow is still linted
-        inferred = model
+        return out
+    return _annotated(inferred)
+
+
+def _annotated(model: onnx.ModelProto) -> dict[str, list[Any]]:
     out = {}
-    g = inferred.graph
+    g = model.graph
     for v in list(g.input) + list(g.value_info) + list(g.output):
         if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape"):
             out[v.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
@@ -169,7 +178,8 @@ def lint_model(model: onnx.ModelProto, trt: str = DEFAULT_TRT) -> list[Finding]:
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if not 9 <= opset <= 20:
         flag("opset-range", "model", f"opset {opset}")
-    constants, shapes = _constants(model), _shapes(model)
+    constants = _constants(model)
+    shapes = _shapes(model, {n.input[0] for n in model.graph.node if n.op_type == "TopK"})
     for node in model.graph.node:
         where = f"{node.name or '?'} ({node.op_type})"
         if node.domain not in ("", "ai.onnx"):

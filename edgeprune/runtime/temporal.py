@@ -178,6 +178,9 @@ class TemporalRuntime:
         if not drift_threshold > 0:
             raise EdgepruneError(f"--drift-threshold must be > 0, got {drift_threshold}")
         self.refresh_every, self.drift_threshold = int(refresh_every), float(drift_threshold)
+        if self.artifact.input_shape[0] != 1:
+            raise EdgepruneError(f"{self.artifact.path}: exported for batch {self.artifact.input_shape[0]}; the temporal runtime "
+                                 "runs one frame per stream: export with --batch 1 or --dynamic-batch")
         info = self.artifact.model.get("input") or {}
         if "mean" not in info:
             raise EdgepruneError(f"{self.artifact.path}: the model records no input normalisation")

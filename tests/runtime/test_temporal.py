@@ -113,6 +113,17 @@ def test_frames_of_another_size_are_resized(artifact):
         assert rt.infer(big).labels.shape == (SIZE, SIZE)
 
 
+def test_batch_two_artifacts_are_refused(tmp_path):
+    from edgeprune.exporters.temporal import export_temporal
+    from edgeprune.exporters.timm_seg import create_segmenter
+
+    model = create_segmenter("vit_tiny_patch16_224", 3, img_size=16, patch_size=8, depth=1, embed_dim=16, num_heads=1)
+    model.info = {"input": {"mean": [0.5] * 3, "std": [0.25] * 3}}
+    path = export_temporal(model, 0.5, tmp_path / "b2", batch=2)
+    with pytest.raises(EdgepruneError, match="one frame per stream"):
+        TemporalRuntime(path)
+
+
 def test_bad_input(artifact, tmp_path):
     with pytest.raises(EdgepruneError, match="refresh-every"):
         TemporalRuntime(artifact, refresh_every=0)

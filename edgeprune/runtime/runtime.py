@@ -79,6 +79,11 @@ class Runtime:
                 raise EdgepruneError(message + "; run `edgeprune calibrate` here")
             warnings.warn(message + "; recalibrate with `edgeprune calibrate`", RuntimeWarning, stacklevel=2)
         self.target_ms = float(target_ms)
+        fastest = self.profiles[-1]
+        if self.target_ms < fastest.p50_ms:
+            warnings.warn(f"target {self.target_ms:.2f} ms is below the fastest engine's calibrated p50 ({fastest.name}: "
+                          f"{fastest.p50_ms:.2f} ms): every frame runs the smallest budget and most will miss; "
+                          "lower the frame rate or add a smaller budget", RuntimeWarning, stacklevel=2)
         self.policy = policy if isinstance(policy, Policy) else make_policy(policy, self.profiles, self.target_ms, **dict(policy_args or {}))
         members = {m.path: m for m in self.set.members}
         self._members = [members[p.name] for p in self.profiles]

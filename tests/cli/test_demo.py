@@ -121,3 +121,11 @@ def test_uncalibrated_set(engine_sets, tmp_path, capsys):
     code, _, err = run(["demo", "--model", engine_sets["raw"], "--max-frames", "2", "--out", tmp_path / "out.mp4"], capsys)
     assert code == 2 and "edgeprune calibrate" in error_line(err)
     assert outputs(tmp_path) == []
+
+
+def test_unreachable_target_warns_and_degrades(engine_sets, tmp_path, capsys):
+    code, _, err = run(["demo", "--model", engine_sets["calibrated"], "--target-fps", "100000", "--max-frames", "3",
+                        "--out", tmp_path / "out.mp4", *FAST], capsys)
+    assert code == 0 and "warning: target 0.01 ms is below the fastest engine" in " ".join(err.split())
+    data = json.loads((tmp_path / "out.metrics.json").read_text())
+    assert {r["budget"] for r in data["frames"]} == {0.5}  # the smallest budget, every frame

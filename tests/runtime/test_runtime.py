@@ -47,7 +47,8 @@ def test_infer_returns_labels_budget_and_timing(engine_set):
 def test_fixed_policy_and_missed_deadline(engine_set):
     from edgeprune.runtime import Runtime
 
-    with Runtime(engine_set, target_ms=1e-6, policy="fixed", policy_args={"index": 1}) as rt:
+    with pytest.warns(RuntimeWarning, match="below the fastest engine"), \
+            Runtime(engine_set, target_ms=1e-6, policy="fixed", policy_args={"index": 1}) as rt:
         r = rt.infer(frames(1)[0])
         assert r.engine == "b0.75" and not r.deadline_met
 

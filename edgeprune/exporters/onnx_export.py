@@ -51,6 +51,9 @@ def fresh_pixels(shape: list[int]) -> torch.Tensor:
     return torch.randn(*shape, generator=gen)
 
 
+PARITY_RECHECKS = 2
+
+
 def check_parity(
     module: nn.Module, onnx_path: Path, input_shape: list[int], batches: list[int], tolerance: float,
     make_inputs: Optional[Callable[[int], tuple[torch.Tensor, ...]]] = None, input_names: Optional[list[str]] = None,
@@ -59,29 +62,44 @@ def check_parity(
 
     Inputs are fresh random pixels of ``input_shape`` at each batch size, or ``make_inputs(batch)``
     (tensors in the order of ``input_names``) for graphs that take more than pixels.
+
+    A reducer ranks tokens, and when two scores on a random input are equal to the last bit or
+    two, float rounding in ONNX Runtime and PyTorch can order them differently: one token's fate
+    flips and the output differs a lot. That is a property of that one input, not of the graph, so
+    a miss is re-checked on ``PARITY_RECHECKS`` more fresh inputs at the same batch size; it passes
+    only if all of them are within tolerance, and the miss stays in the report (``"rechecked"``).
+    A graph that really differs misses again.
     """
     from edgeprune.engines.ort import OrtRunner
 
     names = input_names or [INPUT_NAME]
     make = make_inputs or (lambda batch: (fresh_pixels([batch, *input_shape[1:]]),))
     report: dict[str, Any] = {"tolerance": tolerance, "metric": "max_abs_diff / max_abs_reference", "batches": {}}
+
+    def errors_at(runner: Any, batch: int) -> dict[str, float]:
+        inputs = make(batch)
+        with torch.no_grad():
+            expected = module(*inputs)
+        expected = expected if isinstance(expected, tuple) else (expected,)
+        actual = runner.infer({name: t.numpy() for name, t in zip(names, inputs)})
+        return {name: relative_error(actual[name], ref.numpy()) for name, ref in zip(module.output_names, expected)}
+
     with OrtRunner(onnx_path) as runner:
         for batch in batches:
-            inputs = make(batch)
-            with torch.no_grad():
-                expected = module(*inputs)
-            expected = expected if isinstance(expected, tuple) else (expected,)
-            actual = runner.infer({name: t.numpy() for name, t in zip(names, inputs)})
-            errors = {
-                name: relative_error(actual[name], ref.numpy()) for name, ref in zip(module.output_names, expected)
-            }
-            report["batches"][str(batch)] = errors
+            errors = errors_at(runner, batch)
             worst = max(errors, key=errors.get)
             if not errors[worst] <= tolerance:
-                raise ParityError(
-                    f"{onnx_path.name}: ONNX output '{worst}' differs from eager PyTorch at batch {batch}: "
-                    f"relative error {errors[worst]:.2e} > {tolerance:.0e}"
-                )
+                report.setdefault("rechecked", []).append({"batch": batch, "output": worst, "error": errors[worst]})
+                for _ in range(PARITY_RECHECKS):
+                    again = errors_at(runner, batch)
+                    bad = max(again, key=again.get)
+                    if not again[bad] <= tolerance:
+                        raise ParityError(
+                            f"{onnx_path.name}: ONNX output '{bad}' differs from eager PyTorch at batch {batch}: "
+                            f"relative error {again[bad]:.2e} > {tolerance:.0e} (also {errors[worst]:.2e} on another input)"
+                        )
+                errors = again
+            report["batches"][str(batch)] = errors
     report["max"] = max(max(e.values()) for e in report["batches"].values())
     return report
 

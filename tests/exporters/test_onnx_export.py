@@ -75,3 +75,36 @@ def test_old_opset_is_refused(tmp_path):
     model = make_tiny("cls")
     with pytest.raises(EdgepruneError, match="opset"):
         export(model, edgeprune.build_plan(model, "none"), tmp_path / "a", opset=13)
+
+
+def test_a_single_miss_is_rechecked_on_fresh_inputs(tmp_path):
+    """One input whose ranking flips (a near-tie) must not fail an export; a graph that differs on
+    every input must."""
+    import torch
+
+    from edgeprune.exporters import adapter_for
+    from edgeprune.exporters.onnx_export import PARITY_RECHECKS, check_parity
+
+    model = make_tiny("cls")
+    plan = edgeprune.build_plan(model, "tome", keep=0.5)
+    artifact = export(model, plan, tmp_path / "a")
+    reduced = adapter_for(model).reduced(plan)
+
+    class Skewed(torch.nn.Module):
+        output_names = reduced.output_names
+
+        def __init__(self, misses: int) -> None:
+            super().__init__()
+            self.misses, self.calls = misses, 0
+
+        def forward(self, pixels):
+            self.calls += 1
+            out = reduced(pixels)
+            return out + 1.0 if self.calls <= self.misses else out
+
+    shape = artifact.input_shape()
+    report = check_parity(Skewed(1), artifact.onnx_path, shape, [1], 1e-4)
+    assert report["rechecked"][0]["batch"] == 1 and report["rechecked"][0]["error"] > 1e-4
+    assert report["max"] <= 1e-4
+    with pytest.raises(ParityError, match="also"):
+        check_parity(Skewed(1 + PARITY_RECHECKS), artifact.onnx_path, shape, [1], 1e-4)

@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Hashable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Optional
 
@@ -146,7 +147,6 @@ def choose_patches(change: np.ndarray, count: int) -> tuple[np.ndarray, float]:
 class TemporalResult:
     frame: int  # index within its stream
     stream: Hashable
-    labels: np.ndarray  # [h, w] uint8 class ids at the model's input size
     logits: np.ndarray  # [1, classes, h, w]
     refreshed: bool
     reason: str  # why it refreshed ("first frame", "every 30 frames", "drift 3.1 > 2.0"), or ""
@@ -154,6 +154,13 @@ class TemporalResult:
     drift: float  # mean change of the patches left stale (0 on a refresh)
     engine_ms: float
     total_ms: float
+
+    @cached_property
+    def labels(self) -> np.ndarray:
+        """[h, w] uint8 class ids at the model's input size, computed on first use."""
+        from edgeprune.runtime.runtime import labels_of
+
+        return labels_of(self.logits)
 
 
 @dataclass
@@ -254,8 +261,7 @@ class TemporalRuntime:
                 state.since_refresh += 1
             frame_index = state.frames
             state.frames += 1
-        logits = out["logits"]
-        return TemporalResult(frame_index, stream, logits[0].argmax(0).astype(np.uint8), logits, bool(reason), reason,
+        return TemporalResult(frame_index, stream, out["logits"], bool(reason), reason,
                               index.shape[1] / self.artifact.patches, drift, engine_ms,
                               (time.perf_counter() - start) * 1e3)
 

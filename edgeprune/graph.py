@@ -6,6 +6,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Union
 
+import numpy as np
 import onnx
 from onnx import numpy_helper
 
@@ -35,14 +36,27 @@ def default_opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def _constant_values(model: onnx.ModelProto) -> dict[str, list]:
-    values = {init.name: numpy_helper.to_array(init).ravel().tolist() for init in model.graph.initializer if init.dims in ([], [1])}
-    for node in model.graph.node:
-        if node.op_type == "Constant":
-            for attr in node.attribute:
-                if attr.name == "value":
-                    values[node.output[0]] = numpy_helper.to_array(attr.t).ravel().tolist()
+def constant_arrays(model: onnx.ModelProto, max_size: int = 16, integers: bool = False) -> dict[str, np.ndarray]:
+    """Initializers and Constant outputs as arrays: the small ones (<= ``max_size`` values), plus
+    every integer one when ``integers``. Weights are never copied out."""
+    from onnx import TensorProto
+
+    int_types = (TensorProto.INT64, TensorProto.INT32)
+    values = {}
+    tensors = [(t.name, t) for t in model.graph.initializer]
+    tensors += [(n.output[0], a.t) for n in model.graph.node if n.op_type == "Constant" for a in n.attribute
+                if a.name == "value"]
+    for name, tensor in tensors:
+        size = 1
+        for d in tensor.dims:
+            size *= d
+        if size <= max_size or (integers and tensor.data_type in int_types):
+            values[name] = numpy_helper.to_array(tensor)
     return values
+
+
+def _constant_values(model: onnx.ModelProto) -> dict[str, list]:
+    return {name: a.ravel().tolist() for name, a in constant_arrays(model, max_size=1).items()}
 
 
 def safety_problems(model: onnx.ModelProto) -> list[str]:

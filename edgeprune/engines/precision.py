@@ -40,20 +40,14 @@ def score_nodes(model: onnx.ModelProto) -> set[str]:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
     graph_outputs = {o.name for o in graph.output}
-    score = {n.name for n in graph.node if n.op_type in DECISION_OPS}
-    changed = True
-    while changed:
-        changed = False
-        for node in graph.node:
-            if node.name in score:
-                continue
-            outs = [o for o in node.output if o]
-            if not outs or any(o in graph_outputs for o in outs):
-                continue
-            users = [c for o in outs for c in consumers.get(o, [])]
-            if users and all(u.name in score for u in users):
-                score.add(node.name)
-                changed = True
+    score: set[str] = set()
+    # ONNX lists nodes in topological order, so walking it backwards sees every consumer first.
+    for node in reversed(graph.node):
+        outs = [o for o in node.output if o]
+        users = [c for o in outs for c in consumers.get(o, [])]
+        if node.op_type in DECISION_OPS or (users and not any(o in graph_outputs for o in outs)
+                                             and all(u.name in score for u in users)):
+            score.add(node.name)
     return score
 
 

@@ -14,7 +14,9 @@ from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
 import onnx
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto
+
+from edgeprune.graph import constant_arrays
 
 TOPK_MAX_K = 3840
 DEFAULT_TRT = "10.0"
@@ -115,14 +117,6 @@ def _attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
     return default
 
 
-def _constants(model: onnx.ModelProto) -> dict[str, Any]:
-    values = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-    return values
-
-
 def _shapes(model: onnx.ModelProto, needed: set[str]) -> dict[str, list[Any]]:
     """Tensor name -> dims (int, str for a symbol, None when unknown): the graph's own annotations
     (edgeprune's exporter writes them), ONNX shape inference only when a ``needed`` one is missing
@@ -178,7 +172,7 @@ def lint_model(model: onnx.ModelProto, trt: str = DEFAULT_TRT) -> list[Finding]:
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if not 9 <= opset <= 20:
         flag("opset-range", "model", f"opset {opset}")
-    constants = _constants(model)
+    constants = constant_arrays(model, integers=True)  # TopK's K and the INT64 range rule need no weights
     shapes = _shapes(model, {n.input[0] for n in model.graph.node if n.op_type == "TopK"})
     for node in model.graph.node:
         where = f"{node.name or '?'} ({node.op_type})"

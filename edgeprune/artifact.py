@@ -76,18 +76,26 @@ class Artifact:
             raise EdgepruneError(f"{self.onnx_path}: sha256 does not match the manifest (file changed or corrupt)")
 
 
+def read_folder_json(root: Path, name: str, noun: str) -> Any:
+    """The JSON file ``name`` of an edgeprune folder (artifact, engine set, ...); a missing folder,
+    missing file or corrupt JSON is one EdgepruneError line naming what was expected."""
+    if not root.is_dir():
+        raise EdgepruneError(f"{root}: not an {noun} directory")
+    path = root / name
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise EdgepruneError(f"{root}: no {name} (not an edgeprune {noun})") from None
+    except (OSError, ValueError) as exc:  # ValueError covers JSONDecodeError and UnicodeDecodeError
+        label = "manifest" if name == MANIFEST else name
+        raise EdgepruneError(f"{path}: corrupt {label} ({exc})") from None
+
+
 def load_artifact(path: str | os.PathLike, verify: bool = True) -> Artifact:
     """Read and validate an artifact directory; any defect is one EdgepruneError line."""
     root = Path(path)
-    if not root.is_dir():
-        raise EdgepruneError(f"{root}: not an artifact directory")
     mpath = root / MANIFEST
-    try:
-        manifest = json.loads(mpath.read_text())
-    except FileNotFoundError:
-        raise EdgepruneError(f"{root}: no {MANIFEST} (not an edgeprune artifact)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise EdgepruneError(f"{mpath}: corrupt manifest ({exc})") from None
+    manifest = read_folder_json(root, MANIFEST, "artifact")
     if isinstance(manifest, dict) and manifest.get("kind") == "edgeprune-temporal":
         raise EdgepruneError(f"{root} is a temporal artifact (two graphs with caches): run it with `edgeprune demo "
                              f"--model {root}` or edgeprune.runtime.temporal.TemporalRuntime")

@@ -7,14 +7,13 @@ one machine, so a scheduler can pick the largest member that meets a deadline wi
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from edgeprune.artifact import Artifact, atomic_directory, load_artifact, write_json_atomic
+from edgeprune.artifact import Artifact, atomic_directory, load_artifact, read_folder_json, write_json_atomic
 from edgeprune.errors import EdgepruneError
 
 SET_FILE = "set.json"
@@ -88,14 +87,7 @@ def load_engine_set(path: str | os.PathLike, verify: bool = True) -> EngineSet:
     """Read ``set.json`` and check its members; any defect is one EdgepruneError line."""
     root = Path(path)
     spath = root / SET_FILE
-    if not root.is_dir():
-        raise EdgepruneError(f"{root}: not an engine set directory")
-    try:
-        manifest = json.loads(spath.read_text())
-    except FileNotFoundError:
-        raise EdgepruneError(f"{root}: no {SET_FILE} (not an edgeprune engine set)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise EdgepruneError(f"{spath}: corrupt {SET_FILE} ({exc})") from None
+    manifest = read_folder_json(root, SET_FILE, "engine set")
     if not isinstance(manifest, dict) or manifest.get("kind") != SET_KIND:
         raise EdgepruneError(f"{spath}: not an edgeprune engine set (kind is not '{SET_KIND}')")
     if manifest.get("format") != SET_FORMAT:

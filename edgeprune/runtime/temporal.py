@@ -92,17 +92,12 @@ def is_temporal(path: str | os.PathLike) -> bool:
 
 def load_temporal(path: str | os.PathLike, verify: bool = True) -> TemporalArtifact:
     """Read and check a temporal artifact; any defect is one EdgepruneError line."""
-    from edgeprune.artifact import MANIFEST
+    from edgeprune.artifact import MANIFEST, read_folder_json
     from edgeprune.exporters.temporal import GRAPHS, TEMPORAL_FORMAT, TEMPORAL_KIND
 
     root = Path(path)
     mpath = root / MANIFEST
-    try:
-        manifest = json.loads(mpath.read_text())
-    except FileNotFoundError:
-        raise EdgepruneError(f"{root}: no {MANIFEST} (not an edgeprune artifact)") from None
-    except (OSError, ValueError) as exc:
-        raise EdgepruneError(f"{mpath}: unreadable or corrupt manifest ({exc})") from None
+    manifest = read_folder_json(root, MANIFEST, "artifact")
     if not isinstance(manifest, dict) or manifest.get("kind") != TEMPORAL_KIND:
         raise EdgepruneError(f"{mpath}: not a temporal artifact (kind is not '{TEMPORAL_KIND}')")
     if manifest.get("format") != TEMPORAL_FORMAT:

@@ -82,11 +82,12 @@ def run_pool(engines, cams, args, signal: str, full) -> dict:
 def full_labels(engines, cams) -> dict[str, list[np.ndarray]]:
     from edgeprune.engines.ort import OrtRunner
     from edgeprune.evaluation import normalize
+    from edgeprune.runtime.runtime import labels_of
 
     member = engines.member(1.0)
     info = member.artifact.manifest["model"]["input"]
     with OrtRunner(member.artifact.onnx_path, spinning=False) as runner:
-        return {n: [runner.infer({"pixel_values": normalize(f[None], info["mean"], info["std"])})["logits"][0].argmax(0)
+        return {n: [labels_of(runner.infer({"pixel_values": normalize(f[None], info["mean"], info["std"])})["logits"])
                     for f in frames] for n, frames in cams.items()}
 
 

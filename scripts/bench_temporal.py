@@ -43,6 +43,7 @@ class FullModel:
     def __call__(self, frame: np.ndarray) -> np.ndarray:
         from edgeprune.evaluation import normalize
         from edgeprune.images import resize_rgb
+        from edgeprune.runtime.runtime import labels_of
 
         h, w = self.size
         small = frame if frame.shape[:2] == (h, w) else resize_rgb(frame, h, w)
@@ -50,7 +51,7 @@ class FullModel:
         t0 = time.perf_counter()
         logits = self.runner.infer(feed)["logits"]
         self.engine_ms = (time.perf_counter() - t0) * 1e3
-        return logits[0].argmax(0).astype(np.uint8)
+        return labels_of(logits)
 
 
 def artifacts(work: Path, share: float):

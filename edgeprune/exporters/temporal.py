@@ -192,12 +192,11 @@ def temporal_macs(module: TemporalSegmenter, recompute: int) -> int:
     return embed_macs(spec) + module.depth * per_block + int(spec.dense_head_macs)
 
 
-def fresh_inputs(module: TemporalSegmenter, batch: int, recompute: int,
-                 generator: Optional[torch.Generator] = None) -> tuple[Tensor, ...]:
+def fresh_inputs(module: TemporalSegmenter, batch: int, recompute: int) -> tuple[Tensor, ...]:
     """Random pixels, a random distinct ``update_index`` per batch element and random caches."""
     from edgeprune.exporters.onnx_export import fresh_pixels
 
-    gen = generator or torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
+    gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
     spec = module.adapter.spec
     pixels = fresh_pixels([batch, spec.in_chans, *spec.img_size])
     index = torch.stack([torch.randperm(module.num_patches, generator=gen)[:recompute] for _ in range(batch)])

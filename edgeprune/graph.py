@@ -28,6 +28,31 @@ def load_graph(path: Union[str, Path]) -> onnx.ModelProto:
         raise EdgepruneError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
 
 
+def topologically_sorted(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with its nodes in an order where every input is produced before it is read (the ONNX
+    rule; graph rewriters such as the fp16 converter append nodes at the end, and TensorRT's parser
+    reads nodes in order). Sorts in place and returns the model."""
+    graph = model.graph
+    ready = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        rest = []
+        for node in pending:
+            if all(name in ready for name in node.input):
+                ordered.append(node)
+                ready.update(node.output)
+            else:
+                rest.append(node)
+        if len(rest) == len(pending):
+            missing = sorted({n for node in rest for n in node.input if n not in ready})[:3]
+            raise EdgepruneError(f"graph has a cycle or reads undefined tensors: {', '.join(missing)}")
+        pending = rest
+    del graph.node[:]
+    graph.node.extend(ordered)
+    return model
+
+
 def op_counts(model: onnx.ModelProto) -> dict[str, int]:
     return dict(Counter(n.op_type for n in model.graph.node).most_common())
 

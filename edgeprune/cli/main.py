@@ -1,4 +1,4 @@
-"""Entry point: ``edgeprune export | bench | inspect | lint | segment | calibrate | demo``.
+"""Entry point: ``edgeprune export | build | compare | bench | inspect | lint | segment | calibrate | demo``.
 
 User errors (:class:`EdgepruneError`) print one line and exit with code 2; usage errors exit 2 too.
 """
@@ -10,7 +10,9 @@ import sys
 import typer
 
 from edgeprune.cli.bench_cmd import bench
+from edgeprune.cli.build_cmd import build
 from edgeprune.cli.calibrate_cmd import calibrate
+from edgeprune.cli.compare_cmd import compare
 from edgeprune.cli.common import console, out
 from edgeprune.cli.demo_cmd import demo
 from edgeprune.cli.export_cmd import export
@@ -47,6 +49,8 @@ app.command(help=export.__doc__)(export)
 app.command(help=bench.__doc__)(bench)
 app.command(help=inspect.__doc__)(inspect)
 app.command(help=lint.__doc__)(lint)
+app.command(help=build.__doc__)(build)
+app.command(help=compare.__doc__)(compare)
 app.command(help=segment.__doc__)(segment)
 app.command(help=calibrate.__doc__)(calibrate)
 app.command(help=demo.__doc__)(demo)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -38,13 +38,53 @@ def resolve_providers(names: Sequence[str]) -> list[str]:
     return resolved
 
 
+def accelerator_options(provider: str, *, cache_dir: Optional[Path] = None, precision: str = "fp32",
+                        workspace_mb: Optional[int] = None, optimization_level: Optional[int] = None,
+                        timing_cache_dir: Optional[Path] = None, hardware_compatible: bool = False,
+                        cuda_graph: bool = False) -> dict[str, str]:
+    """Provider options for the CUDA and TensorRT execution providers, set from the same builder
+    settings as ``edgeprune build --backend trt``: the TensorRT EP keeps its engines and timing cache
+    in folders next to the built engine, so a second session loads instead of rebuilding."""
+    if provider == "tensorrt":
+        options = {"trt_engine_cache_enable": "True", "trt_timing_cache_enable": "True",
+                   # LayerNorm in fp16 overflows on ViT activations (see docs/engines.md)
+                   "trt_layer_norm_fp32_fallback": "True"}
+        if cache_dir is not None:
+            options["trt_engine_cache_path"] = str(cache_dir)
+        if timing_cache_dir is not None:
+            options["trt_timing_cache_path"] = str(timing_cache_dir)
+        if precision == "fp16":
+            options["trt_fp16_enable"] = "True"
+        if precision == "bf16":
+            options["trt_bf16_enable"] = "True"
+        if workspace_mb:
+            options["trt_max_workspace_size"] = str(int(workspace_mb) << 20)
+        if optimization_level is not None:
+            options["trt_builder_optimization_level"] = str(optimization_level)
+        if hardware_compatible:
+            options["trt_engine_hw_compatible"] = "True"
+        return options
+    if provider == "cuda":
+        # Static shapes: the exhaustive cuDNN search runs once, and CUDA graphs can replay the whole run.
+        options = {"cudnn_conv_algo_search": "EXHAUSTIVE", "arena_extend_strategy": "kSameAsRequested"}
+        if cuda_graph:
+            options["enable_cuda_graph"] = "1"
+        return options
+    return {}
+
+
 class SessionFromOnnx:
     """Loader: builds an ``onnxruntime.InferenceSession`` when called."""
 
     def __init__(self, path: str | os.PathLike, providers: Sequence[str] = ("cpu",), threads: Optional[int] = DEFAULT_THREADS,
-                 spinning: bool = True) -> None:
+                 spinning: bool = True, provider_options: Optional[Mapping[str, Mapping[str, str]]] = None,
+                 optimized_path: Optional[Path] = None) -> None:
         self.path = Path(path)
         self.providers = list(providers)
+        # short provider name ("tensorrt", "cuda") -> that provider's options
+        self.provider_options = {k: dict(v) for k, v in (provider_options or {}).items()}
+        # where ORT writes the graph after its optimisations (``edgeprune build`` for ORT backends)
+        self.optimized_path = optimized_path
         self.threads = threads
         # Spinning threads answer the next run sooner, but keep the cores busy for a while after
         # each run; a runtime switching between sessions (or a scheduler step right after a run)
@@ -62,9 +102,15 @@ class SessionFromOnnx:
         options.log_severity_level = 3
         if not self.spinning:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if self.optimized_path is not None:
+            # EXTENDED fusions are ORT's own ops but not tied to this CPU's instruction set (ALL is)
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+            options.optimized_model_filepath = str(self.optimized_path)
         providers = resolve_providers(self.providers)
+        short = {full: short for short, full in PROVIDER_NAMES.items()}
+        provider_options = [self.provider_options.get(short.get(p, p), {}) for p in providers]
         try:
-            return ort.InferenceSession(str(self.path), options, providers=providers)
+            return ort.InferenceSession(str(self.path), options, providers=providers, provider_options=provider_options)
         except Exception as exc:  # ORT raises its own exception types for corrupt or unsupported models
             raise EdgepruneError(f"{self.path}: ONNX Runtime cannot load it: {first_line(exc)}") from None
 
@@ -73,10 +119,10 @@ class OrtRunner(Runner):
     name = "onnxruntime"
 
     def __init__(self, session_or_path: Any, providers: Sequence[str] = ("cpu",), threads: Optional[int] = DEFAULT_THREADS,
-                 spinning: bool = True) -> None:
+                 spinning: bool = True, provider_options: Optional[Mapping[str, Mapping[str, str]]] = None) -> None:
         super().__init__()
         if isinstance(session_or_path, (str, os.PathLike)):
-            session_or_path = SessionFromOnnx(session_or_path, providers, threads, spinning)
+            session_or_path = SessionFromOnnx(session_or_path, providers, threads, spinning, provider_options)
         self.loader = session_or_path
         self.session = None
 

@@ -1,0 +1,355 @@
+"""``edgeprune build``: one engine per artifact (or per budget of an engine set) for a backend.
+
+Backends:
+
+* ``trt``: a serialized TensorRT engine (``model.engine``) from the TensorRT builder;
+* ``ort-trt``: ONNX Runtime's TensorRT execution provider, its engine and timing caches kept in
+  the engine folder (``trt_cache/``), so a session loads them instead of rebuilding;
+* ``ort-cuda``: ONNX Runtime's CUDA provider;
+* ``ort-cpu``: ONNX Runtime on the CPU.
+
+For ONNX Runtime backends the engine file is the graph after ONNX Runtime's own (portable)
+optimisations, so a session starts without optimising again. Every backend gets the graph in the
+asked precision first (:mod:`edgeprune.engines.precision`: fp16 with the token decisions in fp32),
+except TensorRT 10 built with builder flags (``strongly_typed=False``), which lowers the fp32 graph itself.
+
+An engine folder holds the engine file and ``engine.json``: backend, precision, builder settings,
+library versions, the device, the sha256 of the source ONNX, of the graph built and of the engine.
+A stale engine (another TensorRT, another GPU, changed files) is refused when opened.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from edgeprune.artifact import Artifact, atomic_directory, load_artifact, read_folder_json, sha256_file, write_json_atomic
+from edgeprune.engines.cache import ENGINE_MANIFEST, EngineCache, cache_key, copy_entry
+from edgeprune.errors import EdgepruneError
+
+BACKENDS = ("trt", "ort-trt", "ort-cuda", "ort-cpu")
+ENGINE_KIND = "edgeprune-engine"
+ENGINES_KIND = "edgeprune-engine-build"  # one engine per member of an engine set
+ENGINES_FILE = "engines.json"
+ENGINE_FORMAT = 1
+ORT_PROVIDER = {"ort-trt": "tensorrt", "ort-cuda": "cuda", "ort-cpu": "cpu"}
+TRT_CACHE_DIR = "trt_cache"
+
+
+def engine_file_name(backend: str) -> str:
+    return "model.engine" if backend == "trt" else "model.onnx"
+
+
+def check_backend(backend: str) -> None:
+    """Raise one line naming what is missing when ``backend`` cannot build or run here."""
+    if backend not in BACKENDS:
+        raise EdgepruneError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "trt":
+        from edgeprune.engines.trt import require_tensorrt
+
+        require_tensorrt()
+        return
+    from edgeprune.engines.ort import resolve_providers
+
+    resolve_providers([ORT_PROVIDER[backend]])
+
+
+def check_precision(backend: str, settings: Any) -> None:
+    settings.validate()
+    if settings.precision == "bf16" and backend != "trt":
+        raise EdgepruneError("--precision bf16 is built only with --backend trt (ONNX Runtime has no bf16 kernels for "
+                             "these graphs); use fp16 for ONNX Runtime backends")
+    if settings.precision == "bf16" and settings.strongly_typed:
+        raise EdgepruneError("--precision bf16 needs TensorRT 10 builder flags (--weakly-typed): edgeprune does not "
+                             "write bf16 graphs yet, and TensorRT 11 takes precision only from the graph")
+
+
+def graph_precision(backend: str, settings: Any) -> str:
+    """The precision of the ONNX graph handed to the backend (builder flags lower an fp32 graph)."""
+    if backend == "trt" and not settings.strongly_typed:
+        return "fp32"
+    return settings.precision
+
+
+def recipe_digest() -> str:
+    """Changes when the precision conversion changes, so cached engines of old conversions are rebuilt."""
+    from edgeprune.engines import precision
+
+    return hashlib.sha256(Path(precision.__file__).read_bytes()).hexdigest()[:16]
+
+
+def backend_versions(backend: str) -> dict[str, Optional[str]]:
+    import onnxruntime
+
+    from edgeprune import __version__
+
+    versions: dict[str, Optional[str]] = {"edgeprune": __version__, "onnxruntime": onnxruntime.__version__}
+    if backend in ("trt", "ort-trt"):
+        from edgeprune.engines.trt import tensorrt_version
+
+        versions["tensorrt"] = tensorrt_version()
+    return versions
+
+
+def backend_device(backend: str) -> dict[str, Any]:
+    """The device an engine is tied to: GPU name and compute capability, or the CPU fingerprint."""
+    if backend == "ort-cpu":
+        from edgeprune.engine_set import machine_fingerprint
+
+        fp = machine_fingerprint()
+        return {"cpu": fp["cpu"], "platform": fp["platform"]}
+    from edgeprune.engines.trt import device_info
+
+    return device_info()
+
+
+def key_fields(artifact: Artifact, backend: str, settings: Any) -> dict[str, Any]:
+    """Everything an engine depends on; its hash is the cache key."""
+    device = backend_device(backend)
+    return {"onnx_sha256": artifact.manifest["onnx"]["sha256"], "backend": backend, "settings": settings.to_dict(),
+            "graph_precision": graph_precision(backend, settings), "recipe": recipe_digest(),
+            "versions": {k: v for k, v in backend_versions(backend).items() if k != "edgeprune"},
+            "device": {k: device.get(k) for k in ("gpu", "compute_capability", "cpu")}}
+
+
+def write_graph(artifact: Artifact, precision: str, target: Path) -> str:
+    """Write the artifact's graph in ``precision`` to ``target``; returns its sha256."""
+    import onnx
+
+    from edgeprune.engines.precision import convert_precision
+    from edgeprune.graph import load_graph, topologically_sorted
+
+    if precision == "fp32":
+        data = artifact.onnx_path.read_bytes()
+    else:
+        data = topologically_sorted(convert_precision(load_graph(artifact.onnx_path), precision)).SerializeToString()
+        onnx.checker.check_model(data)
+    target.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def random_feed(inputs: list[dict[str, Any]], batch: int = 1) -> dict[str, Any]:
+    """Fresh standard-normal inputs (never zeros) for the manifest's input list."""
+    import numpy as np
+
+    rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))
+    feed = {}
+    for spec in inputs:
+        shape = [d if isinstance(d, int) else batch for d in spec["shape"]]
+        feed[spec["name"]] = rng.standard_normal(shape).astype(np.float32)
+    return feed
+
+
+def ort_options(backend: str, settings: Any, folder: Path, timing_cache: Optional[Path] = None) -> dict[str, dict[str, str]]:
+    from edgeprune.engines.ort import accelerator_options
+
+    provider = ORT_PROVIDER[backend]
+    if provider == "cpu":
+        return {}
+    return {provider: accelerator_options(
+        provider, cache_dir=folder / TRT_CACHE_DIR, precision=settings.precision, workspace_mb=settings.workspace_mb,
+        optimization_level=settings.optimization_level, timing_cache_dir=timing_cache or folder / TRT_CACHE_DIR,
+        hardware_compatible=settings.hardware_compatibility == "ampere+")}
+
+
+def _build_into(tmp: Path, artifact: Artifact, backend: str, settings: Any, timing_cache: Optional[Path],
+                say: Callable[[str], None]) -> dict[str, Any]:
+    """Build the engine file into ``tmp``; returns the manifest's graph and engine entries."""
+    precision = graph_precision(backend, settings)
+    graph_path = tmp / ("graph.onnx" if backend == "trt" else "source.onnx")
+    say(f"{artifact.name}: writing the {precision} graph")
+    graph_sha = write_graph(artifact, precision, graph_path)
+    engine_path = tmp / engine_file_name(backend)
+    if backend == "trt":
+        from edgeprune.engines.trt import build_serialized_engine
+
+        say(f"{artifact.name}: building the TensorRT engine")
+        engine_path.write_bytes(build_serialized_engine(graph_path, settings, timing_cache, log=say))
+    else:
+        from edgeprune.engines.ort import OrtRunner, SessionFromOnnx
+
+        say(f"{artifact.name}: optimising for ONNX Runtime ({ORT_PROVIDER[backend]})")
+        loader = SessionFromOnnx(graph_path, [ORT_PROVIDER[backend]], provider_options=ort_options(backend, settings, tmp, timing_cache),
+                                 optimized_path=engine_path)
+        with OrtRunner(loader) as runner:  # the first run builds the TensorRT EP's engines into trt_cache/
+            runner.infer(random_feed(artifact.manifest["inputs"]))
+    graph_path.unlink()
+    return {"graph": {"precision": precision, "sha256": graph_sha},
+            "engine": {"file": engine_path.name, "sha256": sha256_file(engine_path), "bytes": engine_path.stat().st_size}}
+
+
+def engine_manifest(artifact: Artifact, backend: str, settings: Any, built: dict[str, Any], key: str,
+                    how: str, seconds: float) -> dict[str, Any]:
+    source = artifact.manifest
+    return {
+        "kind": ENGINE_KIND, "format": ENGINE_FORMAT, "backend": backend, "precision": settings.precision,
+        "settings": settings.to_dict(),
+        "source": {"artifact": str(artifact.path.resolve()), "name": artifact.name, "onnx_sha256": source["onnx"]["sha256"],
+                   "method": source["method"], "model": source.get("model"), "inputs": source["inputs"],
+                   "outputs": source["outputs"], "macs": source["plan"].get("macs")},
+        **built,
+        "versions": backend_versions(backend), "device": backend_device(backend), "cache_key": key,
+        "built": {"how": how, "seconds": round(seconds, 3),
+                  "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
+    }
+
+
+def build_engine(artifact: Artifact, backend: str, settings: Any, out: Path, *, cache: Optional[EngineCache] = None,
+                 timing_cache: Optional[Path] = None, force: bool = False,
+                 say: Callable[[str], None] = lambda _: None) -> "BuiltEngine":
+    """Build (or take from ``cache``) the engine of one artifact into the folder ``out``."""
+    check_precision(backend, settings)
+    check_backend(backend)
+    start = time.perf_counter()
+    fields = key_fields(artifact, backend, settings)
+    key = cache_key(fields)
+    entry = cache.lookup(key) if cache is not None else None
+    with atomic_directory(out, overwrite=force) as tmp:
+        if entry is not None:
+            say(f"{artifact.name}: engine found in the cache ({entry})")
+            copy_entry(entry, tmp)
+            manifest = read_folder_json(tmp, ENGINE_MANIFEST, "engine")
+            manifest["built"]["how"] = "cache"
+            manifest["source"]["artifact"] = str(artifact.path.resolve())
+        else:
+            built = _build_into(tmp, artifact, backend, settings, timing_cache, say)
+            manifest = engine_manifest(artifact, backend, settings, built, key, "built", time.perf_counter() - start)
+        write_json_atomic(tmp / ENGINE_MANIFEST, manifest)
+        if cache is not None and entry is None:
+            cache.store(key, tmp)
+    return load_engine(out)
+
+
+@dataclass(frozen=True)
+class BuiltEngine:
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def backend(self) -> str:
+        return self.manifest["backend"]
+
+    @property
+    def engine_path(self) -> Path:
+        return self.path / self.manifest["engine"]["file"]
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def verify(self) -> None:
+        if sha256_file(self.engine_path) != self.manifest["engine"]["sha256"]:
+            raise EdgepruneError(f"{self.engine_path}: sha256 does not match {ENGINE_MANIFEST} (file changed or corrupt)")
+
+    def stale_reason(self) -> Optional[str]:
+        """Why this engine must not run here (another TensorRT or GPU), or None."""
+        if self.backend not in ("trt", "ort-trt"):
+            return None
+        from edgeprune.engines.trt import device_info, tensorrt_version
+
+        built, here = self.manifest.get("versions", {}).get("tensorrt"), tensorrt_version()
+        if built and here and built != here and not self.manifest["settings"].get("version_compatible"):
+            return f"built with TensorRT {built}, this machine has {here}"
+        cc, here_cc = self.manifest.get("device", {}).get("compute_capability"), device_info().get("compute_capability")
+        hw = self.manifest["settings"].get("hardware_compatibility", "none")
+        if cc and here_cc and cc != here_cc and hw != "ampere+":
+            return f"built for compute capability {cc}, this GPU has {here_cc}"
+        return None
+
+    def runner(self, threads: Optional[int] = 2, spinning: bool = True) -> Any:
+        """A runner for this engine (activate it, or use it as a context manager)."""
+        why = self.stale_reason()
+        if why:
+            raise EdgepruneError(f"{self.path}: stale engine ({why}); rebuild it with `edgeprune build`")
+        if self.backend == "trt":
+            from edgeprune.engines.trt import EngineFromPath, TrtRunner
+
+            return TrtRunner(EngineFromPath(self.engine_path, allow_host_code=bool(self.manifest["settings"].get("version_compatible"))))
+        from edgeprune.engines.ort import OrtRunner
+
+        settings = _settings_from(self.manifest["settings"])
+        return OrtRunner(self.engine_path, [ORT_PROVIDER[self.backend]], threads, spinning,
+                         provider_options=ort_options(self.backend, settings, self.path))
+
+
+def _settings_from(data: dict[str, Any]) -> Any:
+    from edgeprune.engines.trt import BuilderSettings
+
+    known = BuilderSettings.__dataclass_fields__
+    return BuilderSettings(**{k: v for k, v in data.items() if k in known})
+
+
+def load_engine(path: str | os.PathLike, verify: bool = True) -> BuiltEngine:
+    """Read an engine folder; a missing, foreign or corrupt one is one EdgepruneError line."""
+    root = Path(path)
+    manifest = read_folder_json(root, ENGINE_MANIFEST, "engine")
+    if not isinstance(manifest, dict) or manifest.get("kind") != ENGINE_KIND:
+        raise EdgepruneError(f"{root / ENGINE_MANIFEST}: not an edgeprune engine (kind is not '{ENGINE_KIND}')")
+    if manifest.get("format") != ENGINE_FORMAT:
+        raise EdgepruneError(f"{root / ENGINE_MANIFEST}: unsupported engine format {manifest.get('format')!r}")
+    for key in ("backend", "settings", "source", "engine"):
+        if key not in manifest:
+            raise EdgepruneError(f"{root / ENGINE_MANIFEST}: lacks '{key}'")
+    engine = BuiltEngine(root, manifest)
+    if not engine.engine_path.is_file():
+        raise EdgepruneError(f"{root}: {engine.engine_path.name} is missing")
+    if verify:
+        engine.verify()
+    return engine
+
+
+def is_engine_build(path: str | os.PathLike) -> bool:
+    return (Path(path) / ENGINES_FILE).is_file()
+
+
+def load_engines(path: str | os.PathLike, verify: bool = True) -> list[BuiltEngine]:
+    """The engines of a folder: one engine folder, or a set build (``engines.json`` + a folder per budget)."""
+    root = Path(path)
+    if not is_engine_build(root):
+        return [load_engine(root, verify)]
+    index = read_folder_json(root, ENGINES_FILE, "engine build")
+    if not isinstance(index, dict) or index.get("kind") != ENGINES_KIND:
+        raise EdgepruneError(f"{root / ENGINES_FILE}: not an edgeprune engine build (kind is not '{ENGINES_KIND}')")
+    try:
+        members = [(str(m["path"]), str(m["engine_sha256"])) for m in index["members"]]
+    except (KeyError, TypeError) as exc:
+        raise EdgepruneError(f"{root / ENGINES_FILE}: malformed members list ({exc})") from None
+    engines = []
+    for name, sha in members:
+        if Path(name).name != name:
+            raise EdgepruneError(f"{root / ENGINES_FILE}: member path {name!r} leaves the folder")
+        engine = load_engine(root / name, verify)
+        if engine.manifest["engine"]["sha256"] != sha:
+            raise EdgepruneError(f"{root / name}: engine sha256 differs from {ENGINES_FILE} (member replaced)")
+        engines.append(engine)
+    return engines
+
+
+def build_set(engine_set: Any, backend: str, settings: Any, out: Path, *, cache: Optional[EngineCache] = None,
+              timing_cache: Optional[Path] = None, force: bool = False,
+              say: Callable[[str], None] = lambda _: None) -> list[BuiltEngine]:
+    """One engine per member of an engine set, in one folder published at once."""
+    check_precision(backend, settings)
+    check_backend(backend)
+    with atomic_directory(out, overwrite=force) as tmp:
+        built = [build_engine(m.artifact, backend, settings, tmp / m.path, cache=cache, timing_cache=timing_cache, say=say)
+                 for m in engine_set.members]
+        write_json_atomic(tmp / ENGINES_FILE, {
+            "kind": ENGINES_KIND, "format": ENGINE_FORMAT, "backend": backend, "precision": settings.precision,
+            "source": str(engine_set.path.resolve()),
+            "members": [{"budget": m.budget, "path": m.path, "engine_sha256": b.manifest["engine"]["sha256"]}
+                        for m, b in zip(engine_set.members, built)]})
+    return load_engines(out)
+
+
+def default_out(source: Path, backend: str, precision: str) -> Path:
+    return source.parent / f"{source.name}.{backend}-{precision}"
+
+
+__all__ = ["BACKENDS", "BuiltEngine", "ENGINES_FILE", "ENGINE_KIND", "build_engine", "build_set", "check_backend",
+           "default_out", "is_engine_build", "load_engine", "load_engines", "random_feed"]

@@ -44,7 +44,8 @@ class Step:
 class _Engine:
     """One frame -> logits plus timing, hiding whether a Runtime (engine set) or one model runs it."""
 
-    def __init__(self, model: Path, target_ms: float, policy: str, threads: int, provider: str) -> None:
+    def __init__(self, model: Path, target_ms: float, policy: str, threads: int, provider: str,
+                 engines: Optional[Path] = None) -> None:
         from edgeprune.engine_set import is_engine_set
         from edgeprune.images import palette_array
         from edgeprune.runtime.temporal import is_temporal
@@ -68,7 +69,7 @@ class _Engine:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", RuntimeWarning)
                 with console.status("loading engine set"):
-                    self._runtime = Runtime(model, target_ms, policy, threads=threads, provider=provider)
+                    self._runtime = Runtime(model, target_ms, policy, threads=threads, provider=provider, engines=engines)
             for w in caught:
                 console.print(f"warning: {w.message}", highlight=False, soft_wrap=True)
             info = self._runtime.set.manifest.get("model") or {}
@@ -187,7 +188,8 @@ def _plot(rows: list[dict[str, Any]], target_ms: float, path: Path, title: str) 
 def run_demo(sources: list[Source], model: Path, out_path: Path, *, target_fps: float = 30.0, policy: str = "deadline",
              max_frames: Optional[int] = None, threads: int = 2, provider: str = "cpu", alpha: float = 0.5,
              force: bool = False, progress: bool = True,
-             on_frame: Optional[Callable[[int, dict[str, Any]], None]] = None) -> dict[str, Any]:
+             on_frame: Optional[Callable[[int, dict[str, Any]], None]] = None,
+             engines: Optional[Path] = None) -> dict[str, Any]:
     """Segment every frame of ``sources`` into one overlay mp4 + metrics JSON + plot; returns the summary.
 
     All three outputs appear only when the whole run succeeds (the CLI and scripts/soak_demo.py share this).
@@ -205,7 +207,11 @@ def run_demo(sources: list[Source], model: Path, out_path: Path, *, target_fps: 
     _check_outputs(out_path, [Path(s.name) for s in sources], force)
     video_path = output_paths(out_path)[0]
     target_ms = 1000.0 / target_fps
-    engine = _Engine(model, target_ms, policy, threads, provider)
+    from edgeprune.engine_set import is_engine_set
+
+    if engines is not None and not is_engine_set(model):
+        raise EdgepruneError("--engines runs the built engines of an engine set; --model must be that set")
+    engine = _Engine(model, target_ms, policy, threads, provider, engines)
     w, h = sources[0].size
     total = sum(s.count or 0 for s in sources) if all(s.count for s in sources) else None
     if max_frames:
@@ -323,6 +329,7 @@ def demo(
     pool: Optional[float] = typer.Option(None, "--pool", help="--cameras: sum of per-frame budgets per tick [default: 0.5 per camera]."),
     minimum: float = typer.Option(0.0, "--minimum", min=0.0, max=1.0, help="--cameras: budget every camera gets at least."),
     signal: str = typer.Option("complexity", "--signal", help="--cameras: what earns a camera more of the pool: complexity, change, both or equal."),
+    engines: Optional[Path] = typer.Option(None, "--engines", help="Engine sets: run the engines `edgeprune build SET` wrote (e.g. fp16, TensorRT) instead of the set's ONNX graphs."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
 ) -> None:
     """Segment a video (or a generated clip) into an overlay mp4 with a latency HUD, plus metrics JSON and a plot."""
@@ -335,7 +342,7 @@ def demo(
     sources = [video_source(v) for v in videos] if videos else [generated_source(seed, min(clip_frames, max_frames or clip_frames))]
     try:
         s = run_demo(sources, model, out_path, target_fps=target_fps, policy=policy, max_frames=max_frames,
-                     threads=threads, provider=provider, alpha=alpha, force=force)
+                     threads=threads, provider=provider, alpha=alpha, force=force, engines=engines)
     finally:
         for src in sources:
             getattr(src.frames, "close", lambda: None)()

@@ -72,12 +72,27 @@ def profiles_from_calibration(engine_set: Any) -> list[EngineProfile]:
     return profiles
 
 
+def built_runners(engines: Union[str, Path], members: list[Any], threads: int) -> list[Any]:
+    """Runners of the engines ``edgeprune build SET`` wrote, in ``members`` order; each engine must
+    have been built from that member's ONNX."""
+    from edgeprune.engines.build import load_engines
+
+    built = {e.manifest["source"]["onnx_sha256"]: e for e in load_engines(engines)}
+    runners = []
+    for member in members:
+        engine = built.get(member.onnx_sha256)
+        if engine is None:
+            raise EdgepruneError(f"{engines}: no engine built from member {member.path}'s ONNX; run `edgeprune build` on this set")
+        runners.append(engine.runner(threads, spinning=False))
+    return runners
+
+
 class Runtime:
     """Per-frame budget selection over an engine set (see the module docstring)."""
 
     def __init__(self, engine_set: Union[str, Path, Any], target_ms: float, policy: Union[str, Policy] = "deadline",
                  *, threads: int = 2, provider: str = "cpu", policy_args: Optional[dict[str, Any]] = None,
-                 strict_machine: bool = False) -> None:
+                 strict_machine: bool = False, engines: Union[str, Path, None] = None) -> None:
         from edgeprune.engine_set import calibration_matches, load_engine_set
         from edgeprune.engines.ort import OrtRunner
 
@@ -101,8 +116,11 @@ class Runtime:
         first = self._members[0].artifact
         self._input = dict(first.manifest.get("model", {}).get("input") or {})
         self._batch_shape = first.input_shape()
-        self._runners = [OrtRunner(m.artifact.onnx_path, providers=[provider], threads=threads, spinning=False)
-                         for m in self._members]
+        if engines is None:
+            self._runners = [OrtRunner(m.artifact.onnx_path, providers=[provider], threads=threads, spinning=False)
+                             for m in self._members]
+        else:
+            self._runners = built_runners(engines, self._members, threads)
         for runner in self._runners:
             runner.activate()
         self._lock = threading.Lock()

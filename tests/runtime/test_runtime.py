@@ -143,3 +143,23 @@ def test_pool_signals(engine_set):
             assert tick[first].budget == 1.0 and tick[second].budget == 0.75  # equal weights: order decides
         with pytest.raises(EdgepruneError, match="signal must be one of"):
             rt.infer_pool({"flat": flat}, pool=1.0, signal="loud")
+
+
+def test_runtime_runs_built_engines(engine_set, tmp_path):
+    from edgeprune.engine_set import load_engine_set
+    from edgeprune.runtime import Runtime
+    from edgeprune.engines.build import build_set
+    from edgeprune.engines.trt import BuilderSettings
+
+    build_set(load_engine_set(engine_set), "ort-cpu", BuilderSettings(), tmp_path / "built")
+    frame = np.random.default_rng(3).integers(0, 255, (48, 40, 3), dtype=np.uint8)
+    with Runtime(engine_set, target_ms=1000.0) as plain, Runtime(engine_set, target_ms=1000.0, engines=tmp_path / "built") as built:
+        a, b = plain.infer(frame), built.infer(frame)
+        assert a.budget == b.budget
+        for name in a.outputs:
+            np.testing.assert_allclose(b.outputs[name], a.outputs[name], rtol=1e-4, atol=1e-4)
+    other = tmp_path / "other"
+    build_set(load_engine_set(engine_set), "ort-cpu", BuilderSettings(), other)
+    (other / "engines.json").write_text((other / "engines.json").read_text().replace('"b0.75"', '"b1.00"', 1))
+    with pytest.raises(EdgepruneError):
+        Runtime(engine_set, target_ms=1000.0, engines=other)

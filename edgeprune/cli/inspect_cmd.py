@@ -13,7 +13,7 @@ from edgeprune.cli.common import out
 
 
 def inspect(
-    artifact_dir: Path = typer.Argument(..., help="Artifact directory written by edgeprune export (or an engine set folder)."),
+    artifact_dir: Path = typer.Argument(..., help="Artifact directory written by edgeprune export, an engine set, a temporal artifact or an engine folder (edgeprune build)."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON instead of tables."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Check the ONNX file's sha256 against the manifest."),
 ) -> None:
@@ -24,6 +24,23 @@ def inspect(
     from edgeprune.graph import load_graph, op_counts
     from edgeprune.runtime.temporal import is_temporal, load_temporal
 
+    from edgeprune.engines.build import ENGINES_FILE, load_engines
+    from edgeprune.engines.cache import ENGINE_MANIFEST
+
+    if (artifact_dir / ENGINE_MANIFEST).is_file() or (artifact_dir / ENGINES_FILE).is_file():
+        from edgeprune.cli.build_cmd import print_engines
+
+        engines = load_engines(artifact_dir, verify=verify)
+        if as_json:
+            out.print_json(json.dumps([e.manifest for e in engines]))
+        else:
+            print_engines(engines, f"{artifact_dir} ({'verified' if verify else 'not verified'})")
+            for e in engines:
+                m = e.manifest
+                versions = ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items() if v)
+                out.print(f"{e.name}: from {m['source']['artifact']} (onnx {m['source']['onnx_sha256'][:12]}), "
+                          f"graph {m['graph']['precision']}, settings {json.dumps(m['settings'])}, {versions}", highlight=False)
+        return
     # Folders that hold more than one graph: a temporal artifact, an engine set.
     for is_kind, load, show in ((is_temporal, load_temporal, print_temporal), (is_engine_set, load_engine_set, print_set)):
         if is_kind(artifact_dir):

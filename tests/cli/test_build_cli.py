@@ -81,3 +81,12 @@ def test_compare_exit_codes(artifact, tmp_path, capsys):
     assert code == 1 and json.loads(out)["passed"] is False
     code, _, err = run(["compare", artifact, "--backends", "ort-cpu"], capsys)
     assert code == 2 and "at least two" in error_line(err)
+
+
+def test_inspect_shows_engine_folders(artifact, tmp_path, capsys):
+    assert main(["build", str(artifact), "--out", str(tmp_path / "e"), "--no-cache"]) == 0
+    capsys.readouterr()
+    code, out, _ = run(["inspect", tmp_path / "e"], capsys)
+    assert code == 0 and "ort-cpu" in out and "onnxruntime" in out
+    code, out, _ = run(["inspect", tmp_path / "e", "--json"], capsys)
+    assert code == 0 and json.loads(out)[0]["kind"] == "edgeprune-engine"

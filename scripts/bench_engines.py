@@ -1,0 +1,63 @@
+#!/usr/bin/env python
+"""Latency of one artifact's engines across backends and precisions, interleaved round by round.
+
+    python scripts/bench_engines.py out/speed/tome_p1_4_7 --backends ort-cpu,ort-cpu:fp16 --rounds 50
+    python scripts/bench_engines.py ART --backends ort-cpu,trt,trt:fp16       # on a machine with TensorRT
+
+Engines come from the engine cache (built on first use). Prints each backend's median and the median
+of per-round ratios against the first backend.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from edgeprune.artifact import load_artifact
+from edgeprune.engines.build import random_feed
+from edgeprune.engines.cache import EngineCache
+from edgeprune.engines.compare import open_runner, parse_backends
+from edgeprune.errors import EdgepruneError
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("artifact", type=Path)
+    ap.add_argument("--backends", default="ort-cpu,ort-cpu:fp16")
+    ap.add_argument("--rounds", type=int, default=50)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    try:
+        artifact = load_artifact(args.artifact)
+        specs = parse_backends(args.backends)
+        with tempfile.TemporaryDirectory() as work:
+            runners = {s.label: open_runner(artifact, s, Path(work), cache=EngineCache(), threads=args.threads).activate()
+                       for s in specs}
+            feed = random_feed(artifact.manifest["inputs"])
+            for runner in runners.values():
+                for _ in range(args.warmup):
+                    runner.run_raw(feed)
+            samples: dict[str, list[float]] = {k: [] for k in runners}
+            for r in range(args.rounds):
+                for label in (list(runners) if r % 2 == 0 else list(reversed(runners))):
+                    start = time.perf_counter()
+                    runners[label].run_raw(feed)
+                    samples[label].append((time.perf_counter() - start) * 1e3)
+    except EdgepruneError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    base = samples[specs[0].label]
+    print(f"{artifact.path}: {args.rounds} interleaved rounds, {args.threads} threads")
+    for label, s in samples.items():
+        ratio = statistics.median(b / t for b, t in zip(base, s))
+        print(f"  {label:16s} median {statistics.median(s):8.2f} ms   speed vs {specs[0].label}: {ratio:5.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -26,6 +26,8 @@ def compare(
 ) -> None:
     """Run the same random inputs through several backends/precisions and compare outputs with Polygraphy's comparator.
 
+    Also reports the share of identical predicted labels (argmax of `logits` per image or per pixel).
+
     Engines are built on the fly (through the engine cache) or taken from engine folders. Exit code 0 when every
     comparison is within tolerance, 1 when one is not, 2 on bad input.
     """
@@ -46,12 +48,13 @@ def compare(
         out.print_json(json.dumps({"passed": passed, "artifacts": reports}))
     else:
         table = Table(title=f"{source}: {inputs} random inputs per backend, reference {specs[0].label}", title_justify="left")
-        for col in ("artifact", "backend", "max rel. error", "tolerance", "worst output", "verdict"):
+        for col in ("artifact", "backend", "max rel. error", "tolerance", "worst output", "same labels", "verdict"):
             table.add_column(col)
         for (name, _), report in zip(members, reports):
             for row in report["comparisons"]:
                 worst = max(row["relative_error"], key=row["relative_error"].get)
+                labels = row["label_agreement"]
                 table.add_row(name, row["backend"], f"{row['max_relative_error']:.2e}", f"{row['tolerance']:.0e}", worst,
-                              "[green]pass[/]" if row["passed"] else "[red]FAIL[/]")
+                              "-" if labels is None else f"{labels:.2%}", "[green]pass[/]" if row["passed"] else "[red]FAIL[/]")
         out.print(table)
     raise typer.Exit(0 if passed else 1)

@@ -110,6 +110,19 @@ def as_polygraphy(runner: Any, name: str) -> Any:
     return Adapter(name=name)
 
 
+def label_agreement(reference: list[Any], got: list[Any], output: str = "logits") -> Optional[float]:
+    """Share of identical predicted classes (argmax over axis 1: per image, or per pixel for a
+    segmenter) in ``output``; None when there is no such output. A max-norm error says how far the
+    worst value moved, this says whether the answer changed."""
+    if output not in reference[0] or np.asarray(reference[0][output]).ndim < 2:
+        return None
+    same = total = 0
+    for ref, other in zip(reference, got):
+        a, b = np.asarray(ref[output]).argmax(axis=1), np.asarray(other[output]).argmax(axis=1)
+        same, total = same + int((a == b).sum()), total + a.size
+    return same / total if total else None
+
+
 def compare_backends(artifact: Artifact, specs: list[BackendSpec], workdir: Path, *, inputs: int = 4,
                      batch: Optional[int] = None, tolerance: Optional[float] = None, cache: Any = None,
                      threads: int = 2, say: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
@@ -144,10 +157,11 @@ def compare_backends(artifact: Artifact, specs: list[BackendSpec], workdir: Path
         errors = {n: max(relative_error(np.asarray(got[n], dtype=np.float32), np.asarray(ref[n], dtype=np.float32))
                          for ref, got in zip(reference, results[index][1])) for n in outputs}
         rows.append({"backend": spec.label, "reference": specs[0].label, "tolerance": tol, "relative_error": errors,
-                     "max_relative_error": max(errors.values()), "passed": bool(verdict)})
+                     "max_relative_error": max(errors.values()), "passed": bool(verdict),
+                     "label_agreement": label_agreement(reference, results[index][1])})
     return {"artifact": str(artifact.path), "inputs": inputs, "batch": batch or artifact.input_shape()[0],
             "comparisons": rows, "passed": all(r["passed"] for r in rows)}
 
 
-__all__ = ["BackendSpec", "FP32_TOLERANCE", "LOW_TOLERANCE", "as_polygraphy", "compare_backends", "open_runner",
-           "parse_backends"]
+__all__ = ["BackendSpec", "FP32_TOLERANCE", "LOW_TOLERANCE", "as_polygraphy", "compare_backends", "label_agreement",
+           "open_runner", "parse_backends"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from edgeprune.engines.cache import EngineCache
-from edgeprune.engines.compare import BackendSpec, compare_backends, parse_backends
+from edgeprune.engines.compare import BackendSpec, compare_backends, label_agreement, parse_backends
 from edgeprune.errors import EdgepruneError
 from tests.conftest import make_tiny
 
@@ -33,7 +33,7 @@ def test_fp32_engine_passes_and_verdict_follows_the_tolerance(artifact, tmp_path
     cache = EngineCache(tmp_path / "cache")
     report = compare_backends(artifact, specs, tmp_path / "w", inputs=3, cache=cache)
     row = report["comparisons"][0]
-    assert row["tolerance"] == 1e-2 and row["max_relative_error"] > 0
+    assert row["tolerance"] == 1e-2 and row["max_relative_error"] > 0 and 0 < row["label_agreement"] <= 1
     # Polygraphy's verdict and the measured error agree on both sides of the error
     strict = compare_backends(artifact, specs, tmp_path / "w2", inputs=3, cache=cache,
                               tolerance=row["max_relative_error"] / 1e3)
@@ -50,3 +50,14 @@ def test_a_built_fp32_engine_matches_the_exported_graph(artifact, tmp_path):
     specs = parse_backends(f"ort-cpu,{tmp_path / 'engine'}")
     report = compare_backends(artifact, specs, tmp_path / "w", inputs=2)
     assert report["passed"] and report["comparisons"][0]["tolerance"] == 1e-4
+
+
+def test_label_agreement_counts_changed_answers():
+    import numpy as np
+
+    ref = [{"logits": np.array([[0.0, 1.0], [2.0, 0.0]])}]
+    got = [{"logits": np.array([[0.0, 1.1], [0.0, 2.0]])}]
+    assert label_agreement(ref, got) == 0.5
+    dense = [{"logits": np.zeros((1, 3, 4, 4))}]
+    assert label_agreement(dense, dense) == 1.0
+    assert label_agreement([{"tokens": np.zeros((1, 4))}], [{"tokens": np.zeros((1, 4))}]) is None

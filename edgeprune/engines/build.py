@@ -183,15 +183,19 @@ def _build_into(tmp: Path, artifact: Artifact, backend: str, settings: Any, timi
             "engine": {"file": engine_path.name, "sha256": sha256_file(engine_path), "bytes": engine_path.stat().st_size}}
 
 
+def source_entry(artifact: Artifact) -> dict[str, Any]:
+    """What an engine manifest says of the artifact it was built from."""
+    source = artifact.manifest
+    return {"artifact": str(artifact.path.resolve()), "name": artifact.name, "onnx_sha256": source["onnx"]["sha256"],
+            "method": source["method"], "model": source.get("model"), "inputs": source["inputs"],
+            "outputs": source["outputs"], "macs": source["plan"].get("macs")}
+
+
 def engine_manifest(artifact: Artifact, backend: str, settings: Any, built: dict[str, Any], key: str,
                     how: str, seconds: float) -> dict[str, Any]:
-    source = artifact.manifest
     return {
         "kind": ENGINE_KIND, "format": ENGINE_FORMAT, "backend": backend, "precision": settings.precision,
-        "settings": settings.to_dict(),
-        "source": {"artifact": str(artifact.path.resolve()), "name": artifact.name, "onnx_sha256": source["onnx"]["sha256"],
-                   "method": source["method"], "model": source.get("model"), "inputs": source["inputs"],
-                   "outputs": source["outputs"], "macs": source["plan"].get("macs")},
+        "settings": settings.to_dict(), "source": source_entry(artifact),
         **built,
         "versions": backend_versions(backend), "device": backend_device(backend), "cache_key": key,
         "built": {"how": how, "seconds": round(seconds, 3),

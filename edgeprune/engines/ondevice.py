@@ -19,7 +19,8 @@ from typing import Any, Callable, Optional
 
 from edgeprune.artifact import Artifact, atomic_directory, read_folder_json, sha256_file, write_json_atomic
 from edgeprune.engines.build import (ENGINE_FORMAT, ENGINE_KIND, ENGINES_FILE, ENGINES_KIND, BuiltEngine, backend_versions,
-                                     check_precision, graph_precision, is_engine_build, load_engine, load_engines, write_graph)
+                                     check_precision, graph_precision, is_engine_build, load_engine, load_engines,
+                                     source_entry, write_graph)
 from edgeprune.engines.cache import ENGINE_MANIFEST
 from edgeprune.errors import EdgepruneError
 
@@ -46,13 +47,9 @@ json.dump(manifest, open(folder + "/engine.json", "w"), indent=2)
 
 def expected_manifest(artifact: Artifact, settings: Any, graph_sha: str) -> dict[str, Any]:
     """The engine manifest a device build must produce, with the device's own fields left empty."""
-    source = artifact.manifest
     return {
         "kind": ENGINE_KIND, "format": ENGINE_FORMAT, "backend": "trt", "precision": settings.precision,
-        "settings": settings.to_dict(),
-        "source": {"artifact": str(artifact.path.resolve()), "name": artifact.name, "onnx_sha256": source["onnx"]["sha256"],
-                   "method": source["method"], "model": source.get("model"), "inputs": source["inputs"],
-                   "outputs": source["outputs"], "macs": source["plan"].get("macs")},
+        "settings": settings.to_dict(), "source": source_entry(artifact),
         "graph": {"precision": graph_precision("trt", settings), "sha256": graph_sha},
         "engine": {"file": "model.engine", "sha256": None, "bytes": None},
         "versions": {"edgeprune": backend_versions("ort-cpu")["edgeprune"], "tensorrt": None},

@@ -23,7 +23,7 @@ from edgeprune.errors import EdgepruneError
 
 app = typer.Typer(
     name="edgeprune",
-    help="Token reduction for Vision Transformers: export static-shape ONNX, benchmark, inspect.",
+    help="Token reduction for Vision Transformers: export static-shape ONNX, lint, build engines (ONNX Runtime, TensorRT), compare, benchmark, run the video demo.",
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",

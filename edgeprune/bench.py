@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -76,7 +76,10 @@ def benchmark(
     progress: Optional[Callable[[int, int], None]] = None,
     pause: float = 0.05,
     spinning: bool = True,
+    runners: Optional[Sequence[Any]] = None,
 ) -> BenchResult:
+    """Time ``artifacts`` interleaved; ``runners`` (one per artifact, not yet active) replace the
+    default ONNX Runtime sessions of their graphs, e.g. the engines ``edgeprune build`` wrote."""
     from edgeprune.engines.ort import OrtRunner
 
     if not artifacts:
@@ -88,7 +91,10 @@ def benchmark(
         raise EdgepruneError("artifacts take different input shapes; benchmark models of one configuration together")
     rng = np.random.default_rng(seed)
     feeds = [{a.manifest["inputs"][0]["name"]: rng.standard_normal(a.input_shape(batch)).astype(np.float32)} for a in artifacts]
-    runners = [OrtRunner(a.onnx_path, providers, threads, spinning=spinning).activate() for a in artifacts]
+    if runners is not None and len(runners) != len(artifacts):
+        raise EdgepruneError(f"{len(runners)} runners for {len(artifacts)} artifacts")
+    runners = [r.activate() for r in runners] if runners is not None else \
+        [OrtRunner(a.onnx_path, providers, threads, spinning=spinning).activate() for a in artifacts]
     try:
         for runner, feed in zip(runners, feeds):
             for _ in range(warmup):

@@ -178,9 +178,10 @@ def machine_fingerprint() -> dict[str, Any]:
             "platform": platform.platform(), "onnxruntime": onnxruntime.__version__}
 
 
-def calibration_matches(engine_set: EngineSet) -> tuple[bool, str]:
-    """Whether the stored calibration was measured here: (True, "") or (False, why not)."""
-    cal = engine_set.calibration
+def calibration_matches(engine_set: EngineSet, calibration: Optional[dict[str, Any]] = None) -> tuple[bool, str]:
+    """Whether the stored calibration (or ``calibration``, e.g. of built engines) was measured here:
+    (True, "") or (False, why not)."""
+    cal = calibration if calibration is not None else engine_set.calibration
     if not cal:
         return False, "the set is not calibrated"
     stored, here = cal.get("machine") or {}, machine_fingerprint()
@@ -210,9 +211,12 @@ def calibrate_engine_set(
     threads: int = 2,
     provider: str = "cpu",
     progress: Optional[Callable[[int, int], None]] = None,
+    engines: Optional[str | os.PathLike] = None,
 ) -> dict[str, Any]:
     """Time every member interleaved (bench's shuffled rounds, settle and pause) and store the result
-    in ``set.json`` (rewritten atomically). Returns the calibration.
+    in ``set.json`` (rewritten atomically). Returns the calibration. With ``engines`` (the folder
+    ``edgeprune build SET`` wrote) the built engines are timed instead, and the calibration goes to
+    that folder's ``engines.json``, where ``Runtime(SET, engines=...)`` reads it.
 
     Sessions run without intra-op spinning, as :class:`edgeprune.runtime.Runtime` runs them: spinning
     sessions time 10-15% faster in isolation, and a scheduler fed those numbers misses its deadlines.
@@ -224,14 +228,28 @@ def calibrate_engine_set(
 
     artifacts = [m.artifact for m in engine_set.members]
     batch = artifacts[0].input_shape()[0]
+    runners = None
+    if engines is not None:
+        from edgeprune.engines.build import built_calibration, load_engines, set_runners
+
+        built_calibration(engines)  # a clear error when it is not a set build
+        runners = set_runners(engines, engine_set.members, threads, spinning=False)
     result = benchmark(artifacts, batch=batch, rounds=rounds, warmup=warmup, threads=threads,
-                       providers=[provider], progress=progress, spinning=False)
+                       providers=[provider], progress=progress, spinning=False, runners=runners)
     calibration = {
         "machine": machine_fingerprint(), "versions": library_versions(), "provider": provider, "threads": threads,
         "spinning": False,
         "batch": batch, "rounds": rounds, "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "members": {m.path: latency_stats(row.samples_ms) for m, row in zip(engine_set.members, result.rows)},
     }
+    if engines is not None:
+        from edgeprune.engines.build import store_calibration
+
+        first = load_engines(engines, verify=False)[0].manifest
+        calibration.update(provider=first["backend"], engines={"backend": first["backend"], "precision": first["precision"],
+                                                               "device": first.get("device")})
+        store_calibration(engines, calibration)
+        return calibration
     engine_set.manifest["calibration"] = calibration
     write_json_atomic(engine_set.path / SET_FILE, engine_set.manifest)
     return calibration

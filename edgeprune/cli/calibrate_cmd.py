@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from edgeprune.cli.common import ProviderOpt, ThreadsOpt, console
+from edgeprune.cli.common import ProviderOpt, ThreadsOpt, console, out
 
 
 def calibrate(
@@ -17,20 +18,31 @@ def calibrate(
     threads: int = ThreadsOpt,
     provider: str = ProviderOpt,
     force: bool = typer.Option(False, "--force", help="Replace a calibration from another machine without the warning (it is replaced either way)."),
+    engines: Optional[Path] = typer.Option(None, "--engines", help="Time the engines `edgeprune build SET` wrote (fp16, TensorRT, ...) instead of the ONNX graphs; stored in their engines.json."),
 ) -> None:
     """Time every member of an engine set interleaved and store its latency distribution in set.json."""
     from edgeprune.cli.inspect_cmd import print_set
     from edgeprune.engine_set import calibrate_engine_set, calibration_matches, load_engine_set
 
     engine_set = load_engine_set(engine_set_dir, verify=True)
-    if engine_set.calibration:
-        same, why = calibration_matches(engine_set)
+    previous = engine_set.calibration
+    if engines is not None:
+        from edgeprune.engines.build import built_calibration
+
+        previous = built_calibration(engines)
+    if previous:
+        same, why = calibration_matches(engine_set, previous)
         if not same and not force:
             console.print(f"[yellow]warning: replacing a calibration from another machine ({why})[/]",
                           highlight=False, soft_wrap=True)
     columns = (TextColumn("calibrating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task("rounds", total=rounds)
-        calibrate_engine_set(engine_set, rounds=rounds, warmup=warmup, threads=threads, provider=provider,
-                             progress=lambda done, _total: bar.update(task, completed=done))
+        calibration = calibrate_engine_set(engine_set, rounds=rounds, warmup=warmup, threads=threads, provider=provider,
+                                           progress=lambda done, _total: bar.update(task, completed=done), engines=engines)
+    if engines is not None:
+        rows = ", ".join(f"{name} p50 {s['p50_ms']:.2f} ms" for name, s in calibration["members"].items())
+        out.print(f"calibrated the {calibration['engines']['backend']} {calibration['engines']['precision']} engines in "
+                  f"{engines}: {rounds} interleaved rounds; {rows}", highlight=False, soft_wrap=True)
+        return
     print_set(engine_set, f"calibrated {engine_set.path}: {rounds} interleaved rounds, {threads} threads, {provider}")

@@ -47,6 +47,10 @@ class Runner(ABC):
             raise RuntimeError(f"{self.name} must be activated before infer()")
         return self.infer_impl(feed)
 
+    def run_raw(self, feed: dict[str, np.ndarray]) -> None:
+        """Run without keeping the outputs (timing loops); backends override it with a cheaper path."""
+        self.infer(feed)
+
     def __enter__(self) -> "Runner":
         return self.activate()
 

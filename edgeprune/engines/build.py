@@ -351,9 +351,39 @@ def build_set(engine_set: Any, backend: str, settings: Any, out: Path, *, cache:
     return load_engines(out)
 
 
+def set_runners(engines: str | os.PathLike, members: list[Any], threads: Optional[int] = 2,
+                spinning: bool = False) -> list[Any]:
+    """Runners (not yet active) of the engines ``edgeprune build SET`` wrote, in ``members`` order;
+    each engine must have been built from that member's ONNX."""
+    built = {e.manifest["source"]["onnx_sha256"]: e for e in load_engines(engines)}
+    runners = []
+    for member in members:
+        engine = built.get(member.onnx_sha256)
+        if engine is None:
+            raise EdgepruneError(f"{engines}: no engine built from member {member.path}'s ONNX; run `edgeprune build` on this set")
+        runners.append(engine.runner(threads, spinning=spinning))
+    return runners
+
+
+def built_calibration(engines: str | os.PathLike) -> Optional[dict[str, Any]]:
+    """The latency calibration ``edgeprune calibrate SET --engines BUILT`` stored in ``engines.json``."""
+    root = Path(engines)
+    if not is_engine_build(root):
+        raise EdgepruneError(f"{root}: not a set build (no {ENGINES_FILE}); build the engine set with `edgeprune build SET`")
+    return read_folder_json(root, ENGINES_FILE, "engine build").get("calibration")
+
+
+def store_calibration(engines: str | os.PathLike, calibration: dict[str, Any]) -> None:
+    root = Path(engines)
+    index = read_folder_json(root, ENGINES_FILE, "engine build")
+    index["calibration"] = calibration
+    write_json_atomic(root / ENGINES_FILE, index)
+
+
 def default_out(source: Path, backend: str, precision: str) -> Path:
     return source.parent / f"{source.name}.{backend}-{precision}"
 
 
-__all__ = ["BACKENDS", "BuiltEngine", "ENGINES_FILE", "ENGINE_KIND", "build_engine", "build_set", "check_backend",
-           "default_out", "is_engine_build", "load_engine", "load_engines", "random_feed"]
+__all__ = ["BACKENDS", "BuiltEngine", "ENGINES_FILE", "ENGINE_KIND", "build_engine", "build_set", "built_calibration",
+           "check_backend", "default_out", "is_engine_build", "load_engine", "load_engines", "random_feed", "set_runners",
+           "store_calibration"]

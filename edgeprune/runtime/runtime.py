@@ -57,9 +57,10 @@ def labels_of(logits: Optional[np.ndarray]) -> Optional[np.ndarray]:
     return logits[0].argmax(0).astype(np.uint8) if logits is not None and logits.ndim == 4 else None
 
 
-def profiles_from_calibration(engine_set: Any) -> list[EngineProfile]:
-    """The set's calibrated p50/p95 per member, largest budget first; a clear error if uncalibrated."""
-    calibration = engine_set.calibration
+def profiles_from_calibration(engine_set: Any, calibration: Optional[dict[str, Any]] = None) -> list[EngineProfile]:
+    """The set's calibrated p50/p95 per member (or those of ``calibration``), largest budget first; a
+    clear error if uncalibrated."""
+    calibration = calibration if calibration is not None else engine_set.calibration
     if not calibration:
         raise EdgepruneError(f"{engine_set.path}: the engine set is not calibrated; run `edgeprune calibrate {engine_set.path}`")
     stats = calibration.get("members", {})
@@ -72,21 +73,6 @@ def profiles_from_calibration(engine_set: Any) -> list[EngineProfile]:
     return profiles
 
 
-def built_runners(engines: Union[str, Path], members: list[Any], threads: int) -> list[Any]:
-    """Runners of the engines ``edgeprune build SET`` wrote, in ``members`` order; each engine must
-    have been built from that member's ONNX."""
-    from edgeprune.engines.build import load_engines
-
-    built = {e.manifest["source"]["onnx_sha256"]: e for e in load_engines(engines)}
-    runners = []
-    for member in members:
-        engine = built.get(member.onnx_sha256)
-        if engine is None:
-            raise EdgepruneError(f"{engines}: no engine built from member {member.path}'s ONNX; run `edgeprune build` on this set")
-        runners.append(engine.runner(threads, spinning=False))
-    return runners
-
-
 class Runtime:
     """Per-frame budget selection over an engine set (see the module docstring)."""
 
@@ -97,8 +83,17 @@ class Runtime:
         from edgeprune.engines.ort import OrtRunner
 
         self.set = load_engine_set(engine_set) if isinstance(engine_set, (str, Path)) else engine_set
-        self.profiles = profiles_from_calibration(self.set)
-        ok, why = calibration_matches(self.set)
+        calibration = None
+        if engines is not None:
+            from edgeprune.engines.build import built_calibration
+
+            calibration = built_calibration(engines)
+            if calibration is None:
+                warnings.warn(f"{engines}: the built engines are not calibrated, so the set's ONNX Runtime latencies "
+                              f"stand in for theirs; run `edgeprune calibrate {self.set.path} --engines {engines}`",
+                              RuntimeWarning, stacklevel=2)
+        self.profiles = profiles_from_calibration(self.set, calibration)
+        ok, why = calibration_matches(self.set, calibration)
         if not ok:
             message = f"{self.set.path}: calibrated on another machine ({why}); latency predictions may be off"
             if strict_machine:
@@ -120,7 +115,9 @@ class Runtime:
             self._runners = [OrtRunner(m.artifact.onnx_path, providers=[provider], threads=threads, spinning=False)
                              for m in self._members]
         else:
-            self._runners = built_runners(engines, self._members, threads)
+            from edgeprune.engines.build import set_runners
+
+            self._runners = set_runners(engines, self._members, threads, spinning=False)
         for runner in self._runners:
             runner.activate()
         self._lock = threading.Lock()

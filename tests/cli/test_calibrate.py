@@ -112,3 +112,16 @@ def test_damaged_set_exit_2(copy, damage, match, capsys):
 def test_calibrate_not_a_set(tmp_path, capsys):
     code, _, err = run(["calibrate", tmp_path], capsys)
     assert code == 2 and "no set.json" in error_line(err)
+
+
+def test_calibrate_built_engines(copy, tmp_path, capsys):
+    assert main(["build", str(copy), "--precision", "fp16", "--out", str(tmp_path / "built"), "--no-cache"]) == 0
+    capsys.readouterr()
+    code, out, err = run(["calibrate", copy, "--engines", tmp_path / "built", "--rounds", 3, "--warmup", 1], capsys)
+    assert code == 0, err
+    assert "ort-cpu fp16 engines" in out and "b0.75 p50" in out
+    stored = json.loads((tmp_path / "built" / "engines.json").read_text())["calibration"]
+    assert stored["engines"]["precision"] == "fp16" and set(stored["members"]) == {"b1.00", "b0.75"}
+    assert load_engine_set(copy).calibration is None  # the set's own calibration is untouched
+    code, _, err = run(["calibrate", copy, "--engines", tmp_path / "built" / "b1.00"], capsys)
+    assert code == 2 and "not a set build" in error_line(err)

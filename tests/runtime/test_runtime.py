@@ -146,14 +146,21 @@ def test_pool_signals(engine_set):
 
 
 def test_runtime_runs_built_engines(engine_set, tmp_path):
-    from edgeprune.engine_set import load_engine_set
+    from edgeprune.engine_set import calibrate_engine_set, load_engine_set
     from edgeprune.runtime import Runtime
     from edgeprune.engines.build import build_set
     from edgeprune.engines.trt import BuilderSettings
 
     build_set(load_engine_set(engine_set), "ort-cpu", BuilderSettings(), tmp_path / "built")
     frame = np.random.default_rng(3).integers(0, 255, (48, 40, 3), dtype=np.uint8)
+    with pytest.warns(RuntimeWarning, match="not calibrated"):
+        uncalibrated = Runtime(engine_set, target_ms=1000.0, engines=tmp_path / "built")
+    uncalibrated.close()
+    calibration = calibrate_engine_set(load_engine_set(engine_set), rounds=3, warmup=1, engines=tmp_path / "built")
+    assert calibration["engines"]["backend"] == "ort-cpu"
+    assert json.loads((tmp_path / "built" / "engines.json").read_text())["calibration"]["members"].keys() == {"b1.00", "b0.75"}
     with Runtime(engine_set, target_ms=1000.0) as plain, Runtime(engine_set, target_ms=1000.0, engines=tmp_path / "built") as built:
+        assert [p.p50_ms for p in built.profiles] == [calibration["members"][p.name]["p50_ms"] for p in built.profiles]
         a, b = plain.infer(frame), built.infer(frame)
         assert a.budget == b.budget
         for name in a.outputs:
@@ -161,5 +168,6 @@ def test_runtime_runs_built_engines(engine_set, tmp_path):
     other = tmp_path / "other"
     build_set(load_engine_set(engine_set), "ort-cpu", BuilderSettings(), other)
     (other / "engines.json").write_text((other / "engines.json").read_text().replace('"b0.75"', '"b1.00"', 1))
-    with pytest.raises(EdgepruneError):
+    with pytest.raises(EdgepruneError), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # not calibrated either; the mismatch is the point
         Runtime(engine_set, target_ms=1000.0, engines=other)

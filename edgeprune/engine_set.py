@@ -233,7 +233,8 @@ def calibrate_engine_set(
         from edgeprune.engines.build import built_calibration, load_engines, set_runners
 
         built_calibration(engines)  # a clear error when it is not a set build
-        runners = set_runners(engines, engine_set.members, threads, spinning=False)
+        built = load_engines(engines)
+        runners = set_runners(built, engine_set.members, threads, spinning=False)
     result = benchmark(artifacts, batch=batch, rounds=rounds, warmup=warmup, threads=threads,
                        providers=[provider], progress=progress, spinning=False, runners=runners)
     calibration = {
@@ -245,7 +246,7 @@ def calibrate_engine_set(
     if engines is not None:
         from edgeprune.engines.build import store_calibration
 
-        first = load_engines(engines, verify=False)[0].manifest
+        first = built[0].manifest
         calibration.update(provider=first["backend"], engines={"backend": first["backend"], "precision": first["precision"],
                                                                "device": first.get("device")})
         store_calibration(engines, calibration)

@@ -11,14 +11,12 @@ of per-round ratios against the first backend.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from edgeprune.artifact import load_artifact
-from edgeprune.engines.build import random_feed
+from edgeprune.bench import benchmark
 from edgeprune.engines.cache import EngineCache
 from edgeprune.engines.compare import open_runner, parse_backends
 from edgeprune.errors import EdgepruneError
@@ -36,26 +34,16 @@ def main() -> int:
         artifact = load_artifact(args.artifact)
         specs = parse_backends(args.backends)
         with tempfile.TemporaryDirectory() as work:
-            runners = {s.label: open_runner(artifact, s, Path(work), cache=EngineCache(), threads=args.threads).activate()
-                       for s in specs}
-            feed = random_feed(artifact.manifest["inputs"])
-            for runner in runners.values():
-                for _ in range(args.warmup):
-                    runner.run_raw(feed)
-            samples: dict[str, list[float]] = {k: [] for k in runners}
-            for r in range(args.rounds):
-                for label in (list(runners) if r % 2 == 0 else list(reversed(runners))):
-                    start = time.perf_counter()
-                    runners[label].run_raw(feed)
-                    samples[label].append((time.perf_counter() - start) * 1e3)
+            runners = [open_runner(artifact, s, Path(work), cache=EngineCache(), threads=args.threads) for s in specs]
+            # bench's interleaved rounds (shuffled order, pause, settle runs), one "artifact" per backend
+            result = benchmark([artifact] * len(specs), rounds=args.rounds, warmup=args.warmup, threads=args.threads,
+                               runners=runners)
     except EdgepruneError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    base = samples[specs[0].label]
     print(f"{artifact.path}: {args.rounds} interleaved rounds, {args.threads} threads")
-    for label, s in samples.items():
-        ratio = statistics.median(b / t for b, t in zip(base, s))
-        print(f"  {label:16s} median {statistics.median(s):8.2f} ms   speed vs {specs[0].label}: {ratio:5.2f}x")
+    for spec, row in zip(specs, result.rows):
+        print(f"  {spec.label:16s} median {row.p50_ms:8.2f} ms   speed vs {specs[0].label}: {row.speedup:5.2f}x")
     return 0
 
 

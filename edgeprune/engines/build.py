@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from edgeprune.artifact import Artifact, atomic_directory, load_artifact, read_folder_json, sha256_file, write_json_atomic
+from edgeprune.artifact import Artifact, atomic_directory, read_folder_json, sha256_file, write_json_atomic
 from edgeprune.engines.cache import ENGINE_MANIFEST, EngineCache, cache_key, copy_entry
 from edgeprune.errors import EdgepruneError
 
@@ -108,12 +108,12 @@ def backend_device(backend: str) -> dict[str, Any]:
     return device_info()
 
 
-def key_fields(artifact: Artifact, backend: str, settings: Any) -> dict[str, Any]:
+def key_fields(artifact: Artifact, backend: str, settings: Any, versions: dict[str, Any],
+               device: dict[str, Any]) -> dict[str, Any]:
     """Everything an engine depends on; its hash is the cache key."""
-    device = backend_device(backend)
     return {"onnx_sha256": artifact.manifest["onnx"]["sha256"], "backend": backend, "settings": settings.to_dict(),
             "graph_precision": graph_precision(backend, settings), "recipe": recipe_digest(),
-            "versions": {k: v for k, v in backend_versions(backend).items() if k != "edgeprune"},
+            "versions": {k: v for k, v in versions.items() if k != "edgeprune"},
             "device": {k: device.get(k) for k in ("gpu", "compute_capability", "cpu")}}
 
 
@@ -122,27 +122,23 @@ def write_graph(artifact: Artifact, precision: str, target: Path) -> str:
     import onnx
 
     from edgeprune.engines.precision import convert_precision
-    from edgeprune.graph import load_graph, topologically_sorted
+    from edgeprune.graph import load_graph
 
     if precision == "fp32":
         data = artifact.onnx_path.read_bytes()
     else:
-        data = topologically_sorted(convert_precision(load_graph(artifact.onnx_path), precision)).SerializeToString()
+        data = convert_precision(load_graph(artifact.onnx_path), precision).SerializeToString()
         onnx.checker.check_model(data)
     target.write_bytes(data)
     return hashlib.sha256(data).hexdigest()
 
 
 def random_feed(inputs: list[dict[str, Any]], batch: int = 1) -> dict[str, Any]:
-    """Fresh standard-normal inputs (never zeros) for the manifest's input list."""
-    import numpy as np
+    """Fresh standard-normal inputs (never zeros; export's unpredictable seed) for the manifest's input list."""
+    from edgeprune.exporters.onnx_export import fresh_pixels
 
-    rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))
-    feed = {}
-    for spec in inputs:
-        shape = [d if isinstance(d, int) else batch for d in spec["shape"]]
-        feed[spec["name"]] = rng.standard_normal(shape).astype(np.float32)
-    return feed
+    return {spec["name"]: fresh_pixels([d if isinstance(d, int) else batch for d in spec["shape"]]).numpy()
+            for spec in inputs}
 
 
 def ort_options(backend: str, settings: Any, folder: Path, timing_cache: Optional[Path] = None) -> dict[str, dict[str, str]]:
@@ -192,13 +188,13 @@ def source_entry(artifact: Artifact) -> dict[str, Any]:
 
 
 def engine_manifest(artifact: Artifact, backend: str, settings: Any, built: dict[str, Any], key: str,
-                    how: str, seconds: float) -> dict[str, Any]:
+                    versions: dict[str, Any], device: dict[str, Any], seconds: float) -> dict[str, Any]:
     return {
         "kind": ENGINE_KIND, "format": ENGINE_FORMAT, "backend": backend, "precision": settings.precision,
         "settings": settings.to_dict(), "source": source_entry(artifact),
         **built,
-        "versions": backend_versions(backend), "device": backend_device(backend), "cache_key": key,
-        "built": {"how": how, "seconds": round(seconds, 3),
+        "versions": versions, "device": device, "cache_key": key,
+        "built": {"how": "built", "seconds": round(seconds, 3),
                   "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
     }
 
@@ -210,8 +206,8 @@ def build_engine(artifact: Artifact, backend: str, settings: Any, out: Path, *, 
     check_precision(backend, settings)
     check_backend(backend)
     start = time.perf_counter()
-    fields = key_fields(artifact, backend, settings)
-    key = cache_key(fields)
+    versions, device = backend_versions(backend), backend_device(backend)
+    key = cache_key(key_fields(artifact, backend, settings, versions, device))
     entry = cache.lookup(key) if cache is not None else None
     with atomic_directory(out, overwrite=force) as tmp:
         if entry is not None:
@@ -222,7 +218,7 @@ def build_engine(artifact: Artifact, backend: str, settings: Any, out: Path, *, 
             manifest["source"]["artifact"] = str(artifact.path.resolve())
         else:
             built = _build_into(tmp, artifact, backend, settings, timing_cache, say)
-            manifest = engine_manifest(artifact, backend, settings, built, key, "built", time.perf_counter() - start)
+            manifest = engine_manifest(artifact, backend, settings, built, key, versions, device, time.perf_counter() - start)
         write_json_atomic(tmp / ENGINE_MANIFEST, manifest)
         if cache is not None and entry is None:
             cache.store(key, tmp)
@@ -334,6 +330,12 @@ def load_engines(path: str | os.PathLike, verify: bool = True) -> list[BuiltEngi
     return engines
 
 
+def engines_index(backend: str, precision: str, source: Optional[str], members: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ``engines.json`` of a set build; ``members``: {"budget", "path", "engine_sha256"} each."""
+    return {"kind": ENGINES_KIND, "format": ENGINE_FORMAT, "backend": backend, "precision": precision,
+            "source": source, "members": members}
+
+
 def build_set(engine_set: Any, backend: str, settings: Any, out: Path, *, cache: Optional[EngineCache] = None,
               timing_cache: Optional[Path] = None, force: bool = False,
               say: Callable[[str], None] = lambda _: None) -> list[BuiltEngine]:
@@ -343,24 +345,24 @@ def build_set(engine_set: Any, backend: str, settings: Any, out: Path, *, cache:
     with atomic_directory(out, overwrite=force) as tmp:
         built = [build_engine(m.artifact, backend, settings, tmp / m.path, cache=cache, timing_cache=timing_cache, say=say)
                  for m in engine_set.members]
-        write_json_atomic(tmp / ENGINES_FILE, {
-            "kind": ENGINES_KIND, "format": ENGINE_FORMAT, "backend": backend, "precision": settings.precision,
-            "source": str(engine_set.path.resolve()),
-            "members": [{"budget": m.budget, "path": m.path, "engine_sha256": b.manifest["engine"]["sha256"]}
-                        for m, b in zip(engine_set.members, built)]})
+        write_json_atomic(tmp / ENGINES_FILE, engines_index(
+            backend, settings.precision, str(engine_set.path.resolve()),
+            [{"budget": m.budget, "path": m.path, "engine_sha256": b.manifest["engine"]["sha256"]}
+             for m, b in zip(engine_set.members, built)]))
     return load_engines(out)
 
 
-def set_runners(engines: str | os.PathLike, members: list[Any], threads: Optional[int] = 2,
+def set_runners(engines: list[BuiltEngine], members: list[Any], threads: Optional[int] = 2,
                 spinning: bool = False) -> list[Any]:
-    """Runners (not yet active) of the engines ``edgeprune build SET`` wrote, in ``members`` order;
-    each engine must have been built from that member's ONNX."""
-    built = {e.manifest["source"]["onnx_sha256"]: e for e in load_engines(engines)}
+    """Runners (not yet active) of a set build's ``engines``, in ``members`` order; each engine must
+    have been built from that member's ONNX."""
+    built = {e.manifest["source"]["onnx_sha256"]: e for e in engines}
     runners = []
     for member in members:
         engine = built.get(member.onnx_sha256)
         if engine is None:
-            raise EdgepruneError(f"{engines}: no engine built from member {member.path}'s ONNX; run `edgeprune build` on this set")
+            raise EdgepruneError(f"{engines[0].path.parent}: no engine built from member {member.path}'s ONNX; "
+                                 "run `edgeprune build` on this set")
         runners.append(engine.runner(threads, spinning=spinning))
     return runners
 
@@ -385,5 +387,5 @@ def default_out(source: Path, backend: str, precision: str) -> Path:
 
 
 __all__ = ["BACKENDS", "BuiltEngine", "ENGINES_FILE", "ENGINE_KIND", "build_engine", "build_set", "built_calibration",
-           "check_backend", "default_out", "is_engine_build", "load_engine", "load_engines", "random_feed", "set_runners",
-           "store_calibration"]
+           "check_backend", "default_out", "engines_index", "is_engine_build", "load_engine", "load_engines", "random_feed",
+           "set_runners", "store_calibration"]

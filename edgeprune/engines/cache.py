@@ -58,12 +58,7 @@ class EngineCache:
         """Copy the engine folder ``built`` into the cache under ``key`` (atomically; replaces a stale entry)."""
         folder = self.entry(key)
         with atomic_directory(folder, overwrite=True) as tmp:
-            for item in built.iterdir():
-                target = tmp / item.name
-                if item.is_dir():
-                    shutil.copytree(item, target)
-                else:
-                    shutil.copy2(item, target)
+            copy_entry(built, tmp)
         return folder
 
 
@@ -85,7 +80,7 @@ def entry_problem(folder: Path, key: str) -> Optional[str]:
 
 
 def copy_entry(entry: Path, target: Path) -> None:
-    """Copy a cache entry's files into the (temporary) engine folder ``target``."""
+    """Copy an engine folder's files (a cache entry, or a fresh build) into the folder ``target``."""
     for item in entry.iterdir():
         if item.is_dir():
             shutil.copytree(item, target / item.name, dirs_exist_ok=True)

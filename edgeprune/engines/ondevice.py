@@ -11,6 +11,7 @@ checks them against their source artifacts, and writes ordinary engine folders.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import shlex
 import shutil
@@ -18,9 +19,9 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from edgeprune.artifact import Artifact, atomic_directory, read_folder_json, sha256_file, write_json_atomic
-from edgeprune.engines.build import (ENGINE_FORMAT, ENGINE_KIND, ENGINES_FILE, ENGINES_KIND, BuiltEngine, backend_versions,
-                                     check_precision, graph_precision, is_engine_build, load_engine, load_engines,
-                                     source_entry, write_graph)
+from edgeprune import __version__
+from edgeprune.engines.build import (ENGINE_FORMAT, ENGINE_KIND, ENGINES_FILE, BuiltEngine, check_precision, engines_index,
+                                     graph_precision, is_engine_build, load_engine, load_engines, source_entry, write_graph)
 from edgeprune.engines.cache import ENGINE_MANIFEST
 from edgeprune.errors import EdgepruneError
 
@@ -52,11 +53,19 @@ def expected_manifest(artifact: Artifact, settings: Any, graph_sha: str) -> dict
         "settings": settings.to_dict(), "source": source_entry(artifact),
         "graph": {"precision": graph_precision("trt", settings), "sha256": graph_sha},
         "engine": {"file": "model.engine", "sha256": None, "bytes": None},
-        "versions": {"edgeprune": backend_versions("ort-cpu")["edgeprune"], "tensorrt": None},
+        "versions": {"edgeprune": __version__, "tensorrt": None},
         "device": {"gpu": None, "compute_capability": None},
         "cache_key": None,
         "built": {"how": "trtexec", "seconds": None, "at": None},
     }
+
+
+def member_budget(name: str) -> Optional[float]:
+    """The budget in a set member's folder name (``b0.75`` -> 0.75); None for a single artifact."""
+    try:
+        return float(name[1:]) if name.startswith("b") else None
+    except ValueError:
+        return None
 
 
 def emit_script(members: list[tuple[str, Artifact]], settings: Any, out: Path, *, trt_version: str = "10",
@@ -72,19 +81,18 @@ def emit_script(members: list[tuple[str, Artifact]], settings: Any, out: Path, *
         (tmp / "graphs").mkdir()
         (tmp / "expected").mkdir()
         sums, commands = [], []
+        precision = graph_precision("trt", settings)
         for name, artifact in members:
-            say(f"{name}: writing the {graph_precision('trt', settings)} graph")
-            sha = write_graph(artifact, graph_precision("trt", settings), tmp / "graphs" / f"{name}.onnx")
+            say(f"{name}: writing the {precision} graph")
+            sha = write_graph(artifact, precision, tmp / "graphs" / f"{name}.onnx")
             sums.append(f"{sha}  graphs/{name}.onnx")
             (tmp / "expected" / f"{name}.json").write_text(json.dumps(expected_manifest(artifact, settings, sha), indent=2) + "\n")
             cmd = trtexec_command(f"graphs/{name}.onnx", f"engines/{name}.tmp/model.engine", settings, trt_version,
                                   timing_cache="timing.cache")
             commands.append(f"build_one {shlex.quote(name)} " + " ".join(shlex.quote(c) for c in cmd[1:]))
         (tmp / "graphs" / "SHA256SUMS").write_text("\n".join(sums) + "\n")
-        index = None if single else {"kind": ENGINES_KIND, "format": ENGINE_FORMAT, "backend": "trt",
-                                     "precision": settings.precision, "source": None,
-                                     "members": [{"budget": float(n[1:]) if n[1:].replace(".", "").isdigit() else None,
-                                                  "path": n, "engine_sha256": None} for n, _ in members]}
+        index = None if single else engines_index("trt", settings.precision, None, [
+            {"budget": member_budget(n), "path": n, "engine_sha256": None} for n, _ in members])
         script = tmp / SCRIPT
         script.write_text(_script_text(members, commands, index, settings, trt_version))
         script.chmod(0o755)
@@ -161,7 +169,7 @@ def check_imported(artifact: Artifact, engine_file: Path, manifest: Optional[dic
         if built_from != artifact.manifest["onnx"]["sha256"]:
             raise EdgepruneError(f"{engine_file}: built from another ONNX (sha256 {str(built_from)[:12]}…), not from {artifact.path}")
         checked.append("source onnx sha256")
-        if sha256_file(engine_file) != (manifest.get("engine") or {}).get("sha256"):
+        if hashlib.sha256(data).hexdigest() != (manifest.get("engine") or {}).get("sha256"):
             raise EdgepruneError(f"{engine_file}: sha256 differs from its engine.json (corrupt or replaced in transit)")
         checked.append("engine sha256")
     if tensorrt_version() is not None:
@@ -207,12 +215,9 @@ def import_engines(members: list[tuple[str, Artifact]], path: Path, out: Path, *
             manifest["source"]["artifact"] = str(artifact.path.resolve())
             manifest["built"] = dict(manifest.get("built") or {}, imported_from=str(where.resolve()), checked=checked)
             write_json_atomic(target / ENGINE_MANIFEST, manifest)
-            entries.append({"budget": float(name[1:]) if not single and name[1:].replace(".", "").isdigit() else None,
-                            "path": name, "engine_sha256": manifest["engine"]["sha256"]})
+            entries.append({"budget": member_budget(name), "path": name, "engine_sha256": manifest["engine"]["sha256"]})
         if not single:
-            write_json_atomic(tmp / ENGINES_FILE, {"kind": ENGINES_KIND, "format": ENGINE_FORMAT, "backend": "trt",
-                                                   "precision": entries and load_engine(tmp / entries[0]["path"], False).manifest["precision"],
-                                                   "source": None, "members": entries})
+            write_json_atomic(tmp / ENGINES_FILE, engines_index("trt", manifest["precision"], None, entries))
     return [load_engine(out)] if single else load_engines(out)
 
 

@@ -40,8 +40,7 @@ def resolve_providers(names: Sequence[str]) -> list[str]:
 
 def accelerator_options(provider: str, *, cache_dir: Optional[Path] = None, precision: str = "fp32",
                         workspace_mb: Optional[int] = None, optimization_level: Optional[int] = None,
-                        timing_cache_dir: Optional[Path] = None, hardware_compatible: bool = False,
-                        cuda_graph: bool = False) -> dict[str, str]:
+                        timing_cache_dir: Optional[Path] = None, hardware_compatible: bool = False) -> dict[str, str]:
     """Provider options for the CUDA and TensorRT execution providers, set from the same builder
     settings as ``edgeprune build --backend trt``: the TensorRT EP keeps its engines and timing cache
     in folders next to the built engine, so a second session loads instead of rebuilding."""
@@ -55,8 +54,6 @@ def accelerator_options(provider: str, *, cache_dir: Optional[Path] = None, prec
             options["trt_timing_cache_path"] = str(timing_cache_dir)
         if precision == "fp16":
             options["trt_fp16_enable"] = "True"
-        if precision == "bf16":
-            options["trt_bf16_enable"] = "True"
         if workspace_mb:
             options["trt_max_workspace_size"] = str(int(workspace_mb) << 20)
         if optimization_level is not None:
@@ -65,11 +62,8 @@ def accelerator_options(provider: str, *, cache_dir: Optional[Path] = None, prec
             options["trt_engine_hw_compatible"] = "True"
         return options
     if provider == "cuda":
-        # Static shapes: the exhaustive cuDNN search runs once, and CUDA graphs can replay the whole run.
-        options = {"cudnn_conv_algo_search": "EXHAUSTIVE", "arena_extend_strategy": "kSameAsRequested"}
-        if cuda_graph:
-            options["enable_cuda_graph"] = "1"
-        return options
+        # Static shapes: the exhaustive cuDNN search runs once per session and pays off on every frame.
+        return {"cudnn_conv_algo_search": "EXHAUSTIVE", "arena_extend_strategy": "kSameAsRequested"}
     return {}
 
 

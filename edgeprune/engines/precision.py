@@ -46,6 +46,7 @@ import numpy as np
 import onnx
 
 from edgeprune.errors import EdgepruneError
+from edgeprune.graph import topologically_sorted
 
 PRECISIONS = ("fp32", "fp16")
 FP32_OPS = ("LayerNormalization", "Softmax", "TopK", "CumSum", "ReduceMean", "ReduceSum", "Pow", "Sqrt")
@@ -109,12 +110,13 @@ def residual_nodes(model: onnx.ModelProto) -> set[str]:
     return (ahead & behind) | makers
 
 
-def decision_input_nodes(model: onnx.ModelProto) -> set[str]:
+def decision_input_nodes(model: onnx.ModelProto, residual: Optional[set[str]] = None) -> set[str]:
     """Every node a decision depends on, back to the nearest LayerNormalization or residual-stream
-    node (both excluded): the metric a reducer ranks, computed from fp32 state."""
+    node (both excluded; ``residual``: :func:`residual_nodes`, when already known): the metric a
+    reducer ranks, computed from fp32 state."""
     graph = model.graph
     producer, _ = _links(graph)
-    stop = residual_nodes(model)
+    stop = residual if residual is not None else residual_nodes(model)
     found: set[str] = set()
     todo = [n for n in graph.node if n.op_type in DECISION_OPS]
     while todo:
@@ -129,8 +131,9 @@ def decision_input_nodes(model: onnx.ModelProto) -> set[str]:
 def fp32_nodes(model: onnx.ModelProto) -> dict[str, str]:
     """Every node :func:`convert_precision` keeps in fp32, with the reason (the first that applies):
     ``"fp32 op"``, ``"decision"``, ``"decision input"`` or ``"residual"``; see the module doc."""
-    groups = [("decision", score_nodes(model)), ("decision input", decision_input_nodes(model)),
-              ("residual", residual_nodes(model))]
+    residual = residual_nodes(model)
+    groups = [("decision", score_nodes(model)), ("decision input", decision_input_nodes(model, residual)),
+              ("residual", residual)]
     kept: dict[str, str] = {}
     for node in model.graph.node:
         if node.op_type in FP32_OPS:
@@ -164,7 +167,7 @@ def convert_precision(model: onnx.ModelProto, precision: str) -> onnx.ModelProto
                                                      node_block_list=sorted(fp32_nodes(work)))
     _drop_round_trips(converted)
     converted.producer_name = "edgeprune"
-    return converted
+    return topologically_sorted(converted)  # the converter appends its casts at the end
 
 
 def _drop_round_trips(model: onnx.ModelProto) -> None:
@@ -214,10 +217,7 @@ def with_choice_outputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[s
     ArgMax/ArgMin (the token a merged token joins)."""
     work = onnx.ModelProto()
     work.CopyFrom(model)
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in work.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    _, consumers = _links(work.graph)
     names = []
     for node in work.graph.node:
         if node.op_type in ("ArgMax", "ArgMin"):  # where each merged token goes (ToMe's destination)

@@ -73,7 +73,7 @@ RULES: dict[str, Rule] = {r.id: r for r in (
     Rule("dynamic-shape", "error", "a graph input or output has a symbolic non-batch dimension",
          "export with static token counts (edgeprune plans are static); only the batch axis may be symbolic"),
     Rule("dynamic-batch", "warning", "symbolic batch axis: the build needs an optimization profile",
-         "pass the batch range to the builder (edgeprune build sets one), or export with a fixed --batch"),
+         "export with a fixed --batch (edgeprune build makes static-shape engines), or give the builder a batch profile"),
     Rule("data-dependent-shape", "error", "an output's shape depends on the input values",
          "replace the op with a static-shape equivalent (TopK with a fixed K instead of NonZero)"),
     Rule("int64-io", "warning", "INT64 graph input or output: TensorRT before 10 casts it to INT32",

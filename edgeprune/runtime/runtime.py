@@ -115,9 +115,9 @@ class Runtime:
             self._runners = [OrtRunner(m.artifact.onnx_path, providers=[provider], threads=threads, spinning=False)
                              for m in self._members]
         else:
-            from edgeprune.engines.build import set_runners
+            from edgeprune.engines.build import load_engines, set_runners
 
-            self._runners = set_runners(engines, self._members, threads, spinning=False)
+            self._runners = set_runners(load_engines(engines), self._members, threads, spinning=False)
         for runner in self._runners:
             runner.activate()
         self._lock = threading.Lock()

@@ -75,38 +75,19 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
 
 
 def resize_rgb(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize of uint8 RGB; Pillow's filter widens when shrinking, so there is no aliasing."""
-    if image.shape[:2] == (height, width):
-        return image
-    return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
+    """Resize uint8 RGB to a model's input size: area average when shrinking (no aliasing), bilinear
+    otherwise; see :func:`edgeprune.video.frames.resize_frame`, which the native library reproduces exactly."""
+    from edgeprune.video.frames import resize_frame
 
-
-def _bilinear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    # Same sampling as torch's interpolate(mode="bilinear", align_corners=False).
-    src = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
-    src = np.clip(src, 0, None)
-    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    return i0, i1, (src - i0).astype(np.float32)
+    return resize_frame(image, height, width)
 
 
 def upsample_argmax(logits: np.ndarray, height: int, width: int, band: int = 256) -> np.ndarray:
-    """Logits [K, h, w] -> uint8 labels [height, width]: bilinear upsampling then argmax.
+    """Logits [K, h, w] -> uint8 labels [height, width]: bilinear upsampling then argmax (the exact reference,
+    :func:`edgeprune.video.frames.labels_exact`; :func:`edgeprune.video.frames.labels_fast` gives the same labels faster)."""
+    from edgeprune.video.frames import labels_exact
 
-    Done in row bands so a large photo never holds K full-resolution float planes at once.
-    """
-    k, h, w = logits.shape
-    if k > 256:
-        raise EdgepruneError(f"{k} classes do not fit an 8-bit label image")
-    x0, x1, wx = _bilinear_taps(w, width)
-    rows = logits[:, :, x0] * (1 - wx) + logits[:, :, x1] * wx  # [K, h, width]
-    y0, y1, wy = _bilinear_taps(h, height)
-    labels = np.empty((height, width), np.uint8)
-    for start in range(0, height, band):
-        sl = slice(start, min(height, start + band))
-        a = wy[sl, None]
-        labels[sl] = np.argmax(rows[:, y0[sl]] * (1 - a) + rows[:, y1[sl]] * a, axis=0)
-    return labels
+    return labels_exact(logits, height, width, band)
 
 
 def default_palette(num_classes: int) -> np.ndarray:

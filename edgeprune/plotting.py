@@ -144,9 +144,10 @@ def _save(fig, path: str | os.PathLike) -> Path:
 
 
 def plot_timeline(path: str | os.PathLike, x: Sequence[int], budgets: Mapping[str, Sequence[float]],
-                  latencies: Mapping[str, Sequence[float]], target_ms: float, *, title: str,
+                  latencies: Mapping[str, Sequence[float]], target_ms: float | Sequence[float], *, title: str,
                   budget_label: str = "budget (MACs ratio)", x_label: str = "frame") -> None:
-    """Two stacked panels over time: budget per series (steps) and latency per series, with the target."""
+    """Two stacked panels over time: budget per series (steps) and latency per series, with the target
+    (one value, or one per frame)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -162,7 +163,10 @@ def plot_timeline(path: str | os.PathLike, x: Sequence[int], budgets: Mapping[st
         ax1.legend(fontsize=7, loc="lower right")
     for (label, values), colour in zip(latencies.items(), ("tab:orange", "tab:green", "tab:purple")):
         ax2.plot(x, values, lw=0.8, color=colour, label=label)
-    ax2.axhline(target_ms, color="red", ls="--", lw=1, label=f"target {target_ms:.1f} ms")
+    if isinstance(target_ms, (int, float)):
+        ax2.axhline(target_ms, color="red", ls="--", lw=1, label=f"target {target_ms:.1f} ms")
+    else:  # a target that changes during the run (the demo's load step)
+        ax2.step(x, target_ms, where="post", color="red", ls="--", lw=1, label="target")
     ax2.set_xlabel(x_label)
     ax2.set_ylabel("latency, ms")
     ax2.grid(alpha=0.3)

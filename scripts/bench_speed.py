@@ -35,6 +35,22 @@ VARIANTS = {
 }
 
 
+def _reusable(path: Path, plan: "edgeprune.TokenPlan", model_name: str):
+    """The artifact already at ``path`` when it was exported from this model with exactly this plan
+    (an edited VARIANTS entry or another --model must not be timed under the old name); else None."""
+    try:
+        artifact = load_artifact(path)
+    except EdgepruneError:
+        return None
+    info = artifact.manifest.get("model") or {}
+    same_model = str(info.get("name", info.get("path"))) == model_name
+    if same_model and artifact.manifest.get("plan") == plan.to_dict():
+        print(f"reusing {path} (same model and plan)", flush=True)
+        return artifact
+    print(f"re-exporting {path}: its model or plan differs from this run's", flush=True)
+    return None
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="vit_base_patch16_224")
@@ -50,12 +66,11 @@ def main() -> int:
     artifacts = []
     for name, (method, kwargs) in variants.items():
         path = args.out / name
-        try:
-            artifacts.append(load_artifact(path))
-            continue
-        except EdgepruneError:
-            pass
         plan = edgeprune.build_plan(model, method, **kwargs)
+        reused = _reusable(path, plan, args.model)
+        if reused is not None:
+            artifacts.append(reused)
+            continue
         start = time.perf_counter()
         artifacts.append(export(model, plan, path, model_info=info, overwrite=True))
         print(f"exported {name}: keep={list(plan.keep)} MACs={plan.macs_ratio:.3f} in {time.perf_counter() - start:.1f}s", flush=True)

@@ -19,7 +19,10 @@ LIMIT_MB = 50.0
 
 
 def main(argv: list[str] | None = None) -> int:
-    from edgeprune.cli.demo_cmd import Source, _default_model, run_demo, vmrss_mb
+    from edgeprune.cli.demo_cmd import _default_model
+    from edgeprune.video.demo import run_demo
+    from edgeprune.video.outputs import vmrss_mb
+    from edgeprune.video.sources import Source
     from edgeprune.data.scenes import SceneConfig, make_clip
     from edgeprune.images import resize_rgb
 
@@ -57,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         print("VmRSS is not available on this system (needs /proc/self/status)")
         return 0
     growth = marks["last"] - marks["warm"]
-    print(f"{summary['frames']} frames, {summary['fps_achieved']:.1f} fps, hits {summary['hit_rate']:.1%}; "
+    print(f"{summary['frames']} frames, {summary['fps_end_to_end']:.1f} fps, hits {summary['hit_rate']:.1%}; "
           f"VmRSS start {marks['start']} MB, after {args.warmup} warm-up frames {marks['warm']} MB, "
           f"at the last frame {marks['last']} MB: growth {growth:+.1f} MB (limit {LIMIT_MB:g} MB) -> {'OK' if growth <= LIMIT_MB else 'FAIL'}; "
           f"{marks['end']} MB after writing the metrics and plot (matplotlib's one-off import)")

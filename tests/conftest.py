@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import timm
 import torch
@@ -34,11 +32,28 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 
 @pytest.fixture
 def pixels():
+    from edgeprune.exporters.onnx_export import fresh_seed
+
     def make(batch: int = 2, size: int = 32, chans: int = 3) -> torch.Tensor:
-        gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
+        gen = torch.Generator().manual_seed(fresh_seed())
         return torch.randn(batch, chans, size, size, generator=gen)
 
     return make
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test shows the random seeds it drew (fixtures and export parity checks alike);
+    ``EDGEPRUNE_SEED=N`` makes every draw use N, to rerun it."""
+    from edgeprune.exporters.onnx_export import RECENT_SEEDS
+
+    if call.when == "setup":
+        RECENT_SEEDS.clear()
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and RECENT_SEEDS:
+        report.sections.append(("random seeds", "seeds drawn by this test (rerun with EDGEPRUNE_SEED=N): "
+                                + ", ".join(str(s) for s in RECENT_SEEDS)))
 
 
 @pytest.fixture(scope="session", autouse=True)

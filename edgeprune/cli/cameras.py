@@ -43,11 +43,12 @@ def run_cameras(sources: list[Any], model: Path, out_path: Path, *, pool: Option
     """Run ``sources`` as simultaneous cameras through one engine set and one token pool per tick."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from edgeprune.cli.demo_cmd import _check_outputs, all_or_nothing, output_paths, vmrss_mb, write_side_outputs
     from edgeprune.engine_set import is_engine_set
-    from edgeprune.images import overlay, palette_array, resize_rgb, upsample_argmax
+    from edgeprune.images import palette_array, resize_rgb
+    from edgeprune.video.frames import labels_fast, overlay_fast
     from edgeprune.runtime.runtime import Runtime
     from edgeprune.video import VideoWriter, draw_hud
+    from edgeprune.video.outputs import all_or_nothing, check_outputs, output_paths, vmrss_mb, write_side_outputs
 
     if len(sources) < 2:
         raise EdgepruneError("--cameras needs at least two videos (one per camera)")
@@ -59,7 +60,7 @@ def run_cameras(sources: list[Any], model: Path, out_path: Path, *, pool: Option
     if len(set(names)) != len(names):
         names = [f"{i}:{n}" for i, n in enumerate(names)]
     pool = 0.5 * len(sources) if pool is None else pool
-    _check_outputs(out_path, [Path(s.name) for s in sources], force)
+    check_outputs(out_path, [Path(s.name) for s in sources], force)
     video_path = output_paths(out_path)[0]
     target_ms = 1000.0 / target_fps
     with warnings.catch_warnings(record=True) as caught:
@@ -101,7 +102,7 @@ def run_cameras(sources: list[Any], model: Path, out_path: Path, *, pool: Option
                                (255, 255, 255))]
                 for k, (name, frame) in enumerate(zip(names, frames)):
                     r = results[name]
-                    image = overlay(frame, upsample_argmax(np.asarray(r.outputs["logits"][0], np.float32), th, tw), palette, alpha)
+                    image = overlay_fast(frame, labels_fast(r.outputs["logits"][0], th, tw), palette, alpha)
                     lines = [(name, (255, 255, 255)), (f"budget {r.budget:.2f}  {r.total_ms:.1f} ms", (255, 255, 255))]
                     draw_hud(image, lines + (tick_lines if k == 0 else []))
                     tiles.append(image)

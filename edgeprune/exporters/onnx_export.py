@@ -6,6 +6,7 @@ import contextlib
 import io
 import logging
 import os
+from collections import deque
 import platform
 import time
 import warnings
@@ -45,9 +46,20 @@ def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
     return float(np.abs(actual.astype(np.float64) - expected).max()) / scale
 
 
+RECENT_SEEDS: deque[int] = deque(maxlen=32)  # printed by the test session when a test fails
+
+
+def fresh_seed() -> int:
+    """An unpredictable seed (or ``$EDGEPRUNE_SEED``, to rerun a failure), remembered in RECENT_SEEDS."""
+    forced = os.environ.get("EDGEPRUNE_SEED")
+    seed = int(forced) if forced else int.from_bytes(os.urandom(8), "little") >> 1
+    RECENT_SEEDS.append(seed)
+    return seed
+
+
 def fresh_pixels(shape: list[int]) -> torch.Tensor:
     """Random pixels from an unpredictable seed, so parity is never checked on one lucky input."""
-    gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
+    gen = torch.Generator().manual_seed(fresh_seed())
     return torch.randn(*shape, generator=gen)
 
 

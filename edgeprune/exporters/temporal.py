@@ -194,9 +194,9 @@ def temporal_macs(module: TemporalSegmenter, recompute: int) -> int:
 
 def fresh_inputs(module: TemporalSegmenter, batch: int, recompute: int) -> tuple[Tensor, ...]:
     """Random pixels, a random distinct ``update_index`` per batch element and random caches."""
-    from edgeprune.exporters.onnx_export import fresh_pixels
+    from edgeprune.exporters.onnx_export import fresh_pixels, fresh_seed
 
-    gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
+    gen = torch.Generator().manual_seed(fresh_seed())
     spec = module.adapter.spec
     pixels = fresh_pixels([batch, spec.in_chans, *spec.img_size])
     index = torch.stack([torch.randperm(module.num_patches, generator=gen)[:recompute] for _ in range(batch)])

@@ -132,6 +132,15 @@ class Runtime:
     def budgets(self) -> list[float]:
         return [p.budget for p in self.profiles]
 
+    @property
+    def provider_name(self) -> str:
+        """The provider that really runs the engines (ONNX Runtime falls back to the CPU when an
+        accelerator's provider fails to load), or the engine's backend for built engines."""
+        session = getattr(self._runners[0], "session", None)
+        if session is not None and hasattr(session, "get_providers"):
+            return str(session.get_providers()[0])
+        return str(getattr(self._runners[0], "name", "unknown"))
+
     def preprocess(self, frame: np.ndarray) -> np.ndarray:
         """RGB uint8 [H, W, 3] -> the engine's normalised input [1, 3, h, w] (model input size)."""
         from edgeprune.evaluation import normalize

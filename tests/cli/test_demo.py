@@ -37,22 +37,45 @@ def frames_of(path: Path) -> list[np.ndarray]:
     return list(open_video(path))
 
 
-def test_generated_clip_default_model(tmp_path, capsys):
+def test_default_demo_switches_budgets_and_runs_temporal_reuse(tmp_path, capsys):
+    """Issue 11: no arguments -> the cached engine set under a deadline step, then temporal reuse."""
     out = tmp_path / "out.mp4"
-    code, stdout, err = run(["demo", "--max-frames", "20", "--out", out, *FAST], capsys)
+    code, stdout, err = run(["demo", "--max-frames", "60", "--out", out], capsys)
+    assert code == 0, err
+    assert outputs(tmp_path) == ["out.metrics.json", "out.mp4", "out.plot.png", "out.temporal.metrics.json",
+                                 "out.temporal.mp4", "out.temporal.plot.png"]
+    data = json.loads((tmp_path / "out.metrics.json").read_text())
+    s = data["summary"]
+    assert data["kind"].startswith("engine set") and len(s["budgets_used"]) >= 2, s["budgets_used"]
+    targets = [r["target_ms"] for r in data["frames"]]
+    assert targets[0] > targets[-1]  # the deadline tightens half way
+    # The budget follows: the full model before the step, smaller budgets after it.
+    assert data["frames"][25]["budget"] > np.mean([r["budget"] for r in data["frames"][40:]])
+    assert s["fps_end_to_end"] > 0 and set(s["stages"]) >= {"decode", "pre", "engine", "post", "encode"}
+    temporal = json.loads((tmp_path / "out.temporal.metrics.json").read_text())
+    assert temporal["kind"] == "temporal reuse" and temporal["summary"]["frames"] == 60
+    assert stdout.count("fps end to end") == 2
+    # The second run reuses the cached exports.
+    code, _, err = run(["demo", "--max-frames", "4", "--out", out, "--force"], capsys)
+    assert code == 0 and "exporting" not in err, err
+
+
+def test_generated_clip_eager_model(tmp_path, capsys):
+    out = tmp_path / "out.mp4"
+    code, stdout, err = run(["demo", "--max-frames", "20", "--model", REFERENCE, "--out", out, *FAST], capsys)
     assert code == 0, err
     assert outputs(tmp_path) == ["out.metrics.json", "out.mp4", "out.plot.png"]
     reader = open_video(out)
     assert reader.size == (256, 256) and len(list(reader)) == 20
     data = json.loads((tmp_path / "out.metrics.json").read_text())
     s = data["summary"]
-    assert s["frames"] == 20 and len(data["frames"]) == 20 and s["mean_budget"] == 1.0
+    assert s["frames"] == 20 and len(data["frames"]) == 20 and s["mean_budget"] == 1.0 and s["dropped"] == 0
     assert 0 <= s["hit_rate"] <= 1 and s["p95_ms"] >= s["p50_ms"] > 0 and s["rss_end_mb"] > 0
-    assert set(data["frames"][0]) == {"index", "engine", "budget", "engine_ms", "total_ms", "deadline_met"}
-    assert "20 frames" in stdout and "hits" in stdout
+    assert {"index", "engine", "budget", "engine_ms", "total_ms", "deadline_met", "ms"} <= set(data["frames"][0])
+    assert "20 frames" in stdout and "hits" in stdout and "fps end to end" in stdout
     # Existing outputs are refused without --force, and left alone.
     before = out.stat().st_mtime_ns
-    code, _, err = run(["demo", "--max-frames", "2", "--out", out, *FAST], capsys)
+    code, _, err = run(["demo", "--max-frames", "2", "--model", REFERENCE, "--out", out, *FAST], capsys)
     assert code == 2 and "--force" in error_line(err) and out.stat().st_mtime_ns == before
 
 
@@ -89,6 +112,10 @@ def test_bad_inputs_exit_2_and_leave_nothing(tmp_path, capsys):
         (["demo", "--out", tmp_path / "text.mp4" / "out.mp4"], "not a directory"),
         (["demo", "--out", tmp_path / "out.avi"], ".mp4"),
         (["demo", "--policy", "fastest"], "unknown policy"),
+        (["demo", "--target-fps", "30,10"], "--target-fps"),
+        (["demo", "--camera", "7"], "cannot open camera 7"),
+        (["demo", "--camera", str(tmp_path / "missing.mp4")], "cannot open camera"),
+        (["demo", "--camera", str(tmp_path / "text.mp4")], "cannot open camera"),
     ]
     for argv, message in cases:
         args = [*argv, "--max-frames", "2", *FAST]
@@ -111,7 +138,7 @@ def test_engine_set(engine_sets, tmp_path, capsys):
     assert data["budgets"] == [1.0, 0.5] and data["policy"] == "deadline"
     assert {r["budget"] for r in data["frames"]} <= {1.0, 0.5}
     assert {r["engine"] for r in data["frames"]} <= {"b1.00", "b0.50"}
-    assert data["summary"]["target_ms"] == 10.0 and len(frames_of(out)) == 15
+    assert data["frames"][0]["target_ms"] == 10.0 and len(frames_of(out)) == 15
     code, _, err = run(["demo", "--model", engine_sets["calibrated"], "--policy", "fixed", "--max-frames", "3",
                         "--out", tmp_path / "fixed.mp4", *FAST], capsys)
     assert code == 0, err
@@ -129,3 +156,21 @@ def test_unreachable_target_warns_and_degrades(engine_sets, tmp_path, capsys):
     assert code == 0 and "warning: target 0.01 ms is below the fastest engine" in " ".join(err.split())
     data = json.loads((tmp_path / "out.metrics.json").read_text())
     assert {r["budget"] for r in data["frames"]} == {0.5}  # the smallest budget, every frame
+
+
+def test_camera_drops_stale_frames_and_counts_them(engine_sets, tmp_path, capsys):
+    """A live source never queues: a file played as a camera at 200 fps outruns the engine, frames are dropped
+    and counted, and the output holds only the frames that were processed."""
+    from edgeprune.data import SceneConfig, make_clip
+
+    clip, _ = make_clip(5, 90, SceneConfig(height=96, width=128))
+    src = tmp_path / "cam.mp4"
+    with VideoWriter(src, 200, (128, 96)) as writer:
+        for f in clip:
+            writer.write(f)
+    out = tmp_path / "out.mp4"
+    code, stdout, err = run(["demo", "--camera", str(src), "--model", engine_sets["calibrated"], "--out", out, *FAST], capsys)
+    assert code == 0, err
+    s = json.loads((tmp_path / "out.metrics.json").read_text())["summary"]
+    assert s["dropped"] > 0 and s["frames"] + s["dropped"] <= 90 and len(frames_of(out)) == s["frames"]
+    assert f"{s['dropped']} dropped" in stdout

@@ -90,13 +90,13 @@ class _Renderer:
         met = step.total_ms <= target_ms
         self.hits += met
         fps = (len(self._recent) - 1) / (self._recent[-1] - self._recent[0]) if len(self._recent) > 1 else 0.0
-        what = step.engine if self.temporal else f"budget {step.budget:.2f}  ({step.engine})"
+        what = step.engine if self.temporal else f"budget {step.budget:.2f}"
         draw_hud(image, [
-            (f"frame {index}   end-to-end {fps:.1f} fps", (255, 255, 255)),
+            (f"frame {index}  {fps:.1f} fps end to end", (255, 255, 255)),
             (what, (255, 230, 120)),
-            (f"frame {step.total_ms:.1f} ms (engine {step.engine_ms:.1f}) / target {target_ms:.1f} ms",
+            (f"{step.total_ms:.1f} ms (engine {step.engine_ms:.1f}) / {target_ms:.1f}",
              (120, 255, 120) if met else (255, 90, 90)),
-            (f"hits {self.hits / (index + 1):.1%}", (255, 255, 255)),
+            (f"deadline hits {self.hits / (index + 1):.1%}", (255, 255, 255)),
         ])
         t2 = time.perf_counter()
         self.writer.write(image)

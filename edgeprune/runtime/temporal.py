@@ -132,7 +132,9 @@ def choose_patches(change: np.ndarray, count: int) -> tuple[np.ndarray, float]:
     """The ``count`` most changed patches (ascending indices, int64) and the mean change of the rest."""
     if count >= change.size:
         return np.arange(change.size, dtype=np.int64), 0.0
-    chosen = np.argpartition(-change, count - 1)[:count]
+    # A stable sort, not argpartition: equally changed patches (common on real video) are then chosen
+    # by index on every machine, which the native runtime reproduces exactly.
+    chosen = np.argsort(-change, kind="stable")[:count]
     stale = np.ones(change.size, bool)
     stale[chosen] = False
     return np.sort(chosen).astype(np.int64), float(change[stale].mean())

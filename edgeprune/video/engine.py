@@ -26,6 +26,8 @@ class Step:
     scheduler_ms: float = 0.0
     provider: str = "CPUExecutionProvider"
     reason: str = ""
+    labels: Optional[np.ndarray] = None  # [H, W] at the frame's size when the engine made them (native)
+    post_ms: float = 0.0  # time spent making ``labels``
 
 
 def _palette(info: dict[str, Any]) -> np.ndarray:
@@ -55,12 +57,22 @@ class FrameEngine:
         if native:
             if not (is_engine_set(model) or is_temporal(model)):
                 raise EdgepruneError("--native runs engine sets and temporal artifacts; --model is neither")
-            from edgeprune.native import NativeRuntime
+            from edgeprune.native import NativeRuntime, build_native, is_available
 
             with console.status("loading the native runtime"):
+                if not is_available():
+                    build_native()
                 self._native = NativeRuntime(model, target_ms, policy, threads=threads, provider=provider, engines=engines)
-            self.kind = "temporal reuse" if is_temporal(model) else f"engine set, policy {policy}, native"
-            self.palette = _palette(self._native.model_info)
+            if is_temporal(model):
+                from edgeprune.runtime.temporal import load_temporal
+
+                self.kind, info = "temporal reuse", load_temporal(model, verify=False).model
+            else:
+                from edgeprune.engine_set import load_engine_set
+
+                self.kind = f"engine set, policy {policy}, native"
+                info = load_engine_set(model, verify=False).manifest.get("model") or {}
+            self.palette = _palette(info)
             self.budgets = list(self._native.budgets)
         elif is_temporal(model):
             from edgeprune.runtime.temporal import TemporalRuntime
@@ -96,9 +108,10 @@ class FrameEngine:
 
     def step(self, frame: np.ndarray, deadline_ms: Optional[float] = None) -> Step:
         if self._native is not None:
-            r = self._native.infer(frame, stream=self._source, deadline_ms=deadline_ms, labels=None, logits=True)
-            return Step(r.engine, r.budget, r.logits[0], r.engine_ms, r.total_ms, r.pre_ms, r.scheduler_ms,
-                        r.provider, r.reason)
+            # Labels at the frame's (output) size come from the library's exact fast path, in this thread.
+            r = self._native.infer(frame, stream=self._source, deadline_ms=deadline_ms, labels="input", logits=True)
+            return Step(r.engine, r.budget, r.logits[0], r.engine_ms, r.total_ms - r.post_ms, r.pre_ms, r.scheduler_ms,
+                        r.provider, r.reason, labels=r.labels, post_ms=r.post_ms)
         if self._temporal is not None:
             t = self._temporal.infer(frame, stream=self._source)
             name = f"refresh ({t.reason})" if t.refreshed else f"update {t.recomputed:.0%} of patches"

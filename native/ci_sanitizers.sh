@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Sanitizer acceptance runs of libedgeprune (issue 12), each in its own build folder:
+#   ASan+LSan  native/build-asan  1000 frames and 100 open/close cycles: no leak, no memory error
+#   TSan       native/build-tsan  4 threads x 4 streams on one runtime: no data race
+#   UBSan      native/build-ubsan the quick workload and the C API tests: no undefined behaviour
+# Runs on an engine set and a temporal artifact: SET and TEMPORAL arguments, or exported from
+# models/scene_seg into a temporary folder. Exits non-zero on any finding.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(dirname "$here")"
+die() { echo "ci_sanitizers.sh: error: $*" >&2; exit 1; }
+
+ort="${EDGEPRUNE_ORT_LIBRARY:-$(python -c 'from edgeprune.native import default_ort_library as f; print(f() or "")')}"
+[ -n "$ort" ] || die "no ONNX Runtime library (install the onnxruntime wheel or set EDGEPRUNE_ORT_LIBRARY)"
+export EDGEPRUNE_ORT_LIBRARY="$ort"
+
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+set_dir="${1:-}"
+temporal_dir="${2:-}"
+if [ -z "$set_dir" ]; then
+  set_dir="$work/set"
+  (cd "$root" && edgeprune export models/scene_seg --budgets 1.0,0.5 --out "$set_dir" >/dev/null \
+    && edgeprune calibrate "$set_dir" --rounds 10 >/dev/null) || die "could not export the engine set"
+fi
+if [ -z "$temporal_dir" ]; then
+  temporal_dir="$work/t25"
+  (cd "$root" && edgeprune export models/scene_seg --temporal 0.25 --out "$temporal_dir" >/dev/null) \
+    || die "could not export the temporal artifact"
+fi
+
+build() {  # $1 = sanitizer, $2 = folder
+  EDGEPRUNE_NATIVE_BUILD="$here/$2" BUILD_TYPE=RelWithDebInfo CMAKE_ARGS="-DEDGEPRUNE_SANITIZE=$1" \
+    "$here/build.sh" >/dev/null
+}
+
+status=0
+run() {  # $1 = label, rest = command; its output is kept in $work/<label>.log
+  local label="$1"; shift
+  if "$@" >"$work/$label.log" 2>&1; then
+    echo "ok      $label"
+  else
+    echo "FAILED  $label (exit $?):"
+    grep -m5 -E "ERROR|WARNING|runtime error|leak|FAILED|SUMMARY" "$work/$label.log" | sed 's/^/    /' || tail -n5 "$work/$label.log"
+    status=1
+  fi
+}
+
+build address build-asan
+export ASAN_OPTIONS="detect_leaks=1:halt_on_error=1:exitcode=23"
+# ONNX Runtime is loaded with dlopen and not instrumented; LSan still sees its allocations, and any
+# block it reports as definitely lost fails the run.
+for target in "$set_dir" "$temporal_dir"; do
+  name="$(basename "$target")"
+  run "asan-leaks-$name" env EDGEPRUNE_TEST_SET="$target" "$here/build-asan/test_stress" leaks
+done
+run "asan-c-api" env EDGEPRUNE_TEST_SET="$set_dir" "$here/build-asan/test_c_api"
+unset ASAN_OPTIONS
+
+build thread build-tsan
+export TSAN_OPTIONS="halt_on_error=1:exitcode=24:suppressions=$here/tests/tsan.supp"
+for target in "$set_dir" "$temporal_dir"; do
+  run "tsan-races-$(basename "$target")" env EDGEPRUNE_TEST_SET="$target" "$here/build-tsan/test_stress" races
+done
+unset TSAN_OPTIONS
+
+build undefined build-ubsan
+export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:exitcode=25"
+for target in "$set_dir" "$temporal_dir"; do
+  run "ubsan-$(basename "$target")" env EDGEPRUNE_TEST_SET="$target" "$here/build-ubsan/test_stress" quick
+done
+run "ubsan-c-api" env EDGEPRUNE_TEST_SET="$set_dir" "$here/build-ubsan/test_c_api"
+
+[ "$status" -eq 0 ] && echo "ci_sanitizers.sh: all sanitizer runs clean"
+exit "$status"

@@ -1,0 +1,173 @@
+"""Bad input gives a status with one clear line, never a crash or partial state: one test per case."""
+
+from __future__ import annotations
+
+import ctypes as C
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from edgeprune.errors import EdgepruneError
+
+
+def status_of(lib, status):
+    code, message = lib.edgeprune_status_code(status), lib.edgeprune_status_message(status).decode()
+    lib.edgeprune_status_free(status)
+    assert "\n" not in message
+    return code, message
+
+
+@pytest.fixture
+def runtime(native_lib, tiny_set):
+    from edgeprune.native import NativeRuntime
+
+    with NativeRuntime(tiny_set, 1000.0) as rt:
+        yield rt
+
+
+def c_frame(lib, array, width, height, stride):
+    from edgeprune.native import _abi
+
+    f = _abi.Frame()
+    lib.edgeprune_frame_init(C.byref(f))
+    f.rgb = None if array is None else array.ctypes.data
+    f.width, f.height, f.stride = width, height, stride
+    return f
+
+
+def test_null_handles_and_buffers(runtime):
+    from edgeprune.native import _abi, load_library
+
+    lib = load_library()
+    frame = np.zeros((40, 48, 3), np.uint8)
+    q, r = _abi.Request(), _abi.Result()
+    lib.edgeprune_request_init(C.byref(q))
+    lib.edgeprune_result_init(C.byref(r))
+    f = c_frame(lib, frame, 48, 40, 0)
+    assert status_of(lib, lib.edgeprune_infer(None, C.byref(f), C.byref(q), C.byref(r))) == (1, "infer: runtime is NULL")
+    assert status_of(lib, lib.edgeprune_infer(runtime._handle, None, C.byref(q), C.byref(r))) == (1, "infer: frame is NULL")
+    assert status_of(lib, lib.edgeprune_infer(runtime._handle, C.byref(f), C.byref(q), None)) == (1, "infer: result is NULL")
+    nothing = c_frame(lib, None, 48, 40, 0)
+    assert status_of(lib, lib.edgeprune_infer(runtime._handle, C.byref(nothing), C.byref(q), C.byref(r))) == (1, "infer: frame->rgb is NULL")
+    q.labels = 1  # labels asked, no buffer
+    code, message = status_of(lib, lib.edgeprune_infer(runtime._handle, C.byref(f), C.byref(q), C.byref(r)))
+    assert (code, message) == (1, "infer: labels requested but labels_out is NULL")
+    assert status_of(lib, lib.edgeprune_open(None, None, None))[0] == 1
+    assert runtime.infer(frame).frame == 0  # failed calls changed nothing
+
+
+def test_missing_set_folder(native_lib, tmp_path):
+    from edgeprune.native import NativeRuntime
+
+    with pytest.raises(EdgepruneError, match="not an engine set directory") as info:
+        NativeRuntime(tmp_path / "nope", 10)
+    assert info.value.code == "not found"
+
+
+def test_corrupt_set_json(native_lib, tiny_set, tmp_path):
+    from edgeprune.native import NativeRuntime
+
+    copy = shutil.copytree(tiny_set, tmp_path / "SET")
+    (copy / "set.json").write_text('{"format": 1, "kind": "edgeprune-engine-set", "members": [')
+    with pytest.raises(EdgepruneError, match=r"set.json: corrupt set.json \(unexpected end of text") as info:
+        NativeRuntime(copy, 10)
+    assert info.value.code == "corrupt"
+
+
+def test_foreign_set_folder(native_lib, tmp_path):
+    from edgeprune.native import NativeRuntime
+
+    (tmp_path / "set.json").write_text(json.dumps({"kind": "something-else", "members": []}))
+    with pytest.raises(EdgepruneError, match="not an edgeprune engine set"):
+        NativeRuntime(tmp_path, 10)
+    (tmp_path / "set.json").unlink()
+    (tmp_path / "photo.jpg").write_bytes(b"\xff\xd8")
+    with pytest.raises(EdgepruneError, match="no set.json"):
+        NativeRuntime(tmp_path, 10)
+
+
+def test_uncalibrated_set(native_lib, tiny_set, tmp_path):
+    from edgeprune.native import NativeRuntime
+
+    copy = shutil.copytree(tiny_set, tmp_path / "SET")
+    manifest = json.loads((copy / "set.json").read_text())
+    manifest["calibration"] = None
+    (copy / "set.json").write_text(json.dumps(manifest))
+    with pytest.raises(EdgepruneError, match="not calibrated; run `edgeprune calibrate"):
+        NativeRuntime(copy, 10)
+
+
+def test_truncated_onnx(native_lib, tiny_set, tmp_path):
+    from edgeprune.native import NativeRuntime
+
+    copy = shutil.copytree(tiny_set, tmp_path / "SET")
+    onnx = copy / "b0.80" / "model.onnx"
+    onnx.write_bytes(onnx.read_bytes()[: onnx.stat().st_size // 2])
+    with pytest.raises(EdgepruneError, match="model.onnx: sha256 does not match the manifest") as info:
+        NativeRuntime(copy, 10)
+    assert info.value.code == "corrupt"
+    with pytest.raises(EdgepruneError, match="ONNX Runtime cannot load it") as info:  # unverified: ORT refuses it
+        NativeRuntime(copy, 10, verify=False)
+    assert info.value.code == "corrupt"
+
+
+def test_wrong_frame_size(runtime):
+    with pytest.raises(EdgepruneError, match=r"frame size 48x0 is not in 1..65536"):
+        runtime.infer(np.zeros((0, 48, 3), np.uint8))
+    with pytest.raises(EdgepruneError, match="RGB uint8"):
+        runtime.infer(np.zeros((40, 48, 4), np.uint8))
+    assert runtime.infer(np.zeros((40, 48, 3), np.uint8)).frame == 0
+
+
+def test_wrong_stride(runtime):
+    from edgeprune.native import _abi, load_library
+
+    lib = load_library()
+    frame = np.zeros((40, 48, 3), np.uint8)
+    q, r = _abi.Request(), _abi.Result()
+    lib.edgeprune_request_init(C.byref(q))
+    lib.edgeprune_result_init(C.byref(r))
+    f = c_frame(lib, frame, 48, 40, 100)
+    code, message = status_of(lib, lib.edgeprune_infer(runtime._handle, C.byref(f), C.byref(q), C.byref(r)))
+    assert (code, message) == (1, "infer: frame stride 100 is smaller than 3 * width = 144")
+
+
+def test_wrong_ort_path(native_lib, tiny_set, tmp_path):
+    from edgeprune.native import NativeRuntime
+
+    with pytest.raises(EdgepruneError, match="libonnxruntime.so.9: no such file") as info:
+        NativeRuntime(tiny_set, 10, ort_library=tmp_path / "libonnxruntime.so.9")
+    assert info.value.code == "not found"
+    not_ort = shutil.which("ls")  # an existing file that is no shared library
+    with pytest.raises(EdgepruneError, match="cannot load ONNX Runtime library"):
+        NativeRuntime(tiny_set, 10, ort_library=not_ort)
+
+
+def test_ort_older_than_required(native_lib, tiny_set):
+    from edgeprune.native import NativeRuntime
+
+    fake = native_lib.parent / "libfake_old_ort.so"  # reports ONNX Runtime 1.10.0, like an old library
+    assert fake.is_file()
+    with pytest.raises(EdgepruneError, match=r"ONNX Runtime 1.10.0 at .* is older than required \(1.14 or newer\)") as info:
+        NativeRuntime(tiny_set, 10, ort_library=fake)
+    assert info.value.code == "unsupported"
+
+
+def test_unavailable_provider(native_lib, tiny_set):
+    from edgeprune.native import NativeRuntime
+
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(EdgepruneError, match="provider 'cuda' is not available here"):
+        NativeRuntime(tiny_set, 10, provider="cuda")
+    with NativeRuntime(tiny_set, 10, provider="auto") as rt:  # auto falls back and says so
+        assert rt.infer(np.zeros((32, 32, 3), np.uint8)).provider == "cpu"
+
+
+def test_tensorrt_engine_for_another_gpu(native_lib):
+    pytest.skip("no TensorRT here (no NvInfer.h, no GPU) and libedgeprune's TensorRT backend is not implemented yet: "
+                "an engine for another GPU cannot be deserialized on this machine; see docs/native.md")

@@ -9,7 +9,9 @@ Per clip, alternating (engine alone, then the demo, ``--repeats`` times, a settl
   clip's frames already resized to the model, timed back to back — the engine's own frame rate;
 * demo: ``run_demo`` with the fixed policy on the same member, the full pipeline (decode, pre, engine,
   post, overlay, encode), output at the clip's size (``--out-height 0``) and at the default 720 rows;
-* pre + post: resize to the model + labels at the clip's full size, timed alone on its frames;
+* demo --native: the same through the C library (labels at the output size made there too);
+* pre + post: resize to the model + labels at the clip's full size, timed alone on its frames, for the
+  Python/OpenCV path and the native library's;
 * agreement: fast labels vs the exact reference (bilinear logits, argmax) on every 5th frame.
 """
 
@@ -40,6 +42,9 @@ def reencode(src: Path, height: int, folder: Path, frames: int) -> Path:
         for _, frame in zip(range(frames), reader):
             writer.write(resize_frame(frame, h, w))
     return out
+
+
+VARIANTS = (("full", 0, False), ("720", 720, False), ("native", 0, True))  # label, --out-height, --native
 
 
 def settle() -> None:
@@ -75,6 +80,14 @@ def main() -> int:
     from edgeprune.video.frames import labels_exact, labels_fast, resize_frame
     from edgeprune.video.sources import video_source
 
+    try:
+        import edgeprune.native as native
+
+        native.build_native()
+        native.load_library()
+    except Exception as exc:  # noqa: BLE001 - the Python figures stand on their own
+        print(f"native library unavailable ({exc}); its columns are left out")
+        native = None
     models = default_demo.prepare(ROOT / "models" / "scene_seg", threads=args.threads, say=print)
     engine_set = load_engine_set(models.engine_set)
     member = engine_set.member(1.0)
@@ -107,17 +120,30 @@ def main() -> int:
                 labels_fast(lg, height, width)
             t2 = time.perf_counter()
             pre_ms, post_ms = (t1 - t0) / 30 * 1e3, (t2 - t1) / 30 * 1e3
-            engine_fps, demo = [], {"full": [], "720": []}
+            native_pre_ms = native_post_ms = None
+            if native is not None:
+                settle()
+                t0 = time.perf_counter()
+                for f in frames[:30]:
+                    native.resize_rgb(f, h_model, w_model)
+                t1 = time.perf_counter()
+                for lg in logits:
+                    native.upsample_argmax(lg, height, width)
+                t2 = time.perf_counter()
+                native_pre_ms, native_post_ms = (t1 - t0) / 30 * 1e3, (t2 - t1) / 30 * 1e3
+            engine_fps, demo = [], {label: [] for label, _, nat in VARIANTS if native is not None or not nat}
             for _ in range(args.repeats):
                 settle()
                 engine_fps.append(engine_only(member.artifact.onnx_path, pixels, args.threads))
-                for label, out_height in (("full", 0), ("720", 720)):
+                for label, out_height, use_native in VARIANTS:
+                    if label not in demo:
+                        continue
                     settle()
                     source = video_source(clip)
                     try:
                         s = run_demo([source], models.engine_set, Path(tmp) / "demo.mp4", target_fps="1", policy="fixed",
                                      max_frames=args.frames, threads=args.threads, force=True, progress=False,
-                                     out_height=out_height)
+                                     out_height=out_height, native=use_native)
                     finally:
                         source.close()
                     demo[label].append(s)
@@ -125,6 +151,7 @@ def main() -> int:
             row = {"clip": clip.name, "size": [width, height], "frames": len(frames),
                    "engine_only_fps": round(best, 1),
                    "pre_ms": round(pre_ms, 2), "post_ms": round(post_ms, 2), "pre_plus_post_ms": round(pre_ms + post_ms, 2),
+                   "native_pre_plus_post_ms": None if native_pre_ms is None else round(native_pre_ms + native_post_ms, 2),
                    "label_agreement_min": round(min(agree), 6), "label_agreement_mean": round(float(np.mean(agree)), 6)}
             for label, runs in demo.items():
                 fps = float(np.median([s["fps_end_to_end"] for s in runs]))
@@ -136,7 +163,11 @@ def main() -> int:
                   f"{row['demo_full']['fps_end_to_end']:6.1f} fps ({row['demo_full']['ratio_to_engine_only']:.2f}x) | "
                   f"demo <=720 rows {row['demo_720']['fps_end_to_end']:6.1f} fps ({row['demo_720']['ratio_to_engine_only']:.2f}x) | "
                   f"pre {pre_ms:.2f} + post {post_ms:.2f} ms | labels agree {min(agree):.5%} (min)", flush=True)
-            for label in ("full", "720"):
+            if "native" in demo:
+                print(f"{'':32s}   native: demo full-size {row['demo_native']['fps_end_to_end']:6.1f} fps "
+                      f"({row['demo_native']['ratio_to_engine_only']:.2f}x), pre {native_pre_ms:.2f} + post "
+                      f"{native_post_ms:.2f} ms", flush=True)
+            for label in demo:
                 st = row[f"demo_{label}"]["stages_mean_ms"]
                 print(f"{'':32s}   stages ({label}): " + ", ".join(f"{k} {v:.1f}" for k, v in st.items()), flush=True)
     runner.deactivate()

@@ -38,4 +38,24 @@ void argmax_labels(const float* logits, int classes, int h, int w, uint8_t* labe
 // so only cells on class boundaries are interpolated.
 void upsample_argmax(const float* logits, int classes, int h, int w, uint8_t* labels, int height, int width);
 
+// Per-thread working memory of the kernels: a frame's buffers (a few hundred kB at 1080p) are
+// reused from call to call instead of allocated, which kept the allocator and, for blocks past
+// malloc's mmap threshold, fresh-page faults in every frame. Kept for the thread's lifetime.
+struct Scratch {
+  std::vector<uint16_t> cols16, sums16;  // area resize: column and block sums
+  std::vector<uint32_t> cols32;
+  std::vector<float> buf, sum;           // fractional area resize: one row each
+  std::vector<uint8_t> mid;              // resize_rgb's integer-factor stage
+  std::vector<uint8_t> low, row, cand;   // upsample_argmax: model-size labels, a row template, candidates
+  std::vector<float> top, bottom, value; // upsample_argmax: mixed cells' horizontal values, running best
+  std::vector<int32_t> index;            // upsample_argmax: running best class
+  std::vector<int> runs;                 // upsample_argmax: column runs sharing a source column
+};
+Scratch& scratch();
+template <typename T>
+T* grow(std::vector<T>& v, size_t n) {
+  if (v.size() < n) v.resize(n);
+  return v.data();
+}
+
 }  // namespace edgeprune

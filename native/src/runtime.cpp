@@ -136,8 +136,11 @@ class SetRuntime : public Runtime {
  protected:
   // Mirrors edgeprune.runtime.Runtime.infer/_run; the lock is held only to choose and to observe.
   void run(const Call& call, edgeprune_result* r, double start) override {
-    std::vector<uint8_t> resized;
-    std::vector<float> pixels;
+    // Per-thread frame buffers (model-size pixels, and logits when the caller does not take them),
+    // reused from frame to frame: allocated per call they were fresh pages of a few hundred kB each
+    // time (page faults, and value-initialising the logits the engine overwrites anyway).
+    static thread_local std::vector<uint8_t> resized;
+    static thread_local std::vector<float> pixels, own;
     preprocess(call.frame, resized, pixels);
     const double t_pre = now_ms();
     std::array<uint8_t, kThumb * kThumb> small;
@@ -157,10 +160,9 @@ class SetRuntime : public Runtime {
     }
     const double t1 = now_ms();
     const size_t count = static_cast<size_t>(classes_) * static_cast<size_t>(input_.width) * static_cast<size_t>(input_.height);
-    std::vector<float> own;
     float* logits = call.logits_out;
     if (!logits) {
-      own.resize(count);
+      if (own.size() < count) own.resize(count);
       logits = own.data();
     }
     const Engine& engine = *engines_[static_cast<size_t>(d.index)];

@@ -1,5 +1,6 @@
-// Every build so far: the native TensorRT backend is not implemented yet, so built engines of backend
-// "trt" are refused with one clear line (the ONNX Runtime backends of `edgeprune build` run).
+// Builds without TensorRT: CMakeLists.txt compiles this file instead of trt.cpp where NvInfer.h
+// (TensorRT >= 10), libnvinfer or the CUDA runtime were not found. Built engines of backend "trt"
+// are then refused with one clear line (the ONNX Runtime backends of `edgeprune build` run).
 #include "common.hpp"
 #include "runtime.hpp"
 
@@ -7,7 +8,8 @@ namespace edgeprune {
 
 std::unique_ptr<Engine> make_trt_engine(const std::string& path, int, int) {
   fail(EDGEPRUNE_UNSUPPORTED, path + ": a TensorRT engine, but this libedgeprune was built without TensorRT "
-                              "(its TensorRT backend is not implemented yet); build the set with an ONNX Runtime backend (ort-cpu, ort-cuda, ort-trt)");
+                              "(NvInfer.h and the CUDA runtime were not found when it was compiled; see docs/native.md); "
+                              "build the set with an ONNX Runtime backend (ort-cpu, ort-cuda, ort-trt)");
 }
 
 }  // namespace edgeprune

@@ -27,6 +27,16 @@ def runtime(native_lib, tiny_set):
         yield rt
 
 
+def blank_request(lib):
+    """A default request and an empty result, initialised by the library (struct_size set)."""
+    from edgeprune.native import _abi
+
+    q, r = _abi.Request(), _abi.Result()
+    lib.edgeprune_request_init(C.byref(q))
+    lib.edgeprune_result_init(C.byref(r))
+    return q, r
+
+
 def c_frame(lib, array, width, height, stride):
     from edgeprune.native import _abi
 
@@ -38,13 +48,11 @@ def c_frame(lib, array, width, height, stride):
 
 
 def test_null_handles_and_buffers(runtime):
-    from edgeprune.native import _abi, load_library
+    from edgeprune.native import load_library
 
     lib = load_library()
     frame = np.zeros((40, 48, 3), np.uint8)
-    q, r = _abi.Request(), _abi.Result()
-    lib.edgeprune_request_init(C.byref(q))
-    lib.edgeprune_result_init(C.byref(r))
+    q, r = blank_request(lib)
     f = c_frame(lib, frame, 48, 40, 0)
     assert status_of(lib, lib.edgeprune_infer(None, C.byref(f), C.byref(q), C.byref(r))) == (1, "infer: runtime is NULL")
     assert status_of(lib, lib.edgeprune_infer(runtime._handle, None, C.byref(q), C.byref(r))) == (1, "infer: frame is NULL")
@@ -122,13 +130,11 @@ def test_wrong_frame_size(runtime):
 
 
 def test_wrong_stride(runtime):
-    from edgeprune.native import _abi, load_library
+    from edgeprune.native import load_library
 
     lib = load_library()
     frame = np.zeros((40, 48, 3), np.uint8)
-    q, r = _abi.Request(), _abi.Result()
-    lib.edgeprune_request_init(C.byref(q))
-    lib.edgeprune_result_init(C.byref(r))
+    q, r = blank_request(lib)
     f = c_frame(lib, frame, 48, 40, 100)
     code, message = status_of(lib, lib.edgeprune_infer(runtime._handle, C.byref(f), C.byref(q), C.byref(r)))
     assert (code, message) == (1, "infer: frame stride 100 is smaller than 3 * width = 144")

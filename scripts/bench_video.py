@@ -23,8 +23,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from edgeprune.engines.ort import OrtRunner
 
 ROOT = Path(__file__).resolve().parents[1]
 VIDEOS = ROOT.parent / "shared" / "data" / "video"
@@ -51,18 +55,14 @@ def settle() -> None:
     time.sleep(0.5)  # ONNX Runtime's and OpenCV's thread pools stop spinning before the next variant
 
 
-def engine_only(member_onnx: Path, pixels: list[np.ndarray], threads: int) -> float:
-    from edgeprune.engines.ort import OrtRunner
-
-    runner = OrtRunner(member_onnx, threads=threads, spinning=False).activate()
+def engine_only(runner: "OrtRunner", pixels: list[np.ndarray]) -> float:
+    """Frames/s of the engine alone on ``pixels``, after a few untimed runs (the settle of bench)."""
     for x in pixels[:5]:
-        runner.run_raw({"pixel_values": x})  # warm-up, untimed
+        runner.run_raw({"pixel_values": x})
     start = time.perf_counter()
     for x in pixels:
         runner.run_raw({"pixel_values": x})
-    fps = len(pixels) / (time.perf_counter() - start)
-    runner.deactivate()
-    return fps
+    return len(pixels) / (time.perf_counter() - start)
 
 
 def main() -> int:
@@ -74,6 +74,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from edgeprune.engine_set import load_engine_set
+    from edgeprune.engines.ort import OrtRunner
     from edgeprune.evaluation import normalize
     from edgeprune.video import default_demo, open_video
     from edgeprune.video.demo import run_demo
@@ -93,7 +94,6 @@ def main() -> int:
     member = engine_set.member(1.0)
     info = member.artifact.manifest["model"]["input"]
     h_model, w_model = member.artifact.input_shape()[2:]
-    from edgeprune.engines.ort import OrtRunner
 
     runner = OrtRunner(member.artifact.onnx_path, threads=args.threads, spinning=False).activate()
     rows = []
@@ -134,7 +134,7 @@ def main() -> int:
             engine_fps, demo = [], {label: [] for label, _, nat in VARIANTS if native is not None or not nat}
             for _ in range(args.repeats):
                 settle()
-                engine_fps.append(engine_only(member.artifact.onnx_path, pixels, args.threads))
+                engine_fps.append(engine_only(runner, pixels))
                 for label, out_height, use_native in VARIANTS:
                     if label not in demo:
                         continue

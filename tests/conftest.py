@@ -25,6 +25,19 @@ def make_tiny(layout: str = "cls", **overrides) -> torch.nn.Module:
     return timm.create_model(name, pretrained=False, **{**TINY, **extra, **overrides}).eval()
 
 
+def export_tiny_set(root, budgets, num_classes, mean, std):
+    """A real, calibrated engine set of a 2-block 32x32 segmenter (exports in seconds); returns ``root``."""
+    from edgeprune.engine_set import calibrate_engine_set, export_engine_set, load_engine_set
+    from edgeprune.exporters.timm_seg import create_segmenter
+
+    model = create_segmenter("vit_tiny_patch16_224", num_classes, head="linear", img_size=32, patch_size=8, depth=2,
+                             embed_dim=32, num_heads=2, mlp_ratio=2.0)
+    model.info = {"input": {"size": [3, 32, 32], "mean": list(mean), "std": list(std)}}
+    export_engine_set(model, "tome", budgets, root)
+    calibrate_engine_set(load_engine_set(root), rounds=5, warmup=1)
+    return root
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("EDGEPRUNE_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))

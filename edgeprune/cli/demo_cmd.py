@@ -58,13 +58,10 @@ def demo(
     force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
 ) -> None:
     """Segment a video, camera or generated clip into an overlay mp4 with a HUD (budget per frame, end-to-end fps), plus metrics JSON and a plot."""
-    from edgeprune.runtime.policies import POLICIES
-    from edgeprune.video.demo import parse_targets
+    from edgeprune.video.demo import check_policy, parse_targets
 
-    if policy not in POLICIES:
-        raise EdgepruneError(f"--policy: unknown policy {policy!r}; choose from {', '.join(POLICIES)}")
-    if target_fps is not None:
-        parse_targets(target_fps)
+    check_policy(policy)  # before the default demo's first-run export, not a minute later
+    targets = parse_targets(target_fps or "30")
     if camera is not None and (videos or cameras):
         raise EdgepruneError("--camera replaces VIDEO arguments and --cameras; give one source kind")
     if model is not None and not model.is_dir():
@@ -72,7 +69,9 @@ def demo(
     if cameras:
         if model is None:
             model = _default_model()
-        _run_cameras(videos or [], model, out_path, pool, minimum, signal, float(target_fps or 30), max_frames, threads,
+        if len(targets) > 1:
+            raise EdgepruneError("--cameras takes one --target-fps, not a schedule")
+        _run_cameras(videos or [], model, out_path, pool, minimum, signal, targets[0][1], max_frames, threads,
                      provider, alpha, force)
         return
     options = dict(policy=policy, max_frames=max_frames, threads=threads, provider=provider, alpha=alpha, force=force,

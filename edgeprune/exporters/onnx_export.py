@@ -6,10 +6,10 @@ import contextlib
 import io
 import logging
 import os
-from collections import deque
 import platform
 import time
 import warnings
+from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Optional
 

@@ -120,6 +120,11 @@ class Runtime:
             self._runners = set_runners(load_engines(engines), self._members, threads, spinning=False)
         for runner in self._runners:
             runner.activate()
+        # The provider that really runs the engines (ONNX Runtime falls back to the CPU when an
+        # accelerator's provider fails to load), or the backend of built engines; read once.
+        session = getattr(self._runners[0], "session", None)
+        self.provider_name = str(session.get_providers()[0] if hasattr(session, "get_providers")
+                                 else getattr(self._runners[0], "name", "unknown"))
         self._lock = threading.Lock()
         self._previous: dict[Hashable, np.ndarray] = {}
         self._frames = 0
@@ -131,15 +136,6 @@ class Runtime:
     @property
     def budgets(self) -> list[float]:
         return [p.budget for p in self.profiles]
-
-    @property
-    def provider_name(self) -> str:
-        """The provider that really runs the engines (ONNX Runtime falls back to the CPU when an
-        accelerator's provider fails to load), or the engine's backend for built engines."""
-        session = getattr(self._runners[0], "session", None)
-        if session is not None and hasattr(session, "get_providers"):
-            return str(session.get_providers()[0])
-        return str(getattr(self._runners[0], "name", "unknown"))
 
     def preprocess(self, frame: np.ndarray) -> np.ndarray:
         """RGB uint8 [H, W, 3] -> the engine's normalised input [1, 3, h, w] (model input size)."""

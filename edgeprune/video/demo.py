@@ -43,6 +43,13 @@ def parse_targets(text: str) -> list[tuple[int, float]]:
     return steps
 
 
+def check_policy(policy: str) -> None:
+    from edgeprune.runtime.policies import POLICIES
+
+    if policy not in POLICIES:
+        raise EdgepruneError(f"--policy: unknown policy {policy!r}; choose from {', '.join(POLICIES)}")
+
+
 def target_ms_at(targets: Sequence[tuple[int, float]], index: int) -> float:
     fps = targets[0][1]
     for start, value in targets:
@@ -74,11 +81,10 @@ class _Renderer:
 
         self.writer, self.palette, self.alpha, self.temporal = writer, palette, alpha, temporal
         self.labels = labels_exact if exact else labels_fast
-        self.rendered: dict[int, _Rendered] = {}
         self._recent: deque[float] = deque(maxlen=30)
         self.hits = 0
 
-    def __call__(self, index: int, frame: np.ndarray, step: Step, target_ms: float) -> None:
+    def __call__(self, index: int, frame: np.ndarray, step: Step, target_ms: float) -> _Rendered:
         from edgeprune.video.frames import overlay_fast
         from edgeprune.video.io import draw_hud
 
@@ -103,7 +109,7 @@ class _Renderer:
         self.writer.write(image)
         t3 = time.perf_counter()
         self._recent.append(t3)
-        self.rendered[index] = _Rendered(step.post_ms if made else (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3, t3)
+        return _Rendered(step.post_ms if made else (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3, t3)
 
 
 def _stage_stats(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -128,15 +134,13 @@ def run_demo(sources: list[Source], model: Path, out_path: Path, *, target_fps: 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from edgeprune.cli.common import console
-    from edgeprune.runtime.policies import POLICIES
     from edgeprune.video.frames import resize_frame
     from edgeprune.video.io import VideoWriter
     from edgeprune.video.outputs import all_or_nothing, check_outputs, output_paths, vmrss_mb, write_side_outputs
     from edgeprune.video.pipeline import run_pipeline
 
     targets = parse_targets(str(target_fps))
-    if policy not in POLICIES:
-        raise EdgepruneError(f"--policy: unknown policy {policy!r}; choose from {', '.join(POLICIES)}")
+    check_policy(policy)
     if out_height < 0:
         raise EdgepruneError(f"--out-height must be >= 0, got {out_height}")
     check_outputs(out_path, [Path(s.name) for s in sources], force)
@@ -148,7 +152,6 @@ def run_demo(sources: list[Source], model: Path, out_path: Path, *, target_fps: 
         total = min(total, max_frames) if total else max_frames
     temporal = engine.kind == "temporal reuse"
     rows: list[dict[str, Any]] = []
-    steps: dict[int, tuple[Step, float]] = {}
     rss_start = vmrss_mb()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
 
@@ -170,8 +173,7 @@ def run_demo(sources: list[Source], model: Path, out_path: Path, *, target_fps: 
 
             def finish(item: Any, result: tuple[int, Step, float]) -> None:
                 i, st, target_ms = result
-                render(i, item.frame, st, target_ms)
-                r = render.rendered.pop(i)
+                r = render(i, item.frame, st, target_ms)
                 ms = {"decode": item.decode_ms, "pre": st.pre_ms, "engine": st.engine_ms, "scheduler": st.scheduler_ms,
                       "post": r.post_ms, "draw": r.draw_ms, "encode": r.encode_ms}
                 row = {"index": i, "engine": st.engine, "budget": round(st.budget, 4), "provider": st.provider,
@@ -244,4 +246,4 @@ def summary_line(s: dict[str, Any]) -> str:
             f"(mean {s['mean_budget']:.2f}); RSS {s['rss_start_mb']} -> {s['rss_end_mb']} MB; engines: {engines}")
 
 
-__all__ = ["STAGES", "output_size", "parse_targets", "run_demo", "summary_line", "target_ms_at"]
+__all__ = ["STAGES", "check_policy", "output_size", "parse_targets", "run_demo", "summary_line", "target_ms_at"]

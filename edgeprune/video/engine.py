@@ -19,7 +19,7 @@ from edgeprune.errors import EdgepruneError
 class Step:
     engine: str
     budget: float
-    logits: np.ndarray  # [K, h, w] at the model's input size
+    logits: Optional[np.ndarray]  # [K, h, w] at the model's input size; None when ``labels`` came instead
     engine_ms: float
     total_ms: float  # pre + scheduler + engine
     pre_ms: float = 0.0
@@ -109,8 +109,8 @@ class FrameEngine:
     def step(self, frame: np.ndarray, deadline_ms: Optional[float] = None) -> Step:
         if self._native is not None:
             # Labels at the frame's (output) size come from the library's exact fast path, in this thread.
-            r = self._native.infer(frame, stream=self._source, deadline_ms=deadline_ms, labels="input", logits=True)
-            return Step(r.engine, r.budget, r.logits[0], r.engine_ms, r.total_ms - r.post_ms, r.pre_ms, r.scheduler_ms,
+            r = self._native.infer(frame, stream=self._source, deadline_ms=deadline_ms, labels="input")
+            return Step(r.engine, r.budget, None, r.engine_ms, r.total_ms - r.post_ms, r.pre_ms, r.scheduler_ms,
                         r.provider, r.reason, labels=r.labels, post_ms=r.post_ms)
         if self._temporal is not None:
             t = self._temporal.infer(frame, stream=self._source)

@@ -138,34 +138,28 @@ def labels_fast(logits: np.ndarray, height: int, width: int) -> np.ndarray:
     if pair.any():
         first = np.argmax(candidate[:, pair], axis=0)
         second = k - 1 - np.argmax(candidate[::-1, pair], axis=0)
-        sel = (rows[pair], cols[pair], ci[pair], bi[pair])
-        better = _blend(logits, (second, *sel[2:]), sel[0], sel[1], ax, ay) > _blend(logits, (first, *sel[2:]), sel[0], sel[1], ax, ay)
-        flat = (sel[0] * width)[:, :, None] + sel[1][:, None, :]
-        np.put(labels, flat, np.where(better, second[:, None, None], first[:, None, None]))
+        values = _blend(logits, np.stack([first, second]), ci[pair], bi[pair], rows[pair], cols[pair], ax, ay)
+        # argmax keeps the first of equal values: the higher class wins only when strictly larger.
+        chosen = np.where(values[1] > values[0], second[:, None, None], first[:, None, None])
+        np.put(labels, (rows[pair] * width)[:, :, None] + cols[pair][:, None, :], chosen)
     rest = ~pair
     if rest.any():
-        values = _blend(logits, (slice(None), ci[rest], bi[rest]), rows[rest], cols[rest], ax, ay)  # [K, N, R, C]
+        every_class = np.broadcast_to(np.arange(k)[:, None], (k, int(rest.sum())))
+        values = _blend(logits, every_class, ci[rest], bi[rest], rows[rest], cols[rest], ax, ay)
         np.put(labels, (rows[rest] * width)[:, :, None] + cols[rest][:, None, :], np.argmax(values, axis=0))
     return labels
 
 
-def _blend(logits: np.ndarray, where: tuple[Any, np.ndarray, np.ndarray], rows: np.ndarray, cols: np.ndarray,
-           ax: _Axis, ay: _Axis) -> np.ndarray:
-    """Bilinear values of class(es) ``where[0]`` for cells with top rows ``where[1]`` and bottom rows
-    ``where[2]``, at output ``rows`` [N, R] x ``cols`` [N, C]; :func:`labels_exact`'s float32 operation order."""
-    cls, top_row, bottom_row = where
-    wx = ax.weight[cols]
+def _blend(logits: np.ndarray, classes: np.ndarray, top_row: np.ndarray, bottom_row: np.ndarray, rows: np.ndarray,
+           cols: np.ndarray, ax: _Axis, ay: _Axis) -> np.ndarray:
+    """Bilinear values [M, N, R, C] of ``classes`` [M, N] for N cells with source rows ``top_row`` and
+    ``bottom_row``, at output ``rows`` [N, R] x ``cols`` [N, C], in :func:`labels_exact`'s float32 operation order."""
+    c, wx = classes[:, :, None], ax.weight[cols]
     x0, x1 = ax.i0[cols], ax.i1[cols]
-    if isinstance(cls, slice):
-        top = logits[:, top_row[:, None], x0] * (1 - wx) + logits[:, top_row[:, None], x1] * wx  # [K, N, C]
-        bottom = logits[:, bottom_row[:, None], x0] * (1 - wx) + logits[:, bottom_row[:, None], x1] * wx
-        a = ay.weight[rows][None, :, :, None]
-        return top[:, :, None, :] * (1 - a) + bottom[:, :, None, :] * a
-    c = cls[:, None]
-    top = logits[c, top_row[:, None], x0] * (1 - wx) + logits[c, top_row[:, None], x1] * wx  # [N, C]
+    top = logits[c, top_row[:, None], x0] * (1 - wx) + logits[c, top_row[:, None], x1] * wx  # [M, N, C]
     bottom = logits[c, bottom_row[:, None], x0] * (1 - wx) + logits[c, bottom_row[:, None], x1] * wx
-    a = ay.weight[rows][:, :, None]
-    return top[:, None, :] * (1 - a) + bottom[:, None, :] * a
+    a = ay.weight[rows][None, :, :, None]
+    return top[:, :, None, :] * (1 - a) + bottom[:, :, None, :] * a
 
 
 def overlay_fast(image: np.ndarray, labels: np.ndarray, palette: np.ndarray, alpha: float = 0.5) -> np.ndarray:

@@ -20,13 +20,12 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, Optional, TypeVar
+from typing import Any, Optional
 
 import numpy as np
 
 from edgeprune.video.sources import Source
 
-T = TypeVar("T")
 _END = object()
 _POLL_S = 0.05
 
@@ -49,7 +48,7 @@ class PipelineStats:
     wall_s: float
 
 
-class _Latest(Generic[T]):
+class _Latest:
     """A one-item mailbox: ``put`` replaces an unread item (and counts it dropped), ``get`` waits."""
 
     def __init__(self) -> None:
@@ -59,7 +58,7 @@ class _Latest(Generic[T]):
         self._closed = False
         self.dropped = 0
 
-    def put(self, item: T, stop: threading.Event) -> bool:
+    def put(self, item: Any, stop: threading.Event) -> bool:
         with self._cond:
             if self._full:
                 self.dropped += 1
@@ -82,12 +81,12 @@ class _Latest(Generic[T]):
             return item
 
 
-class _Bounded(Generic[T]):
+class _Bounded:
     """A bounded FIFO whose blocking calls give up when the pipeline stops."""
 
     def __init__(self, size: int) -> None:
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, size))
-        self.dropped = 0
+        self.dropped = 0  # a file's frames are never dropped; the attribute matches _Latest's
 
     def put(self, item: Any, stop: threading.Event) -> bool:
         while not stop.is_set():
@@ -135,7 +134,7 @@ def run_pipeline(sources: Sequence[Source], prepare: Callable[[np.ndarray], np.n
     stop = threading.Event()
     failure = _Failure()
     inbox: Any = _Latest() if any(s.live for s in sources) else _Bounded(queue_size)
-    outbox: _Bounded[Any] = _Bounded(queue_size)
+    outbox = _Bounded(queue_size)
 
     def decode() -> None:
         try:

@@ -33,6 +33,17 @@ def outputs(folder: Path, stem: str = "out") -> list[str]:
     return sorted(p for p in os.listdir(folder) if p.startswith(stem))
 
 
+def scene_video(path: Path, seed: int, frames: int, size: tuple[int, int], fps: float) -> Path:
+    """A generated scene clip of ``size`` (width, height) written as an mp4."""
+    from edgeprune.data import SceneConfig, make_clip
+
+    clip, _ = make_clip(seed, frames, SceneConfig(height=size[1], width=size[0]))
+    with VideoWriter(path, fps, size) as writer:
+        for f in clip:
+            writer.write(f)
+    return path
+
+
 def frames_of(path: Path) -> list[np.ndarray]:
     return list(open_video(path))
 
@@ -80,13 +91,7 @@ def test_generated_clip_eager_model(tmp_path, capsys):
 
 
 def test_real_video_file(tmp_path, capsys):
-    from edgeprune.data import SceneConfig, make_clip
-
-    clip, _ = make_clip(3, 12, SceneConfig(height=96, width=160))
-    src = tmp_path / "in.mp4"
-    with VideoWriter(src, 24, (160, 96)) as writer:
-        for f in clip:
-            writer.write(f)
+    src = scene_video(tmp_path / "in.mp4", 3, 12, (160, 96), 24)
     out = tmp_path / "out.mp4"
     code, stdout, err = run(["demo", src, src, "--max-frames", "20", "--out", out, "--alpha", "0.3", *FAST], capsys)
     assert code == 0, err
@@ -161,13 +166,7 @@ def test_unreachable_target_warns_and_degrades(engine_sets, tmp_path, capsys):
 def test_camera_drops_stale_frames_and_counts_them(engine_sets, tmp_path, capsys):
     """A live source never queues: a file played as a camera at 200 fps outruns the engine, frames are dropped
     and counted, and the output holds only the frames that were processed."""
-    from edgeprune.data import SceneConfig, make_clip
-
-    clip, _ = make_clip(5, 90, SceneConfig(height=96, width=128))
-    src = tmp_path / "cam.mp4"
-    with VideoWriter(src, 200, (128, 96)) as writer:
-        for f in clip:
-            writer.write(f)
+    src = scene_video(tmp_path / "cam.mp4", 5, 90, (128, 96), 200)
     out = tmp_path / "out.mp4"
     code, stdout, err = run(["demo", "--camera", str(src), "--model", engine_sets["calibrated"], "--out", out, *FAST], capsys)
     assert code == 0, err

@@ -35,16 +35,10 @@ def ort_library():
 @pytest.fixture(scope="session")
 def tiny_set(tmp_path_factory):
     """A real calibrated engine set of a tiny segmenter (budgets 1.0, 0.8, 0.6), exported in seconds."""
-    from edgeprune.engine_set import calibrate_engine_set, export_engine_set, load_engine_set
-    from edgeprune.exporters.timm_seg import create_segmenter
+    from tests.conftest import export_tiny_set
 
-    model = create_segmenter("vit_tiny_patch16_224", 5, head="linear", img_size=32, patch_size=8, depth=2,
-                             embed_dim=32, num_heads=2, mlp_ratio=2.0)
-    model.info = {"input": {"size": [3, 32, 32], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}
-    root = tmp_path_factory.mktemp("native_set") / "SET"
-    export_engine_set(model, "tome", [1.0, 0.8, 0.6], root)
-    calibrate_engine_set(load_engine_set(root), rounds=5, warmup=1)
-    return root
+    return export_tiny_set(tmp_path_factory.mktemp("native_set") / "SET", [1.0, 0.8, 0.6], 5,
+                           [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 
 
 @pytest.fixture(scope="session")

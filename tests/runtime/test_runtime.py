@@ -8,21 +8,12 @@ import numpy as np
 import pytest
 
 from edgeprune.errors import EdgepruneError
+from tests.conftest import export_tiny_set
 
 
 @pytest.fixture(scope="module")
 def engine_set(tmp_path_factory):
-    from edgeprune.engine_set import calibrate_engine_set, export_engine_set, load_engine_set
-    from edgeprune.exporters.timm_seg import create_segmenter
-
-    model = create_segmenter("vit_tiny_patch16_224", 4, head="linear", img_size=32, patch_size=8, depth=2,
-                             embed_dim=32, num_heads=2, mlp_ratio=2.0)
-    model.info = {"input": {"size": [3, 32, 32], "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}}
-    root = tmp_path_factory.mktemp("set") / "SET"
-    export_engine_set(model, "tome", [1.0, 0.75], root)
-    engines = load_engine_set(root)
-    calibrate_engine_set(engines, rounds=5, warmup=1)
-    return root
+    return export_tiny_set(tmp_path_factory.mktemp("set") / "SET", [1.0, 0.75], 4, [0.5] * 3, [0.25] * 3)
 
 
 def frames(n, seed=0, size=(48, 40)):

@@ -16,8 +16,8 @@ if TYPE_CHECKING:
 
 
 def attention_macs(spec: ViTSpec, n: int) -> int:
-    c = spec.embed_dim
-    return n * c * 3 * c + 2 * n * n * c + n * c * c
+    c, a = spec.embed_dim, spec.attn_dim
+    return n * c * 3 * a + 2 * n * n * a + n * a * c
 
 
 def mlp_macs(spec: ViTSpec, n: int) -> int:
@@ -35,7 +35,10 @@ def reducer_macs(spec: ViTSpec, method: str, n_tok_in: int, n_tok_out: int, opti
         return cluster_macs(n_tok_in, n_tok_out, spec.embed_dim, iters) + n_tok_in * spec.embed_dim
     if method == "evit":
         return spec.num_heads * n_tok_in * spec.head_dim + n_tok_in * spec.embed_dim
-    width = spec.head_dim if method == "tome" else spec.embed_dim
+    if method == "prune-merge":  # CLS attention row, removed-to-kept similarity, one merge matmul
+        removed = n_tok_in - n_tok_out
+        return spec.num_heads * n_tok_in * spec.head_dim + removed * n_tok_out * (spec.head_dim + spec.embed_dim)
+    width = spec.head_dim if method in ("tome", "tofu") else spec.embed_dim
     macs, n = 0, n_tok_in
     for r in round_sizes(n_tok_in, n_tok_out):  # the rounds the reducers run
         n_a, n_b = (n + 1) // 2, n // 2
@@ -62,6 +65,14 @@ def block_macs(spec: ViTSpec, method: str, n_tok_in: int, n_tok_out: int, option
     )
 
 
+def prefix_block_macs(spec: ViTSpec, n_tok_in: int) -> int:
+    """The last block run for the prefix tokens only: keys and values for every token, queries,
+    attention rows, out-projection and MLP for the prefix."""
+    p, c, a = spec.num_prefix, spec.embed_dim, spec.attn_dim
+    n = p + n_tok_in
+    return n * c * 2 * a + p * c * a + 2 * p * n * a + p * a * c + mlp_macs(spec, p)
+
+
 def restore_macs(spec: ViTSpec, method: str, tokens: int) -> int:
     """Putting one token back per patch before a dense head: gathers are free, a cluster
     reconstruction is one [P, K] x [K, C] matmul."""
@@ -75,6 +86,9 @@ def plan_macs(plan: "TokenPlan") -> int:
     total = embed_macs(spec) + head_macs(spec) + spec.dense_head_macs
     n_in = spec.num_patches
     for i, n_out in enumerate(plan.keep):
+        if plan.prefix_only_last and i == spec.depth - 1:
+            total += prefix_block_macs(spec, n_in)
+            continue
         total += block_macs(spec, plan.method, n_in, n_out, plan.options)
         if i in spec.feature_blocks:
             total += restore_macs(spec, plan.method, n_out)

@@ -36,7 +36,7 @@ from edgeprune.reducers.common import round_sizes
 from edgeprune.spec import ViTSpec
 
 CALIBRATION_FORMAT = 1
-BLOCK_DIMS = ("embed_dim", "num_heads", "mlp_hidden", "num_prefix", "num_patches")
+BLOCK_DIMS = ("embed_dim", "num_heads", "head_dim", "mlp_hidden", "num_prefix", "num_patches")
 
 
 def _interp(x: float, xs: np.ndarray, ys: np.ndarray) -> float:
@@ -71,17 +71,25 @@ class LatencyModel:
     reducer_tokens: list[int]  # tokens entering one reduction round
     reducer_ms: list[float]
     info: dict[str, Any] = field(default_factory=dict)  # machine, libraries, cache key, timing
+    # Attention sub-layer for the prefix queries only (the last block under prefix_only_last), on
+    # the same token grid; empty when the model's head reads every token.
+    prefix_attention_ms: list[float] = field(default_factory=list)
     _memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if "head_dim" not in self.dims and {"embed_dim", "num_heads"} <= set(self.dims):
+            # Curves measured before head widths were recorded: those models all split evenly.
+            self.dims = dict(self.dims, head_dim=self.dims["embed_dim"] // self.dims["num_heads"])
         n = len(self.tokens)
         ok = n > 0 and len(self.attention_ms) == len(self.mlp_ms) == n and len(self.reducer_tokens) == len(self.reducer_ms)
-        ok = ok and (self.method == "none" or len(self.reducer_ms) > 0)
+        ok = ok and (self.method == "none" or len(self.reducer_ms) > 0) and len(self.prefix_attention_ms) in (0, n)
         ok = ok and bool(np.all(np.diff(self.tokens) > 0) and np.all(np.diff(self.reducer_tokens) > 0))
-        if not (ok and all(np.isfinite(v) and v > 0 for v in [*self.attention_ms, *self.mlp_ms, *self.reducer_ms])):
+        timings = [*self.attention_ms, *self.mlp_ms, *self.reducer_ms, *self.prefix_attention_ms]
+        if not (ok and all(np.isfinite(v) and v > 0 for v in timings)):
             raise EdgepruneError("malformed latency model: curve lengths, token grids or timings")
         self._xs, self._rx = np.asarray(self.tokens, float), np.asarray(self.reducer_tokens, float)
         self._att, self._mlp, self._red = _curve(self.attention_ms), _curve(self.mlp_ms), _curve(self.reducer_ms)
+        self._pre = _curve(self.prefix_attention_ms) if self.prefix_attention_ms else None
 
     def attention(self, n: float) -> float:
         return _interp(n, self._xs, self._att)
@@ -98,7 +106,7 @@ class LatencyModel:
         p = self.dims["num_prefix"]
         if n_out >= n_in:
             return 0.0
-        if self.method == "evit":
+        if self.method in ("evit", "prune-merge"):  # one ranking, whatever the step
             return self.reducer(n_in)
         total, n = 0.0, n_in - p
         for r in round_sizes(n, n_out - p):
@@ -120,7 +128,12 @@ class LatencyModel:
         if plan.method != self.method and plan.reduction_points:
             raise EdgepruneError(f"the latency model was calibrated for '{self.method}', the plan uses '{plan.method}'")
         p = plan.spec.num_prefix
-        return sum(self.block_ms(p + plan.tokens_in(i), p + k) for i, k in enumerate(plan.keep))
+        blocks = [self.block_ms(p + plan.tokens_in(i), p + k) for i, k in enumerate(plan.keep)]
+        if plan.prefix_only_last:
+            if self._pre is None:
+                raise EdgepruneError("the latency model has no prefix-only attention curve; calibrate again (refresh)")
+            blocks[-1] = _interp(p + plan.tokens_in(plan.spec.depth - 1), self._xs, self._pre) + self.mlp(p)
+        return sum(blocks)
 
     def ratio(self, plan: TokenPlan) -> float:
         """Predicted latency of ``plan`` over the unreduced model's: ``build_plan``'s latency_model."""
@@ -136,9 +149,9 @@ class LatencyModel:
     def from_dict(cls, d: dict[str, Any]) -> "LatencyModel":
         if d.get("format") != CALIBRATION_FORMAT:
             raise EdgepruneError(f"unsupported latency model format {d.get('format')!r}")
-        lists = {k: [(int if k.endswith("tokens") else float)(v) for v in d[k]]
-                 for k in ("tokens", "attention_ms", "mlp_ms", "reducer_tokens", "reducer_ms")}
-        return cls(method=str(d["method"]), dims={k: int(d["dims"][k]) for k in BLOCK_DIMS},
+        lists = {k: [(int if k.endswith("tokens") else float)(v) for v in d.get(k, [])]
+                 for k in ("tokens", "attention_ms", "mlp_ms", "reducer_tokens", "reducer_ms", "prefix_attention_ms")}
+        return cls(method=str(d["method"]), dims={k: int(v) for k, v in d["dims"].items() if k in BLOCK_DIMS},
                    info=dict(d.get("info", {})), **lists)
 
 
@@ -160,12 +173,17 @@ class _Chain(nn.Module):
     blocks in a row, so that one timed call holds several and ONNX Runtime's per-call costs, which a
     whole model pays once, are shared out as they are in the real graph."""
 
-    def __init__(self, views: list[Any], part: str) -> None:
+    def __init__(self, views: list[Any], part: str, num_prefix: int = 0) -> None:
         super().__init__()
-        self.views, self.part = views, part
+        self.views, self.part, self.num_prefix = views, part, num_prefix
         self.parts = nn.ModuleList(m for v in views for m in vars(v).values() if isinstance(m, nn.Module))  # export sees weights
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.part == "prefix_attention":  # each sub-layer reads every token and writes the prefix only
+            p = self.num_prefix
+            outs = [x[:, :p] + v.ls1(v.attn_out(F.scaled_dot_product_attention(*v.prefix_query_qkv(v.norm1(x), p), scale=v.scale)))
+                    for v in self.views]
+            return torch.stack(outs).sum(dim=0)
         for v in self.views:
             if self.part == "mlp":
                 x = x + v.ls2(v.mlp(v.norm2(x)))
@@ -213,22 +231,23 @@ def _measure(adapter: Any, method: str, threads: int, providers: Sequence[str], 
             _export(module, args, Path(tmp) / f"{name}.onnx", dynamic)
             return SessionFromOnnx(Path(tmp) / f"{name}.onnx", providers, threads)()
 
-        steps = 2 + len(sizes)
-        for i, part in enumerate(("attention", "mlp")):
-            say(f"latency calibration: exporting the {part} sub-layer ({i + 1}/{steps})")
-            sess = session(part, _Chain(views, part), (torch.randn(1, n_max, c),), dynamic=True)
-            jobs += [(part, n, sess, {"in0": rnd(1, n, c)}) for n in grid]
+        parts = ("attention", "mlp", "prefix_attention") if spec.prefix_head and p > 0 else ("attention", "mlp")
+        steps = len(parts) + len(sizes)
+        for i, part in enumerate(parts):
+            say(f"latency calibration: exporting the {part.replace('_', ' ')} sub-layer ({i + 1}/{steps})")
+            sess = session(part, _Chain(views, part, p), (torch.randn(1, n_max, c),), dynamic=True)
+            jobs += [(part, n, sess, {"in0": rnd(1, n, c)}) for n in grid if n > p]
         for i, n_tok in enumerate(sizes):
-            say(f"latency calibration: exporting the {method} reducer at {n_tok} tokens ({i + 3}/{steps})")
+            say(f"latency calibration: exporting the {method} reducer at {n_tok} tokens ({i + len(parts) + 1}/{steps})")
             n, keep = p + n_tok, max(min_tokens(method), n_tok // 2)
-            args = [a for _ in range(repeat) for a in (rnd(1, n, c), np.ones((1, n, 1), np.float32), rnd(1, h, n, c // h), rnd(1, h, n, c // h))]
+            args = [a for _ in range(repeat) for a in (rnd(1, n, c), np.ones((1, n, 1), np.float32), rnd(1, h, n, spec.head_dim), rnd(1, h, n, spec.head_dim))]
             sess = session(f"reducer{n}", _Reduce(method, views[0].scale, p, keep), tuple(map(torch.from_numpy, args)))
             jobs.append(("reducer", n, sess, {f"in{j}": a for j, a in enumerate(args)}))
         say(f"latency calibration: timing {len(jobs)} shapes x {runs} runs")
         medians = _time(jobs, runs, warmup)
     pick = lambda curve: [m / repeat for (name, _, _, _), m in zip(jobs, medians) if name == curve]  # noqa: E731
-    return LatencyModel(method, {k: getattr(spec, k) for k in BLOCK_DIMS}, grid, pick("attention"), pick("mlp"),
-                        [p + s for s in sizes], pick("reducer"))
+    return LatencyModel(method, {k: getattr(spec, k) for k in BLOCK_DIMS}, [n for n in grid if n > p], pick("attention"),
+                        pick("mlp"), [p + s for s in sizes], pick("reducer"), prefix_attention_ms=pick("prefix_attention"))
 
 
 def _time(jobs: list, runs: int, warmup: int, per_visit: int = 5, settle_s: float = 0.1) -> list[float]:

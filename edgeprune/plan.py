@@ -20,7 +20,8 @@ from edgeprune.reducers import ALL_METHODS, DENSE_METHODS, OPTIONS
 from edgeprune.spec import ViTSpec
 
 PLAN_FORMAT = 1
-DEFAULT_PROP_ATTN = {"none": False, "tome": True, "evit": False, "gsp": False, "cluster": False, "pass": False}
+DEFAULT_PROP_ATTN = {"none": False, "tome": True, "evit": False, "gsp": False, "tofu": True, "prune-merge": True,
+                     "cluster": False, "pass": False}
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,9 @@ class TokenPlan:
     prop_attn: bool = False
     options: dict[str, Any] = field(default_factory=dict)
     target: dict[str, Any] = field(default_factory=dict)  # what the user asked for, for the record
+    # The last block computes attention and MLP for the prefix tokens only (exact when the head
+    # reads only CLS/distillation tokens): its patch tokens are never used again.
+    prefix_only_last: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in ALL_METHODS:
@@ -48,6 +52,12 @@ class TokenPlan:
             prev = k
         if self.method == "cluster":
             _check_cluster_plan(self)
+        if self.prefix_only_last:
+            if not (self.spec.prefix_head and self.spec.num_prefix > 0):
+                raise EdgepruneError("prefix_only_last needs a classifier whose head reads only its CLS/prefix tokens")
+            last = self.spec.depth - 1
+            if self.keep[last] < self.tokens_in(last):
+                raise EdgepruneError(f"with prefix_only_last the last block ({last}) keeps only the prefix tokens; do not reduce there")
 
     def tokens_in(self, block: int) -> int:
         """Patch tokens entering ``block``."""
@@ -82,6 +92,7 @@ class TokenPlan:
             "prop_attn": self.prop_attn,
             "options": dict(self.options),
             "target": dict(self.target),
+            "prefix_only_last": self.prefix_only_last,
             "reduction_points": self.reduction_points,
             "macs": self.macs,
             "baseline_macs": self.baseline_macs,
@@ -100,6 +111,7 @@ class TokenPlan:
                 prop_attn=bool(d.get("prop_attn", False)),
                 options=dict(d.get("options", {})),
                 target=dict(d.get("target", {})),
+                prefix_only_last=bool(d.get("prefix_only_last", False)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise EdgepruneError(f"malformed plan: {exc}") from None
@@ -158,6 +170,7 @@ def default_points(depth: int) -> list[int]:
 
 
 def _check_points(points: Sequence[int], depth: int) -> list[int]:
+    """``depth`` here is the number of blocks that may reduce (the last one may not, under prefix_only_last)."""
     pts = sorted(set(int(p) for p in points))
     if not pts or pts[0] < 0 or pts[-1] >= depth:
         raise EdgepruneError(f"reduction points must be block indices in 0..{depth - 1}, got {list(points)}")
@@ -177,13 +190,15 @@ def build_plan(
     prop_attn: Optional[bool] = None,
     options: Optional[dict[str, Any]] = None,
     latency_model: Optional[Callable[["TokenPlan"], float]] = None,
+    prefix_only_last: bool = False,
 ) -> TokenPlan:
     """Build a plan from one budget: ``keep`` (fraction of patch tokens left at the end), ``tokens``
     (patch tokens left at the end), ``flops`` (target MACs ratio) or ``latency`` (target latency ratio,
     measured on this machine's engine once and cached; see :mod:`edgeprune.latency`).
 
     ``schedule`` is ``"points"`` (reduce at ``points``, default blocks 1/4/7 of 12) or ``"constant"``
-    (ToMe's constant r from block 0).
+    (ToMe's constant r from block 0). ``prefix_only_last`` runs the last block for the CLS/prefix
+    tokens alone (classifiers whose head reads only those; exact), so no schedule reduces there.
     """
     spec = model_or_spec if isinstance(model_or_spec, ViTSpec) else _spec_of(model_or_spec)
     method = method.lower()
@@ -195,11 +210,14 @@ def build_plan(
         points = dense_default_points(spec.depth)
     prop = DEFAULT_PROP_ATTN[method] if prop_attn is None else bool(prop_attn)
     opts = check_options(method, options or {})
+    if method == "tofu":  # ToFu prunes in the first quarter of the blocks and merges after
+        opts.setdefault("prune_until", spec.depth // 4)
     budgets = {k: v for k, v in dict(keep=keep, tokens=tokens, flops=flops, latency=latency).items() if v is not None}
     n0, depth = spec.num_patches, spec.depth
 
     def make(keep_seq: tuple[int, ...]) -> TokenPlan:
-        return TokenPlan(method, spec, keep_seq, prop, opts, target=dict(budgets, schedule=schedule, points=pts))
+        return TokenPlan(method, spec, keep_seq, prop, opts, target=dict(budgets, schedule=schedule, points=pts),
+                         prefix_only_last=prefix_only_last)
 
     if method == "none":
         if budgets:
@@ -210,7 +228,8 @@ def build_plan(
         raise EdgepruneError("give exactly one budget: --keep, --tokens, --flops or --latency")
     if schedule not in ("points", "constant"):
         raise EdgepruneError(f"unknown schedule '{schedule}' (points or constant)")
-    pts = _check_points(points if points is not None else default_points(depth), depth) if schedule == "points" else []
+    reducing = depth - 1 if prefix_only_last else depth  # blocks that may reduce
+    pts = _check_points(points if points is not None else default_points(reducing), reducing) if schedule == "points" else []
     lo = min_tokens(method)
 
     if method == "cluster" and (schedule != "points" or len(pts) != 1):
@@ -222,7 +241,8 @@ def build_plan(
             final = max([c for c in counts if c <= final] or [counts[0]])
         if schedule == "points":
             return points_schedule(n0, depth, pts, final)
-        return constant_schedule(n0, depth, math.ceil((n0 - final) / depth), floor=lo)
+        keep_seq = constant_schedule(n0, reducing, math.ceil((n0 - final) / reducing), floor=lo)
+        return keep_seq + keep_seq[-1:] * (depth - reducing)
 
     if "keep" in budgets:
         if not 0 < keep <= 1:

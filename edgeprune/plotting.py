@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 METHOD_COLORS = {"none": "black", "tome": "tab:blue", "evit": "tab:orange", "gsp": "tab:green",
-                 "cluster": "tab:red", "pass": "tab:purple"}
+                 "cluster": "tab:red", "pass": "tab:purple", "tofu": "tab:cyan", "prune-merge": "tab:brown"}
 
 
 def plot_bench(result: BenchResult, path: str | os.PathLike, accuracy: Optional[dict[str, float]] = None,

@@ -22,10 +22,21 @@ class ViTSpec:
     # Dense (segmentation) models: blocks whose per-patch tokens feed the head, and the head's MACs.
     feature_blocks: tuple[int, ...] = ()
     dense_head_macs: int = 0
+    # Width of one attention head when it is not embed_dim // num_heads (research ViTs often run
+    # e.g. 4 heads of 64 on a 64-wide model); 0 means the usual split.
+    head_width: int = 0
+    # The head reads only the prefix tokens (CLS, distillation): the last block may then compute
+    # attention and MLP for those alone (exact), see TokenPlan.prefix_only_last.
+    prefix_head: bool = False
 
     @property
     def head_dim(self) -> int:
-        return self.embed_dim // self.num_heads
+        return self.head_width or self.embed_dim // self.num_heads
+
+    @property
+    def attn_dim(self) -> int:
+        """Width of q, k, v and the attention output before the out-projection."""
+        return self.num_heads * self.head_dim
 
     @property
     def dense(self) -> bool:

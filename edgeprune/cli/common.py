@@ -19,6 +19,14 @@ ProviderOpt = typer.Option(
 )
 BatchOpt = typer.Option(1, "--batch", min=1, help="Batch size.")
 
+# Model loading, shared by every command that takes a MODEL (export, tune).
+MODEL_HELP = ("timm model name (e.g. vit_small_patch16_224), torchvision:NAME (e.g. torchvision:vit_b_16), a HF "
+              "save_pretrained folder (CLIP/SigLIP/ViT/DeiT/Dinov2), an edgeprune segmenter folder (e.g. models/scene_seg) "
+              "or a generic-adapter spec file (.json, see docs/generic.md).")
+CheckpointOpt = typer.Option(None, "--checkpoint", help="Weights: .safetensors or .pth/.pt (loaded weights-only).")
+ModelArgOpt = typer.Option([], "--model-arg", help="KEY=VALUE forwarded to timm.create_model (repeatable).")
+ImgSizeOpt = typer.Option(None, "--img-size", help="Input size for timm models (square).")
+
 
 def parse_int_list(text: Optional[str], what: str) -> Optional[list[int]]:
     from edgeprune.errors import EdgepruneError

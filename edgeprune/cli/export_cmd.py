@@ -9,11 +9,11 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from edgeprune.cli.common import ThreadsOpt, console, out, parse_int_list
+from edgeprune.cli.common import CheckpointOpt, ImgSizeOpt, MODEL_HELP, ModelArgOpt, ThreadsOpt, console, out, parse_int_list
 
 
 def export(
-    model: str = typer.Argument(..., help="timm model name (e.g. vit_small_patch16_224), a HF save_pretrained folder (CLIP/SigLIP vision) or an edgeprune segmenter folder (e.g. models/scene_seg)."),
+    model: str = typer.Argument(..., help=MODEL_HELP),
     out_dir: Path = typer.Option(..., "--out", "-o", help="Artifact directory to create (model.onnx + manifest.json)."),
     method: str = typer.Option("tome", "--method", "-m", help="none, tome (merging), evit (attention top-k), gsp (graph pruning); segmenters also cluster (Expedite clustering + reconstruction) and pass (token pass)."),
     keep: Optional[float] = typer.Option(None, "--keep", help="Fraction of patch tokens left after the last reduction point."),
@@ -21,15 +21,16 @@ def export(
     flops: Optional[float] = typer.Option(None, "--flops", help="Target MACs ratio vs the unreduced model."),
     latency: Optional[float] = typer.Option(None, "--latency", help="Target latency ratio, from this machine's calibrated per-block latency (cached)."),
     temporal: Optional[float] = typer.Option(None, "--temporal", help="Segmenters: temporal reuse for video; a refresh graph (every patch) and an update graph recomputing this share of the patches (e.g. 0.4) or this many; --out becomes a temporal artifact for demo/TemporalRuntime."),
+    plan_file: Optional[Path] = typer.Option(None, "--plan", help="A plan file written by `edgeprune tune` (or TokenPlan.to_dict): bake it in as is; replaces --method and the budget options."),
     budgets: Optional[str] = typer.Option(None, "--budgets", help="Engine set: one artifact per MACs ratio, e.g. 1.0,0.75,0.5 (1.0 = unreduced); --out becomes a set folder."),
     points: Optional[str] = typer.Option(None, "--points", help="Blocks that reduce, e.g. 1,4,7 (default for 12 blocks). With --latency: searched when omitted."),
     schedule: str = typer.Option("points", "--schedule", help="points (few large steps) or constant (ToMe's r per block)."),
     prop_attn: Optional[bool] = typer.Option(None, "--prop-attn/--no-prop-attn", help="Proportional attention (log size bias); default on for tome."),
     gsp_alpha: Optional[float] = typer.Option(None, "--gsp-alpha", help="gsp: edge threshold = mean + alpha * std of similarities."),
     option: list[str] = typer.Option([], "--option", help="Reducer option KEY=VALUE (repeatable), e.g. cluster_tau=0.02, cluster_iters=3, cluster_residual=false, pass_signal=update."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Weights: .safetensors or .pth/.pt (loaded weights-only)."),
-    model_arg: list[str] = typer.Option([], "--model-arg", help="KEY=VALUE forwarded to timm.create_model (repeatable)."),
-    img_size: Optional[int] = typer.Option(None, "--img-size", help="Input size for timm models (square)."),
+    checkpoint: Optional[Path] = CheckpointOpt,
+    model_arg: list[str] = ModelArgOpt,
+    img_size: Optional[int] = ImgSizeOpt,
     batch: int = typer.Option(1, "--batch", min=1, help="Static batch size of the graph."),
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Symbolic batch axis (token counts stay static); parity checked at batch 1 and 2."),
     opset: int = typer.Option(18, "--opset", help="ONNX opset (>= 17)."),
@@ -45,6 +46,14 @@ def export(
 
     started = time.perf_counter()
     budget_list = _parse_budget_set(budgets, keep=keep, tokens=tokens, flops=flops, latency=latency)
+    if plan_file is not None and (budgets is not None or temporal is not None):
+        from edgeprune.errors import EdgepruneError
+
+        raise EdgepruneError("--plan exports one plan; it does not combine with --budgets or --temporal")
+    if plan_file is not None and not plan_file.is_file():
+        from edgeprune.errors import EdgepruneError
+
+        raise EdgepruneError(f"plan file '{plan_file}' does not exist")
     if temporal is not None:
         _check_temporal_flags(method, budgets=budgets, keep=keep, tokens=tokens, flops=flops, latency=latency, points=points)
     check_target(out_dir, force)  # before the slow model load
@@ -78,7 +87,11 @@ def export(
             )
         print_set(engine_set, f"exported engine set {out_dir} in {time.perf_counter() - started:.1f} s")
         return
-    if latency is not None and method != "none":
+    if plan_file is not None:
+        plan = _read_plan(plan_file, net, method=method if method != "tome" else None, keep=keep, tokens=tokens,
+                          flops=flops, latency=latency, points=points, gsp_alpha=gsp_alpha, option=option or None,
+                          prop_attn=prop_attn, schedule=schedule if schedule != "points" else None)
+    elif latency is not None and method != "none":
         plan = _latency_plan(net, method, latency, point_list, schedule, threads, common)
     else:
         budget = dict(keep=keep, tokens=tokens, flops=flops)
@@ -91,6 +104,33 @@ def export(
             tolerance=tolerance, model_info=info, overwrite=force, progress=status.update,
         )
     _print_summary(artifact.path, artifact.manifest, time.perf_counter() - started)
+
+
+def _read_plan(path: Path, net, **others) -> "TokenPlan":  # noqa: F821 - lazy import below
+    """A plan file for this very model; any other planning flag given with it is a conflict."""
+    import json
+
+    from edgeprune.errors import EdgepruneError
+    from edgeprune.exporters import adapter_for
+    from edgeprune.plan import TokenPlan
+
+    given = [f"--{k.replace('_', '-')}" for k, v in others.items() if v is not None]
+    if given:
+        raise EdgepruneError(f"--plan carries the whole plan; drop {', '.join(given)}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise EdgepruneError(f"plan file '{path}' does not exist") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise EdgepruneError(f"cannot read plan file '{path}': {type(exc).__name__}: {exc}") from None
+    if not isinstance(data, dict):
+        raise EdgepruneError(f"plan file '{path}' is not a plan (expected a JSON object)")
+    plan = TokenPlan.from_dict(data)
+    spec = adapter_for(net).spec
+    if plan.spec != spec:
+        diff = [f"{k} {getattr(plan.spec, k)!r} vs {getattr(spec, k)!r}" for k in spec.to_dict() if getattr(plan.spec, k) != getattr(spec, k)]
+        raise EdgepruneError(f"plan file '{path}' was made for another model configuration ({'; '.join(diff[:3])})")
+    return plan
 
 
 def _check_temporal_flags(method: str, **others: Optional[object]) -> None:

@@ -1,4 +1,4 @@
-"""Entry point: ``edgeprune export | build | compare | bench | inspect | lint | segment | calibrate | demo``.
+"""Entry point: ``edgeprune export | tune | build | compare | bench | inspect | lint | segment | calibrate | demo``.
 
 User errors (:class:`EdgepruneError`) print one line and exit with code 2; usage errors exit 2 too.
 """
@@ -19,6 +19,7 @@ from edgeprune.cli.export_cmd import export
 from edgeprune.cli.inspect_cmd import inspect
 from edgeprune.cli.lint_cmd import lint
 from edgeprune.cli.segment_cmd import segment
+from edgeprune.cli.tune_cmd import tune
 from edgeprune.errors import EdgepruneError
 
 app = typer.Typer(
@@ -54,6 +55,7 @@ app.command(help=compare.__doc__)(compare)
 app.command(help=segment.__doc__)(segment)
 app.command(help=calibrate.__doc__)(calibrate)
 app.command(help=demo.__doc__)(demo)
+app.command(help=tune.__doc__)(tune)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,7 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except EdgepruneError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        from rich.markup import escape
+
+        # The message is text, not markup: "[1, 4]" or "[bold]" in it must print as written.
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         console.print("interrupted")

@@ -6,17 +6,22 @@ from torch import nn
 
 from edgeprune.errors import EdgepruneError
 from edgeprune.exporters.base import FamilyAdapter, ReducedViT
+from edgeprune.exporters.generic import GenericViTAdapter
 from edgeprune.exporters.timm_seg import SegmenterAdapter
 from edgeprune.exporters.timm_vit import TimmViTAdapter
+from edgeprune.exporters.torchvision_vit import TorchvisionViTAdapter
 
-ADAPTERS: list[type[FamilyAdapter]] = [TimmViTAdapter, SegmenterAdapter]
+ADAPTERS: list[type[FamilyAdapter]] = [TimmViTAdapter, SegmenterAdapter, TorchvisionViTAdapter]
 
 try:  # transformers is optional at import time; the HF adapters register when it is present
     from edgeprune.exporters.hf_vision import HF_ADAPTERS
+    from edgeprune.exporters.hf_vit import HF_VIT_ADAPTERS
 
-    ADAPTERS.extend(HF_ADAPTERS)
+    ADAPTERS.extend(HF_ADAPTERS + HF_VIT_ADAPTERS)
 except ImportError:  # pragma: no cover - depends on the environment
     pass
+
+ADAPTERS.insert(0, GenericViTAdapter)  # a spec attached on purpose wins over family detection
 
 
 def adapter_for(model: nn.Module) -> FamilyAdapter:

@@ -8,20 +8,17 @@ We call the submodules ourselves, so the model's ``attn_implementation`` does no
 
 Written for the flat layout of transformers 5 (``CLIPVisionModel.embeddings``); the older layout with
 the parts one level down (``.vision_model.embeddings``) is unwrapped the same way, but only 5.x is tested.
+Loading ``save_pretrained`` folders (of every HF family) lives in :mod:`edgeprune.exporters.hf_loading`.
 """
 
 from __future__ import annotations
-
-import json
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Iterator, Union
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edgeprune.errors import EdgepruneError
 from edgeprune.exporters.base import BlockView, FamilyAdapter, size_weighted_mean
+from edgeprune.exporters.hf_loading import load_hf_folder, load_hf_vision  # noqa: F401 - their old home
 from edgeprune.spec import ViTSpec
 
 HF_OUTPUTS = ("last_hidden_state", "pooler_output", "token_sizes")
@@ -231,97 +228,3 @@ def attention_pool(head: nn.Module, x: Tensor) -> Tensor:
 
 
 HF_ADAPTERS: list[type[FamilyAdapter]] = [ClipVisionAdapter, SiglipVisionAdapter]
-
-# config.json's model_type (or, without one, its architectures) -> the family to load
-_TYPES = {"clip_vision_model": "clip", "clip": "clip", "siglip_vision_model": "siglip", "siglip": "siglip"}
-_ARCHS = {"CLIPVisionModel": "clip", "CLIPVisionModelWithProjection": "clip", "CLIPModel": "clip"}
-_ARCHS.update(SiglipVisionModel="siglip", SiglipModel="siglip")
-# Checkpoint keys of the vision tower itself; other unused keys (text tower, logit scale) are expected.
-_TOWER_KEYS = ("embeddings.", "encoder.", "pre_layrnorm.", "post_layernorm.", "head.")
-
-
-def load_hf_vision(folder: Union[str, Path]) -> nn.Module:
-    """Load a CLIP/SigLIP vision tower saved with ``save_pretrained``, offline, in eval mode, float32.
-
-    A full CLIP/SigLIP folder gives its vision tower. A ``CLIPVisionModelWithProjection`` folder keeps
-    its projection. Weights are cast to float32 because edgeprune's parity checks and exports start
-    from float32; engines pick their own precision. Any problem becomes one :class:`EdgepruneError`
-    line: a half-loaded model (missing or resized weights) would otherwise run with random parts.
-    """
-    path = Path(folder)
-    if not path.is_dir():
-        raise EdgepruneError(f"model folder '{path}' does not exist")
-    cfg_file = path / "config.json"
-    if not cfg_file.is_file():
-        raise EdgepruneError(f"'{path}' has no config.json (expected a folder written by save_pretrained)")
-    try:
-        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EdgepruneError(f"cannot read '{cfg_file}': {_one_line(exc)}") from None
-    if not isinstance(cfg, dict):
-        raise EdgepruneError(f"'{cfg_file}' is not a model config (expected a JSON object)")
-    cls = _class_for(cfg, cfg_file)
-    with _quiet_transformers():
-        try:
-            kwargs = dict(local_files_only=True, output_loading_info=True, ignore_mismatched_sizes=True)
-            model, info = cls.from_pretrained(path, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - the library raises many types; all mean "cannot load"
-            raise EdgepruneError(f"cannot load {cls.__name__} from '{path}': {_one_line(exc)}") from None
-    _check_loading(info, path)
-    return model.float().eval()
-
-
-def _class_for(cfg: dict, cfg_file: Path) -> type:
-    import transformers
-
-    archs = cfg.get("architectures") or []
-    archs = archs if isinstance(archs, list) else []
-    model_type = cfg.get("model_type")
-    family = _TYPES.get(model_type) if model_type else next((_ARCHS[a] for a in archs if a in _ARCHS), None)
-    if family is None:
-        supported = ", ".join(_TYPES)
-        found = f"model_type {model_type!r} (architectures {archs})"
-        raise EdgepruneError(f"'{cfg_file}' has {found}; supported model types: {supported}")
-    if family == "siglip":
-        return transformers.SiglipVisionModel
-    with_projection = model_type != "clip" and "CLIPVisionModelWithProjection" in archs
-    return transformers.CLIPVisionModelWithProjection if with_projection else transformers.CLIPVisionModel
-
-
-def _check_loading(info: dict, path: Path) -> None:
-    """Every tower weight must come from the checkpoint, and it may hold no tower weights the config lacks."""
-    misfit = f"weights in '{path}' do not fit config.json:"
-    mismatched = sorted(info.get("mismatched_keys") or [], key=lambda m: m[0])
-    if mismatched:
-        key, ckpt, model = mismatched[0]
-        shapes = f"{key} is {tuple(ckpt)} in the checkpoint but {tuple(model)} in the model"
-        raise EdgepruneError(f"{misfit} {len(mismatched)} tensors differ in shape, e.g. {shapes}")
-    missing = sorted(info.get("missing_keys") or [])
-    if missing:
-        raise EdgepruneError(f"{misfit} {len(missing)} tensors missing, e.g. {missing[0]}")
-    unused = info.get("unexpected_keys") or []
-    extra = sorted(k for k in unused if k.removeprefix("vision_model.").startswith(_TOWER_KEYS))
-    if extra:
-        raise EdgepruneError(f"{misfit} {len(extra)} vision tensors unused, e.g. {extra[0]}")
-
-
-@contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """Silence the load report and progress bars: unused text-tower weights are expected, and real
-    problems are raised by :func:`_check_loading` instead."""
-    from transformers.utils import logging as hf_logging
-
-    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return f"{type(exc).__name__}: {text[:300]}"

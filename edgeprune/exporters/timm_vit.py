@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edgeprune.errors import EdgepruneError
@@ -23,6 +26,17 @@ class TimmBlockView(BlockView):
         attn = self.attn
         b, n, _ = h.shape
         q, k, v = attn.qkv(h).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        return attn.q_norm(q), attn.k_norm(k), v
+
+    def prefix_query_qkv(self, h: Tensor, num_query: int) -> tuple[Tensor, Tensor, Tensor]:
+        attn = self.attn
+        b, n, _ = h.shape
+        width = attn.num_heads * attn.head_dim
+        weight, bias = attn.qkv.weight, attn.qkv.bias
+        q = F.linear(h[:, :num_query], weight[:width], None if bias is None else bias[:width])
+        kv = F.linear(h, weight[width:], None if bias is None else bias[width:])
+        q = q.reshape(b, num_query, attn.num_heads, attn.head_dim).transpose(1, 2)
+        k, v = kv.reshape(b, n, 2, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         return attn.q_norm(q), attn.k_norm(k), v
 
     def attn_out(self, a: Tensor) -> Tensor:
@@ -81,7 +95,20 @@ class TimmViTAdapter(FamilyAdapter):
             img_size=tuple(m.patch_embed.img_size),
             head_dim_out=head.out_features if isinstance(head, nn.Linear) else 0,
             class_token=getattr(m, "cls_token", None) is not None,
+            head_width=0 if first.attn.head_dim * first.attn.num_heads == m.embed_dim else first.attn.head_dim,
+            prefix_head=m.num_prefix_tokens > 0 and (self.distilled or self.pool == "token"),
         )
+
+    def input_config(self) -> Optional[dict]:
+        cfg = getattr(self.model, "pretrained_cfg", None) or {}
+        mean, std = cfg.get("mean"), cfg.get("std")
+        if mean is None or std is None:
+            return None
+        chans = self.model.patch_embed.proj.in_channels
+        mean, std = list(mean), list(std)
+        if len(mean) != chans:  # e.g. a 1-channel model built from a 3-channel config
+            mean, std = [sum(mean) / len(mean)] * chans, [sum(std) / len(std)] * chans
+        return {"mean": mean, "std": std, "source": "timm pretrained_cfg"}
 
     def embed(self, pixels: Tensor) -> Tensor:
         m = self.model

@@ -20,7 +20,8 @@ from torch import Tensor
 from edgeprune.reducers.common import ReductionContext
 from edgeprune.reducers.evit import evit_prune
 from edgeprune.reducers.gsp import gsp_prune
-from edgeprune.reducers.tome import tome_merge
+from edgeprune.reducers.prune_merge import prune_merge
+from edgeprune.reducers.tome import tofu_reduce, tome_merge
 
 Reducer = Callable[[Tensor, Tensor, ReductionContext, int], tuple[Tensor, Tensor, Tensor]]
 
@@ -28,6 +29,8 @@ REDUCERS: dict[str, Reducer] = {
     "tome": tome_merge,
     "evit": evit_prune,
     "gsp": gsp_prune,
+    "tofu": tofu_reduce,
+    "prune-merge": prune_merge,
 }
 
 METHODS: tuple[str, ...] = ("none", *REDUCERS)
@@ -38,9 +41,11 @@ ALL_METHODS: tuple[str, ...] = (*METHODS, *DENSE_METHODS)
 # Options a plan may carry, per method: name -> (type, allowed values or None).
 OPTIONS: dict[str, dict[str, tuple[type, tuple | None]]] = {
     "gsp": {"gsp_alpha": (float, None), "gsp_threshold": (float, None)},
+    "tofu": {"prune_until": (int, None)},
+    "prune-merge": {"prune_share": (float, None), "merge_mode": (str, ("mean", "mlerp"))},
     "cluster": {"cluster_iters": (int, None), "cluster_tau": (float, None), "cluster_window": (int, None),
                 "cluster_topk": (int, None), "cluster_residual": (bool, None)},
     "pass": {"pass_signal": (str, ("redundancy", "update")), "pass_carry": (bool, None)},
 }
 
-__all__ = ["REDUCERS", "METHODS", "DENSE_METHODS", "ALL_METHODS", "OPTIONS", "Reducer", "ReductionContext", "tome_merge", "evit_prune", "gsp_prune"]
+__all__ = ["REDUCERS", "METHODS", "DENSE_METHODS", "ALL_METHODS", "OPTIONS", "Reducer", "ReductionContext", "tome_merge", "tofu_reduce", "prune_merge", "evit_prune", "gsp_prune"]

@@ -23,6 +23,7 @@ class ReductionContext:
     attn_bias: Optional[Tensor] = None  # [B, 1, 1, N] additive logit bias (log size) or None
     options: dict[str, Any] = field(default_factory=dict)
     class_token: bool = True  # token 0 is a CLS token (False: no CLS, or registers only)
+    block: int = 0  # index of the block the reduction point sits in (ToFu prunes early, merges late)
 
     def key_metric(self) -> Tensor:
         """ToMe's matching metric: the keys averaged over heads, [B, N, D]."""

@@ -28,13 +28,23 @@ from edgeprune.reducers.common import (
 )
 
 
+COMBINES = ("mean", "mlerp", "prune")
+
+
 def bipartite_merge_round(
-    x: Tensor, size: Tensor, metric: Tensor, r: int, num_prefix: int
+    x: Tensor, size: Tensor, metric: Tensor, r: int, num_prefix: int, combine: str = "mean"
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Merge ``r`` tokens of set A into set B once; returns new (x, size, metric, where).
 
+    ``combine`` says what a B token becomes: ``mean`` is ToMe's size-weighted average; ``mlerp``
+    rescales that average to the largest norm among the merged tokens (ToFu: averaging nearly
+    parallel vectors keeps their direction but shrinks the norm less than averaging dissimilar ones,
+    and later blocks read the shrunken norm as a different token); ``prune`` keeps the B token's
+    features and drops the A token (its size still moves over, so the B token counts for both).
     ``metric`` is merged like ``x`` so that a further round at the same point can match again.
     """
+    if combine not in COMBINES:
+        raise ValueError(f"unknown combine '{combine}' (one of {', '.join(COMBINES)})")
     x_pre, x_tok = split_prefix(x, num_prefix)
     s_pre, s_tok = split_prefix(size, num_prefix)
     m_pre, m_tok = split_prefix(metric, num_prefix)
@@ -56,13 +66,19 @@ def bipartite_merge_round(
 
     s_a, s_b = s_tok[:, ::2], s_tok[:, 1::2]
     new_s_b = s_b + assign_t @ gather_tokens(s_a, src_idx)
-    x_unm, x_b = merge(x_tok, s_tok)
-    m_unm, m_b = merge(m_tok, s_tok)
     s_unm = gather_tokens(s_a, unmerged_idx)
-
-    x_out = torch.cat((x_pre, x_unm, x_b / new_s_b), dim=1)
+    if combine == "prune":
+        x_unm, x_b = gather_tokens(x_tok[:, ::2], unmerged_idx), x_tok[:, 1::2]
+        m_unm, m_b = gather_tokens(m_tok[:, ::2], unmerged_idx), m_tok[:, 1::2]
+    else:
+        x_unm, x_b = merge(x_tok, s_tok)
+        m_unm, m_b = merge(m_tok, s_tok)
+        x_b, m_b = x_b / new_s_b, m_b / new_s_b
+        if combine == "mlerp":
+            x_b = rescale_to_largest_norm(x_b, x_tok, src_idx, assign_t)
+    x_out = torch.cat((x_pre, x_unm, x_b), dim=1)
     size_out = torch.cat((s_pre, s_unm, new_s_b), dim=1)
-    metric_out = torch.cat((m_pre, m_unm, m_b / new_s_b), dim=1)
+    metric_out = torch.cat((m_pre, m_unm, m_b), dim=1)
 
     # Unmerged A tokens come first (in token order), then every B token; a merged A token lives on
     # in its B partner.
@@ -73,12 +89,35 @@ def bipartite_merge_round(
     return x_out, size_out, metric_out, interleave(where_a, where_b)
 
 
-def tome_merge(x: Tensor, size: Tensor, ctx: ReductionContext, keep: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Merge patch tokens down to ``keep``; more than half go in several rounds at this point."""
+def rescale_to_largest_norm(merged_b: Tensor, x_tok: Tensor, src_idx: Tensor, assign_t: Tensor) -> Tensor:
+    """MLERP: each B token's average scaled to the largest norm among the tokens merged into it
+    (itself included). The max over a B token's sources is a ReduceMax over the one-hot assignment
+    times the source norms (norms are >= 0, so unassigned zeros never win): no scatter."""
+    norm_a, norm_b = x_tok[:, ::2].norm(dim=-1), x_tok[:, 1::2].norm(dim=-1)  # [B, Na], [B, Nb]
+    src_norm = norm_a.gather(1, src_idx)  # [B, r]
+    largest = torch.maximum(norm_b, (assign_t * src_norm.unsqueeze(1)).amax(dim=-1))  # [B, Nb]
+    return merged_b * (largest / merged_b.norm(dim=-1).clamp_min(1e-6)).unsqueeze(-1)
+
+
+def bipartite_reduce(x: Tensor, size: Tensor, ctx: ReductionContext, keep: int, combine: str) -> tuple[Tensor, Tensor, Tensor]:
+    """Bipartite rounds down to ``keep`` patch tokens; more than half go in several rounds."""
     metric = ctx.key_metric()
     n_tok = x.shape[1] - ctx.num_prefix
     where = torch.arange(n_tok, device=x.device).expand(x.shape[0], -1)
     for r in round_sizes(n_tok, keep):
-        x, size, metric, step = bipartite_merge_round(x, size, metric, r, ctx.num_prefix)
+        x, size, metric, step = bipartite_merge_round(x, size, metric, r, ctx.num_prefix, combine)
         where = compose(where, step)
     return x, size, where
+
+
+def tome_merge(x: Tensor, size: Tensor, ctx: ReductionContext, keep: int) -> tuple[Tensor, Tensor, Tensor]:
+    """ToMe: merge patch tokens down to ``keep`` by size-weighted averaging."""
+    return bipartite_reduce(x, size, ctx, keep, "mean")
+
+
+def tofu_reduce(x: Tensor, size: Tensor, ctx: ReductionContext, keep: int) -> tuple[Tensor, Tensor, Tensor]:
+    """ToFu (Kim et al. 2024): the same matching, pruning in early blocks (before ``prune_until``),
+    where features are still local and averaging blurs them, and norm-preserving MLERP merging in
+    later ones. ``prune_until`` 0 merges everywhere."""
+    prune = ctx.block < int(ctx.options.get("prune_until", 0))
+    return bipartite_reduce(x, size, ctx, keep, "prune" if prune else "mlerp")

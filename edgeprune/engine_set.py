@@ -142,7 +142,8 @@ def export_engine_set(
     names = [member_name(b) for b in budgets]
     if len(set(names)) != len(names):
         raise EdgepruneError(f"budgets {budgets} give clashing folder names")
-    plans = [build_plan(model, "none") if b == 1.0 else build_plan(model, method, flops=b, **plan_kwargs) for b in budgets]
+    exact = {"prefix_only_last": plan_kwargs["prefix_only_last"]} if "prefix_only_last" in plan_kwargs else {}
+    plans = [build_plan(model, "none", **exact) if b == 1.0 else build_plan(model, method, flops=b, **plan_kwargs) for b in budgets]
     extra = {k: v for k, v in dict(opset=opset, tolerance=tolerance).items() if v is not None}
     members = []
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:

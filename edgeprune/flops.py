@@ -35,9 +35,12 @@ def reducer_macs(spec: ViTSpec, method: str, n_tok_in: int, n_tok_out: int, opti
         return cluster_macs(n_tok_in, n_tok_out, spec.embed_dim, iters) + n_tok_in * spec.embed_dim
     if method == "evit":
         return spec.num_heads * n_tok_in * spec.head_dim + n_tok_in * spec.embed_dim
-    if method == "prune-merge":  # CLS attention row, removed-to-kept similarity, one merge matmul
+    if method == "prune-merge":  # CLS attention row, removed-to-kept similarity, the merge matmul
+        from edgeprune.reducers.prune_merge import DEFAULTS, split_removed
+
         removed = n_tok_in - n_tok_out
-        return spec.num_heads * n_tok_in * spec.head_dim + removed * n_tok_out * (spec.head_dim + spec.embed_dim)
+        merged, _ = split_removed(removed, float({**DEFAULTS, **(options or {})}["prune_share"]))
+        return spec.num_heads * n_tok_in * spec.head_dim + removed * n_tok_out * spec.head_dim + merged * n_tok_out * spec.embed_dim
     width = spec.head_dim if method in ("tome", "tofu") else spec.embed_dim
     macs, n = 0, n_tok_in
     for r in round_sizes(n_tok_in, n_tok_out):  # the rounds the reducers run

@@ -342,7 +342,8 @@ def retained_information(plan: TokenPlan) -> float:
 
 
 def search_plan(model_or_spec: Union[nn.Module, ViTSpec], method: str, latency: float, latency_model: LatencyModel, *,
-                max_points: int = 3, prop_attn: Optional[bool] = None, options: Optional[dict[str, Any]] = None) -> TokenPlan:
+                max_points: int = 3, prop_attn: Optional[bool] = None, options: Optional[dict[str, Any]] = None,
+                prefix_only_last: bool = False) -> TokenPlan:
     """The plan within ``latency`` (predicted ratio) that retains the most information (see
     :func:`retained_information`; fewer reduction points on ties), over every set of 1..``max_points`` reduction points among
     blocks 0..depth-2 plus ToMe's constant schedule. Each point costs a fixed reducer time on a
@@ -355,10 +356,10 @@ def search_plan(model_or_spec: Union[nn.Module, ViTSpec], method: str, latency: 
         raise EdgepruneError(f"cannot plan '{method}' with a latency model calibrated for '{latency_model.method}'")
     if not 0 < latency <= 1:
         raise EdgepruneError(f"the latency target must be in (0, 1], got {latency}")
-    blocks = range(max(1, spec.depth - 1))
+    blocks = range(max(1, spec.depth - 2 if prefix_only_last else spec.depth - 1))
     schedules = [("points", list(c)) for k in range(1, max_points + 1) for c in combinations(blocks, k)]
     schedules.append(("constant", None))
-    common = dict(prop_attn=prop_attn, options=options, latency_model=latency_model.ratio)
+    common = dict(prop_attn=prop_attn, options=options, latency_model=latency_model.ratio, prefix_only_last=prefix_only_last)
 
     def attempt(schedule: str, pts: Optional[list[int]], **budget: Any) -> Optional[TokenPlan]:
         try:

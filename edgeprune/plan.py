@@ -16,7 +16,7 @@ from torch import nn
 
 from edgeprune.errors import EdgepruneError
 from edgeprune.flops import baseline_macs, plan_macs
-from edgeprune.reducers import ALL_METHODS, DENSE_METHODS, OPTIONS
+from edgeprune.reducers import ALL_METHODS, DENSE_METHODS, OPTIONS, RANGES
 from edgeprune.spec import ViTSpec
 
 PLAN_FORMAT = 1
@@ -302,6 +302,10 @@ def check_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
         if value is None or (allowed is not None and value not in allowed):
             choices = f" (one of {', '.join(map(str, allowed))})" if allowed else ""
             raise EdgepruneError(f"option {name}={options[name]!r} is not a valid {kind.__name__}{choices}")
+        low, high = RANGES.get(name, (None, None))
+        if (low is not None and value < low) or (high is not None and value > high):
+            span = f"[{low}, {high}]" if high is not None else f">= {low}"
+            raise EdgepruneError(f"option {name}={options[name]!r} must be {'in ' if high is not None else ''}{span}")
         checked[name] = value
     return checked
 

@@ -36,16 +36,20 @@ METHODS = ("tome", "tofu", "prune-merge", "evit", "gsp")
 
 
 def load(name: str):
-    """(model, eval image set, calibration set, disjoint-eval set or None, description)."""
+    """(model, eval image set, calibration set, the eval images disjoint from calibration as a slice
+    (None: all of them are), description)."""
     from edgeprune.loading import load_model
     from edgeprune.tune import Preprocess, load_calibration
 
     if name == "mit":
         model, info = load_model(str(REPO / "specs" / "mnist_vit_mit.json"), checkpoint=SHARED / "models" / "mnist_vit_mit" / "vit_mnist_gpu.pt")
         pre = Preprocess((28, 28), 1, tuple(info["input"]["mean"]), tuple(info["input"]["std"]))
-        calib, rest = load_calibration(SHARED / "data" / "mnist", pre, 1000, -1)
-        full, _ = load_calibration(SHARED / "data" / "mnist", pre, 10000, 0)  # every test digit (order permuted)
-        return model, full, calib, rest, "mnist_vit_mit (pretrained elsewhere), MNIST test"
+        # Both draws use the same seeded permutation of the 10000 digits: the first 1000 of `full`
+        # are the calibration digits, the other 9000 the disjoint part.
+        calib, _ = load_calibration(SHARED / "data" / "mnist", pre, 1000, 0)
+        full, _ = load_calibration(SHARED / "data" / "mnist", pre, 10000, 0)
+        assert torch.equal(full.images[:1000], calib.images)
+        return model, full, calib, slice(1000, None), "mnist_vit_mit (pretrained elsewhere), MNIST test"
     cfg = json.loads((REPO / "models" / "fashion_vit" / "config.json").read_text())
     model, _ = load_model(cfg["timm_name"], checkpoint=REPO / "models" / "fashion_vit" / "model.safetensors", model_args=cfg["model_args"])
     mean, std = cfg["input"]["mean"], cfg["input"]["std"]
@@ -56,12 +60,10 @@ def load(name: str):
 
 
 @torch.no_grad()
-def top1(model, images) -> float:
-    correct = 0
-    for i in range(0, len(images), 500):
-        out = model(images.images[i : i + 500])
-        correct += int((out.argmax(-1) == images.labels[i : i + 500]).sum())
-    return correct / len(images)
+def correct(model, images) -> torch.Tensor:
+    """Per-image correctness [N] bool."""
+    return torch.cat([model(images.images[i : i + 500]).argmax(-1) == images.labels[i : i + 500]
+                      for i in range(0, len(images), 500)])
 
 
 def plans_for(model, calib, targets, budget_minutes, say) -> list[tuple[str, Any]]:
@@ -155,13 +157,14 @@ def main() -> int:
         entries = []
         for label, plan in rows:
             reduced = edgeprune_reduce(model, plan)
+            hits = correct(reduced, test)
             entry = {"plan": label, "method": plan.method, "keep": list(plan.keep), "prefix_only_last": plan.prefix_only_last,
-                     "macs_ratio": round(plan.macs_ratio, 4), "top1": top1(reduced, test), **timing[label]}
+                     "macs_ratio": round(plan.macs_ratio, 4), "top1": float(hits.float().mean()), **timing[label]}
             if disjoint is not None:
-                entry["top1_disjoint"] = top1(reduced, disjoint)
+                entry["top1_disjoint"] = float(hits[disjoint].float().mean())
             entries.append(entry)
         base = entries[0]
-        print(f"\n{what} ({len(test)} images{', disjoint part ' + str(len(disjoint)) if disjoint is not None else ''})")
+        print(f"\n{what} ({len(test)} images{', disjoint part: the last ' + str(len(test) - 1000) if disjoint is not None else ''})")
         print(f"{'plan':<28} {'MACs':>6} {'top-1':>7} {'loss pt':>8} {'speedup':>8} {'p50 ms':>7}" + ("  disjoint loss" if disjoint is not None else ""))
         for e in entries:
             extra = f"  {100 * (e['top1_disjoint'] - base['top1_disjoint']):+.2f}" if disjoint is not None else ""

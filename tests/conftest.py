@@ -91,3 +91,14 @@ def _every_export_lints_clean(tmp_path_factory):
             if report.get("errors"):
                 dirty.append(f"{manifest.parent}: {report['findings'][0]}")
     assert not dirty, f"{len(dirty)} of {seen} exported graphs fail the TensorRT lint, e.g. {dirty[0]}"
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module of tiny-model tests (``pytestmark = pytest.mark.usefixtures(...)``):
+    they gain nothing from intra-op threads, and on a busy 2-core box spinning threads make every op
+    several times slower. The setting is restored for the rest of the session."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -26,6 +26,7 @@ def export(
     points: Optional[str] = typer.Option(None, "--points", help="Blocks that reduce, e.g. 1,4,7 (default for 12 blocks). With --latency: searched when omitted."),
     schedule: str = typer.Option("points", "--schedule", help="points (few large steps) or constant (ToMe's r per block)."),
     prop_attn: Optional[bool] = typer.Option(None, "--prop-attn/--no-prop-attn", help="Proportional attention (log size bias); default on for tome."),
+    prefix_only_last: bool = typer.Option(False, "--prefix-only-last", help="Classifiers whose head reads only CLS/distillation tokens: the last block computes attention and MLP for those alone (exact; fewer MACs)."),
     gsp_alpha: Optional[float] = typer.Option(None, "--gsp-alpha", help="gsp: edge threshold = mean + alpha * std of similarities."),
     option: list[str] = typer.Option([], "--option", help="Reducer option KEY=VALUE (repeatable), e.g. cluster_tau=0.02, cluster_iters=3, cluster_residual=false, pass_signal=update."),
     checkpoint: Optional[Path] = CheckpointOpt,
@@ -74,7 +75,7 @@ def export(
         print_temporal(load_temporal(path, verify=False), f"exported temporal artifact {out_dir} in {time.perf_counter() - started:.1f} s")
         return
     point_list = parse_int_list(points, "--points")
-    common = dict(prop_attn=prop_attn, options=options)
+    common = dict(prop_attn=prop_attn, options=options, **({"prefix_only_last": True} if prefix_only_last else {}))
     if budget_list is not None:
         from edgeprune.cli.inspect_cmd import print_set
         from edgeprune.engine_set import export_engine_set
@@ -90,7 +91,8 @@ def export(
     if plan_file is not None:
         plan = _read_plan(plan_file, net, method=method if method != "tome" else None, keep=keep, tokens=tokens,
                           flops=flops, latency=latency, points=points, gsp_alpha=gsp_alpha, option=option or None,
-                          prop_attn=prop_attn, schedule=schedule if schedule != "points" else None)
+                          prop_attn=prop_attn, schedule=schedule if schedule != "points" else None,
+                          prefix_only_last=prefix_only_last or None)
     elif latency is not None and method != "none":
         plan = _latency_plan(net, method, latency, point_list, schedule, threads, common)
     else:
@@ -178,6 +180,8 @@ def _print_summary(path: Path, manifest: dict, seconds: float) -> None:
     table.add_row("artifact", str(path / manifest["onnx"]["file"]))
     table.add_row("tokens", f"{plan['spec']['num_patches']} -> {plan['keep'][-1]} patch tokens (+{plan['spec']['num_prefix']} protected)")
     table.add_row("reduction points", ", ".join(map(str, plan["reduction_points"])) or "-")
+    if plan.get("prefix_only_last"):
+        table.add_row("last block", "CLS/prefix tokens only (exact)")
     table.add_row("MACs", f"{manifest['flops']['macs'] / 1e9:.3f} G ({manifest['flops']['macs_ratio']:.3f} of unreduced)")
     table.add_row("parity", f"max relative error {manifest['parity']['max']:.2e} (tolerance {manifest['parity']['tolerance']:.0e})")
     lint = manifest.get("trt_lint") or {}

@@ -55,7 +55,15 @@ def tune(
         raise EdgepruneError(f"folder of --out '{out_file.parent}' does not exist")
     if not calib.is_dir():
         raise EdgepruneError(f"calibration source '{calib}' is not a folder (an image folder or an IDX dataset folder)")
+    target = flops if flops is not None else latency
+    if not 0 < target <= 1:
+        raise EdgepruneError(f"the {'--flops' if flops is not None else '--latency'} target must be in (0, 1], got {target}")
     method_list = [m.strip().lower() for m in methods.split(",") if m.strip()]
+    from edgeprune.tune.space import SEARCH_METHODS
+
+    unknown = [m for m in method_list if m not in SEARCH_METHODS]
+    if unknown or not method_list:
+        raise EdgepruneError(f"--methods: cannot search {', '.join(unknown) or 'nothing'} (choose from {', '.join(SEARCH_METHODS)})")
     torch.set_num_threads(threads)
     with console.status("loading model"):
         net, info = load_model(model, checkpoint=checkpoint, model_args=parse_model_args(model_arg), img_size=img_size)
@@ -106,6 +114,8 @@ def _normalisation(mean: Optional[str], std: Optional[str], info: dict, adapter)
 
 
 def _print_result(result, path: Path, seconds: float) -> None:
+    from rich.markup import escape
+
     kind, target = next(iter(result.target.items()))
     cost_name = "MACs" if kind == "flops" else "predicted latency"
     table = Table(title=f"tune: best plans at {cost_name} <= {target}", title_justify="left")
@@ -117,7 +127,7 @@ def _print_result(result, path: Path, seconds: float) -> None:
     for c in ranked:
         s = c.scores["full"]
         acc = f"{s['top1']:.4f}" if "top1" in s else f"{s['agreement']:.4f}"
-        name = ("* " if c.plan == chosen else "  ") + (c.label if c is not result.reference else "constant r (export --schedule constant)")
+        name = ("* " if c.plan == chosen else "  ") + (escape(c.label) if c is not result.reference else "constant r (export --schedule constant)")
         cells = [name, ",".join(map(str, c.plan.keep)) + (" +prefix-only last" if c.plan.prefix_only_last else ""), f"{c.plan.macs_ratio:.3f}"]
         if kind == "latency":
             cells.append(f"{c.cost:.3f}")

@@ -48,4 +48,7 @@ OPTIONS: dict[str, dict[str, tuple[type, tuple | None]]] = {
     "pass": {"pass_signal": (str, ("redundancy", "update")), "pass_carry": (bool, None)},
 }
 
-__all__ = ["REDUCERS", "METHODS", "DENSE_METHODS", "ALL_METHODS", "OPTIONS", "Reducer", "ReductionContext", "tome_merge", "tofu_reduce", "prune_merge", "evit_prune", "gsp_prune"]
+# Numeric options with a valid range: name -> (low, high), None for open.
+RANGES: dict[str, tuple[float | None, float | None]] = {"prune_share": (0.0, 1.0), "prune_until": (0, None)}
+
+__all__ = ["REDUCERS", "RANGES", "METHODS", "DENSE_METHODS", "ALL_METHODS", "OPTIONS", "Reducer", "ReductionContext", "tome_merge", "tofu_reduce", "prune_merge", "evit_prune", "gsp_prune"]

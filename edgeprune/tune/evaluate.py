@@ -142,7 +142,7 @@ class ScoreCache:
             pass  # caching is a convenience; the search goes on
 
     def __len__(self) -> int:
-        return sum(len(v) for v in self.data.values())
+        return sum(len(v) for v in self.data.values() if isinstance(v, dict))
 
 
 def cache_path(cache_dir: Optional[Path], material: dict[str, Any]) -> Path:

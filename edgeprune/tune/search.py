@@ -121,6 +121,9 @@ def tune(model: nn.Module, calib: ImageSet, *, flops: Optional[float] = None, la
     left = budget_minutes * 60 - (time.perf_counter() - started) - final_s - hold_s
     per_image = max(1e-9, n_screen * mean_cost * full.seconds_per_image)
     subset = int(min(len(calib), max(min(len(calib), 64), left / per_image)))
+    # A resumed search screens on as many images as the interrupted one did (timings vary between
+    # runs), or none of its scores would be reused.
+    subset = int(cache.data.setdefault("screen_images", subset))
     screen = full.subset(subset)
     say(f"screening on {subset} of {len(calib)} images ({full.seconds_per_image * 1e3:.1f} ms per image unreduced)")
     total = [n_screen + finalists + 1]

@@ -37,6 +37,8 @@ BUDGETS = {
     "tome": dict(keep=0.5, points=[0, 2]),
     "evit": dict(keep=0.5, points=[0, 2]),
     "gsp": dict(keep=0.5, points=[0, 2]),
+    "tofu": dict(keep=0.5, points=[0, 2]),
+    "prune-merge": dict(keep=0.5, points=[0, 2]),
     "cluster": dict(tokens=16),
     "pass": dict(keep=0.5, points=[0, 2]),
 }

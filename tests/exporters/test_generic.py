@@ -25,12 +25,7 @@ MNIST = ROOT.parent / "shared" / "data" / "mnist"
 needs_ckpt = pytest.mark.skipif(not CKPT.is_file(), reason="the shared MNIST ViT checkpoint is not present")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,95 @@
+"""How long ``edgeprune tune`` takes on a 12-block ViT-S/16 @224 with 1000 calibration images, and
+that an interrupted search resumes from its cache.
+
+The calibration folder is real images: the 701 CamVid frames plus frames sampled evenly from the
+shared video clips, written once to ``--work``. ViT-S weights are random (no pretrained weights are
+reachable here); the time does not depend on them, the search's choices do.
+
+    python scripts/bench_tune_vits.py --work /tmp/tunebench                 # one full run, timed
+    python scripts/bench_tune_vits.py --work /tmp/tunebench --interrupt 180 # stop after 180 s, rerun
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+
+
+def calibration_folder(folder: Path, count: int) -> Path:
+    """``count`` real images: CamVid first, then evenly spaced video frames."""
+    import cv2
+
+    folder.mkdir(parents=True, exist_ok=True)
+    have = sorted(folder.glob("*.png"))
+    if len(have) >= count:
+        return folder
+    camvid = sorted((SHARED / "camvid").glob("*/images/*.png"))[:count]
+    for path in camvid:
+        target = folder / f"camvid_{path.stem}.png"
+        if not target.exists():
+            target.symlink_to(path.resolve())
+    videos = sorted((SHARED / "video").glob("*.mp4"))
+    need = count - len(camvid)
+    per_video = -(-need // len(videos)) if need > 0 else 0
+    written = 0
+    for video in videos:
+        cap = cv2.VideoCapture(str(video))
+        total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or 1
+        for j in range(per_video):
+            if written >= need:
+                break
+            cap.set(cv2.CAP_PROP_POS_FRAMES, int(j * total / per_video))
+            ok, frame = cap.read()
+            if ok:
+                cv2.imwrite(str(folder / f"{video.stem}_{j:04d}.png"), frame)
+                written += 1
+        cap.release()
+    return folder
+
+
+def run_tune(calib: Path, out: Path, cache: Path, flops: float, budget: float, interrupt: float | None) -> tuple[float, int, str]:
+    cmd = [sys.executable, "-m", "edgeprune.cli.main", "tune", "vit_small_patch16_224", "--calib", str(calib),
+           "--calib-count", "1000", "--holdout", "0", "--flops", str(flops), "--out", str(out), "--force",
+           "--cache-dir", str(cache), "--budget-minutes", str(budget)]
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ, COLUMNS="160"))
+    try:
+        output, _ = proc.communicate(timeout=interrupt)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C does
+        output, _ = proc.communicate()
+    return time.perf_counter() - started, proc.returncode, output
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--flops", type=float, default=0.6)
+    ap.add_argument("--budget-minutes", type=float, default=12.0)
+    ap.add_argument("--interrupt", type=float, help="stop the first run after this many seconds, then rerun")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    calib = calibration_folder(args.work / "calib", 1000)
+    cache = args.work / "cache"
+    report = {"command": "python scripts/bench_tune_vits.py " + " ".join(sys.argv[1:]), "runs": []}
+    for attempt, interrupt in enumerate([args.interrupt, None] if args.interrupt else [None]):
+        seconds, rc, output = run_tune(calib, args.work / "plan.json", cache, args.flops, args.budget_minutes, interrupt)
+        print(output)
+        print(f"run {attempt + 1}: exit {rc}, {seconds:.1f} s{' (interrupted)' if interrupt else ''}", flush=True)
+        report["runs"].append({"seconds": round(seconds, 1), "exit": rc, "interrupted_after": interrupt, "tail": output[-3000:]})
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 import time
@@ -106,7 +107,15 @@ def latency_check(model, calib, target: float, rounds: int, say) -> dict[str, An
     import edgeprune
     from edgeprune.tune import tune
 
-    result = tune(model, calib, latency=target, budget_minutes=6, progress=lambda m: say("    " + m))
+    try:
+        result = tune(model, calib, latency=target, budget_minutes=6, progress=lambda m: say("    " + m))
+    except edgeprune.EdgepruneError as exc:  # a small model at batch 1 may not reach the target at all
+        found = re.search(r"smallest reachable is ([0-9.]+)", str(exc))
+        if not found:
+            raise
+        target = round((1 + float(found.group(1))) / 2, 2)
+        say(f"    {exc}; asking for {target} instead")
+        result = tune(model, calib, latency=target, budget_minutes=6, progress=lambda m: say("    " + m))
     timing = measure(model, [("unreduced", edgeprune.build_plan(model, "none")), ("latency-tuned", result.plan)], rounds, say)
     measured = timing["latency-tuned"]["speedup"]
     return {"target_latency_ratio": target, "asked_speedup": 1 / target, "predicted_latency_ratio": result.plan.target.get("predicted_latency_ratio"),

@@ -1,5 +1,6 @@
-"""How long ``edgeprune tune`` takes on a 12-block ViT-S/16 @224 with 1000 calibration images, and
-that an interrupted search resumes from its cache.
+"""How long ``edgeprune tune`` takes on a 12-block ViT-S/16 @224 with 1000 calibration images, that
+an interrupted search resumes from its cache, and how close the tuned plan's measured speedup
+(interleaved, ONNX Runtime CPU, batch 1) comes to the latency target it was tuned for.
 
 The calibration folder is real images: the 701 CamVid frames plus frames sampled evenly from the
 shared video clips, written once to ``--work``. ViT-S weights are random (no pretrained weights are
@@ -56,9 +57,9 @@ def calibration_folder(folder: Path, count: int) -> Path:
     return folder
 
 
-def run_tune(calib: Path, out: Path, cache: Path, flops: float, budget: float, interrupt: float | None) -> tuple[float, int, str]:
+def run_tune(calib: Path, out: Path, cache: Path, latency: float, budget: float, interrupt: float | None) -> tuple[float, int, str]:
     cmd = [sys.executable, "-m", "edgeprune.cli.main", "tune", "vit_small_patch16_224", "--calib", str(calib),
-           "--calib-count", "1000", "--holdout", "0", "--flops", str(flops), "--out", str(out), "--force",
+           "--calib-count", "1000", "--holdout", "0", "--latency", str(latency), "--out", str(out), "--force",
            "--cache-dir", str(cache), "--budget-minutes", str(budget)]
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ, COLUMNS="160"))
@@ -70,10 +71,32 @@ def run_tune(calib: Path, out: Path, cache: Path, flops: float, budget: float, i
     return time.perf_counter() - started, proc.returncode, output
 
 
+def measure(work: Path, latency: float, rounds: int = 40) -> dict:
+    """Export the tuned plan and the unreduced model (batch 1) and time them interleaved."""
+    import timm
+
+    from edgeprune.artifact import load_artifact
+    from edgeprune.bench import benchmark
+    from edgeprune.exporters.onnx_export import export
+    from edgeprune.plan import TokenPlan, build_plan
+
+    model = timm.create_model("vit_small_patch16_224", pretrained=False).eval()
+    plan = TokenPlan.from_dict(json.loads((work / "plan.json").read_text()))
+    arts = [export(model, build_plan(model, "none"), work / "none", overwrite=True),
+            export(model, plan, work / "tuned", overwrite=True)]
+    result = benchmark([load_artifact(a.path) for a in arts], rounds=rounds)
+    tuned = result.rows[1]
+    return {"asked_speedup": round(1 / latency, 4), "predicted_latency_ratio": plan.target.get("predicted_latency_ratio"),
+            "measured_speedup": round(tuned.speedup, 4), "off_by": round(tuned.speedup * latency - 1, 4),
+            "p50_ms": {"unreduced": round(result.rows[0].p50_ms, 3), "tuned": round(tuned.p50_ms, 3)},
+            "plan": {"method": plan.method, "options": plan.options, "keep": list(plan.keep), "macs_ratio": round(plan.macs_ratio, 4),
+                     "prefix_only_last": plan.prefix_only_last}, "rounds": rounds}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, required=True)
-    ap.add_argument("--flops", type=float, default=0.6)
+    ap.add_argument("--latency", type=float, default=0.6, help="latency ratio target of the tune")
     ap.add_argument("--budget-minutes", type=float, default=12.0)
     ap.add_argument("--interrupt", type=float, help="stop the first run after this many seconds, then rerun")
     ap.add_argument("--json", type=Path)
@@ -82,10 +105,12 @@ def main() -> int:
     cache = args.work / "cache"
     report = {"command": "python scripts/bench_tune_vits.py " + " ".join(sys.argv[1:]), "runs": []}
     for attempt, interrupt in enumerate([args.interrupt, None] if args.interrupt else [None]):
-        seconds, rc, output = run_tune(calib, args.work / "plan.json", cache, args.flops, args.budget_minutes, interrupt)
+        seconds, rc, output = run_tune(calib, args.work / "plan.json", cache, args.latency, args.budget_minutes, interrupt)
         print(output)
         print(f"run {attempt + 1}: exit {rc}, {seconds:.1f} s{' (interrupted)' if interrupt else ''}", flush=True)
         report["runs"].append({"seconds": round(seconds, 1), "exit": rc, "interrupted_after": interrupt, "tail": output[-3000:]})
+    report["speed"] = measure(args.work, args.latency)
+    print(json.dumps(report["speed"], indent=1))
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
     return 0

@@ -100,7 +100,8 @@ def tune(model: nn.Module, calib: ImageSet, *, flops: Optional[float] = None, la
     all_shapes = shapes(spec, prefix_only_last)
     stage_a = fitted(all_shapes, screening_variants(all_variants))
     if not stage_a:
-        raise EdgepruneError(f"no schedule reaches a {kind} ratio of {target} for this model")
+        raise EdgepruneError(f"no schedule reaches a {kind} ratio of {target} for this model "
+                             f"(the smallest reachable is {_smallest_cost(spec, all_shapes, all_variants, cost, prefix_only_last):.3f})")
     starts = {first_reduction(c.plan) for c in stage_a} | {spec.depth - 1}
     chosen_threads = _pick_threads(model, calib.images[:batch_size], threads)
     say(f"running the unreduced model on {len(calib)} calibration images ({chosen_threads} torch threads)")
@@ -186,6 +187,15 @@ def tune(model: nn.Module, calib: ImageSet, *, flops: Optional[float] = None, la
                    "ms_per_image_unreduced": round(full.seconds_per_image * 1e3, 3), "torch_threads": torch.get_num_threads()}
     tick("done", total[0], total[0])
     return result
+
+
+def _smallest_cost(spec, shape_list: list[Shape], variant_list: list, cost: Callable[[TokenPlan], float],
+                   prefix_only_last: bool) -> float:
+    """The lowest cost any searched schedule reaches (its most aggressive plan), for the error."""
+    from edgeprune.tune.space import max_removal, plan_for
+
+    plans = [plan_for(spec, sh, v, max_removal(spec, v), prefix_only_last) for sh in shape_list for v in variant_list]
+    return min((cost(p) for p in plans if p is not None), default=1.0)
 
 
 def _pick_threads(model: nn.Module, batch: torch.Tensor, threads: int) -> int:

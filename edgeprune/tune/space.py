@@ -79,29 +79,39 @@ def removal_schedule(n0: int, depth: int, points: list[int], removed: int, gamma
     return tuple(keep)
 
 
-def fit(spec: ViTSpec, shape: Shape, variant: Variant, cost: Cost, target: float, prefix_only_last: bool,
-        extra_target: Optional[dict[str, Any]] = None) -> Optional[Candidate]:
-    """The candidate that removes the fewest tokens while ``cost(plan) <= target``; None when even
-    the most aggressive schedule of this shape costs more."""
+def plan_for(spec: ViTSpec, shape: Shape, variant: Variant, removed: int, prefix_only_last: bool,
+             target_record: Optional[dict[str, Any]] = None) -> Optional[TokenPlan]:
+    """The plan of this shape and variant that removes ``removed`` patch tokens in total (None when
+    the shape has no reduction point on this model)."""
+    from edgeprune.plan import DEFAULT_PROP_ATTN
+
     reducing = spec.depth - 1 if prefix_only_last else spec.depth
     points = shape.points(reducing)
     if not points:
         return None
-    floor = min_tokens(variant.method)
     options = check_options(variant.method, dict(variant.options))
     if variant.method == "tofu":
         options.setdefault("prune_until", spec.depth // 4)
-    from edgeprune.plan import DEFAULT_PROP_ATTN
-
     prop = DEFAULT_PROP_ATTN[variant.method] if variant.prop_attn is None else variant.prop_attn
-    target_record = dict(extra_target or {}, shape=shape.label, variant=variant.label)
+    keep = removal_schedule(spec.num_patches, spec.depth, points, removed, shape.gamma, min_tokens(variant.method))
+    return TokenPlan(variant.method, spec, keep, prop, options, target=dict(target_record or {}, shape=shape.label,
+                     variant=variant.label), prefix_only_last=prefix_only_last)
 
-    def make(removed: int) -> TokenPlan:
-        keep = removal_schedule(spec.num_patches, spec.depth, points, removed, shape.gamma, floor)
-        return TokenPlan(variant.method, spec, keep, prop, options, target=target_record, prefix_only_last=prefix_only_last)
 
-    low, high = 0, spec.num_patches - floor
-    if cost(make(high)) > target + 1e-9:
+def max_removal(spec: ViTSpec, variant: Variant) -> int:
+    return spec.num_patches - min_tokens(variant.method)
+
+
+def fit(spec: ViTSpec, shape: Shape, variant: Variant, cost: Cost, target: float, prefix_only_last: bool,
+        extra_target: Optional[dict[str, Any]] = None) -> Optional[Candidate]:
+    """The candidate that removes the fewest tokens while ``cost(plan) <= target``; None when even
+    the most aggressive schedule of this shape costs more."""
+    def make(removed: int) -> Optional[TokenPlan]:
+        return plan_for(spec, shape, variant, removed, prefix_only_last, extra_target)
+
+    low, high = 0, max_removal(spec, variant)
+    aggressive = make(high)
+    if aggressive is None or cost(aggressive) > target + 1e-9:
         return None
     while low < high:  # smallest removal within the target; cost falls as removal grows
         mid = (low + high) // 2

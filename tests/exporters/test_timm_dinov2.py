@@ -20,14 +20,7 @@ TINY = dict(img_size=70, depth=4, embed_dim=48, num_heads=3, mlp_ratio=2.0, num_
 ATOL = 1e-5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core box OpenMP's spinning
-    threads make every op ~10x slower; restore the setting for the rest of the session."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make(**overrides) -> nn.Module:

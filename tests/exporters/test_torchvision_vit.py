@@ -25,14 +25,7 @@ TINY = dict(image_size=32, patch_size=8, num_layers=4, num_heads=2, hidden_dim=3
 ATOL = 1e-5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core box OpenMP's spinning
-    threads make every op ~10x slower; restore the setting for the rest of the session."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make(**overrides) -> nn.Module:

@@ -10,7 +10,6 @@ removed token's ``where`` is that most similar kept token. Inputs are float64.
 
 from __future__ import annotations
 
-import zlib
 
 import pytest
 import torch
@@ -18,27 +17,15 @@ import torch
 from edgeprune.reducers import ReductionContext, prune_merge
 from edgeprune.reducers.prune_merge import split_removed
 
-BATCH, DIM, HEADS = 3, 12, 2
+from tests.reducers.inputs import BATCH, DIM, HEADS, random_inputs, seed_of  # noqa: E402
 SCALE = (DIM // HEADS) ** -0.5
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def seed_of(*parts) -> int:
-    return zlib.crc32(repr(parts).encode())
-
-
 def make(seed, prefix, n_tok, sizes="random", batch=BATCH, class_token=None, options=None, bias=False):
-    gen = torch.Generator().manual_seed(seed)
-    n = prefix + n_tok
-    x = torch.randn(batch, n, DIM, generator=gen, dtype=torch.float64)
-    if sizes == "ones":
-        size = torch.ones(batch, n, 1, dtype=torch.float64)
-    else:
-        size = torch.randint(1, 5, (batch, n, 1), generator=gen).double()
-    q = torch.randn(batch, HEADS, n, DIM // HEADS, generator=gen, dtype=torch.float64)
-    k = torch.randn(batch, HEADS, n, DIM // HEADS, generator=gen, dtype=torch.float64)
+    x, size, q, k = random_inputs(seed, prefix, n_tok, sizes, batch)
     attn_bias = size.log().transpose(1, 2).unsqueeze(1) if bias else None
     ctx = ReductionContext(q, k, SCALE, prefix, attn_bias, dict(options or {}),
                            class_token=prefix > 0 if class_token is None else class_token)

@@ -9,7 +9,6 @@ can be tested with exact equality.
 
 from __future__ import annotations
 
-import zlib
 
 import pytest
 import torch
@@ -18,7 +17,7 @@ from edgeprune.reducers import ReductionContext, tofu_reduce
 from edgeprune.reducers.common import round_sizes
 from edgeprune.reducers.tome import COMBINES, bipartite_merge_round, bipartite_reduce, rescale_to_largest_norm
 
-BATCH, DIM, HEADS = 3, 12, 2
+from tests.reducers.inputs import BATCH, DIM, HEADS, random_inputs, seed_of  # noqa: E402
 PREFIXES = [0, 1, 5]
 ROUND_CASES = [(16, 3), (16, 8), (17, 9), (17, 1), (9, 4)]  # (patch tokens, r) for one round
 REDUCE_CASES = [(16, 12), (16, 8), (17, 5), (24, 3)]  # (patch tokens, keep): one round and several
@@ -27,21 +26,8 @@ REDUCE_CASES = [(16, 12), (16, 8), (17, 5), (24, 3)]  # (patch tokens, keep): on
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def seed_of(*parts) -> int:
-    return zlib.crc32(repr(parts).encode())
-
-
 def make_inputs(seed, prefix, n_tok, sizes="random", batch=BATCH):
-    gen = torch.Generator().manual_seed(seed)
-    n = prefix + n_tok
-    x = torch.randn(batch, n, DIM, generator=gen, dtype=torch.float64)
-    if sizes == "ones":
-        size = torch.ones(batch, n, 1, dtype=torch.float64)
-    else:
-        size = torch.randint(1, 5, (batch, n, 1), generator=gen).double()
-    q = torch.randn(batch, HEADS, n, DIM // HEADS, generator=gen, dtype=torch.float64)
-    k = torch.randn(batch, HEADS, n, DIM // HEADS, generator=gen, dtype=torch.float64)
-    return x, size, q, k
+    return random_inputs(seed, prefix, n_tok, sizes, batch)
 
 
 def context(q, k, prefix, block=0, options=None):

@@ -183,7 +183,7 @@ def main() -> int:
         if args.latency:
             say(f"  tune --latency {args.latency}")
             check = latency_check(model, calib, args.latency, args.rounds, say)
-            print(f"tune --latency {args.latency}: asked {check['asked_speedup']:.3f}x, measured {check['measured_speedup']:.3f}x "
+            print(f"tune --latency {check['target_latency_ratio']}: asked {check['asked_speedup']:.3f}x, measured {check['measured_speedup']:.3f}x "
                   f"({100 * check['off_by']:+.1f} %), predicted ratio {check['predicted_latency_ratio']}")
             model_report["latency_check"] = check
         model_report["seconds"] = round(time.perf_counter() - started, 1)

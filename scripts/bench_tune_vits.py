@@ -57,8 +57,24 @@ def calibration_folder(folder: Path, count: int) -> Path:
     return folder
 
 
+def weights(work: Path) -> Path:
+    """Random ViT-S weights drawn once and saved: tune's cache is keyed by the weights, so a resumed
+    run must load the same ones (a model created without a checkpoint is new random weights each time)."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    path = work / "vit_small_random.safetensors"
+    if not path.is_file():
+        torch.manual_seed(0)
+        model = timm.create_model("vit_small_patch16_224", pretrained=False)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
 def run_tune(calib: Path, out: Path, cache: Path, latency: float, budget: float, interrupt: float | None) -> tuple[float, int, str]:
-    cmd = [sys.executable, "-m", "edgeprune.cli.main", "tune", "vit_small_patch16_224", "--calib", str(calib),
+    cmd = [sys.executable, "-m", "edgeprune.cli.main", "tune", "vit_small_patch16_224", "--checkpoint", str(weights(out.parent)),
+           "--calib", str(calib),
            "--calib-count", "1000", "--holdout", "0", "--latency", str(latency), "--out", str(out), "--force",
            "--cache-dir", str(cache), "--budget-minutes", str(budget)]
     started = time.perf_counter()
@@ -80,7 +96,10 @@ def measure(work: Path, latency: float, rounds: int = 40) -> dict:
     from edgeprune.exporters.onnx_export import export
     from edgeprune.plan import TokenPlan, build_plan
 
+    from edgeprune.loading import apply_state_dict, read_state_dict
+
     model = timm.create_model("vit_small_patch16_224", pretrained=False).eval()
+    apply_state_dict(model, read_state_dict(weights(work)), "random ViT-S weights")
     plan = TokenPlan.from_dict(json.loads((work / "plan.json").read_text()))
     arts = [export(model, build_plan(model, "none"), work / "none", overwrite=True),
             export(model, plan, work / "tuned", overwrite=True)]

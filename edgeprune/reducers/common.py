@@ -140,3 +140,12 @@ def round_sizes(num_tok: int, keep: int) -> list[int]:
         sizes.append(r)
         num_tok -= r
     return sizes
+
+
+def mlerp_rescale(merged: Tensor, dst_norm: Tensor, src_norm: Tensor, assign_t: Tensor) -> Tensor:
+    """ToFu's MLERP: each merged average [B, Nd, C] scaled to the largest norm among the tokens merged
+    into it, its destination ``dst_norm`` [B, Nd] included. The max over a destination's sources
+    ``src_norm`` [B, r] is a ReduceMax over the one-hot assignment ``assign_t`` [B, Nd, r] times the
+    norms (norms are >= 0, so unassigned zeros never win): no scatter."""
+    largest = torch.maximum(dst_norm, (assign_t * src_norm.unsqueeze(1)).amax(dim=-1))
+    return merged * (largest / merged.norm(dim=-1).clamp_min(1e-6)).unsqueeze(-1)

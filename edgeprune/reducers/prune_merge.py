@@ -25,6 +25,7 @@ from edgeprune.reducers.common import (
     gather_tokens,
     in_token_order,
     membership,
+    mlerp_rescale,
     one_hot,
     rank_among,
     split_prefix,
@@ -70,8 +71,7 @@ def prune_merge(x: Tensor, size: Tensor, ctx: ReductionContext, keep: int) -> tu
         new_s = s_keep + assign_t @ s_src
         merged = (x_keep * s_keep + assign_t @ (x_src * s_src)) / new_s
         if opts["merge_mode"] == "mlerp":
-            largest = torch.maximum(x_keep.norm(dim=-1), (assign_t * x_src.norm(dim=-1).unsqueeze(1)).amax(dim=-1))
-            merged = merged * (largest / merged.norm(dim=-1).clamp_min(1e-6)).unsqueeze(-1)
+            merged = mlerp_rescale(merged, x_keep.norm(dim=-1), x_src.norm(dim=-1), assign_t)
         x_keep, s_keep = merged, new_s
 
     x_out = torch.cat((x_pre, x_keep), dim=1)

@@ -21,6 +21,7 @@ from edgeprune.reducers.common import (
     in_token_order,
     interleave,
     membership,
+    mlerp_rescale,
     one_hot,
     rank_among,
     round_sizes,
@@ -90,13 +91,9 @@ def bipartite_merge_round(
 
 
 def rescale_to_largest_norm(merged_b: Tensor, x_tok: Tensor, src_idx: Tensor, assign_t: Tensor) -> Tensor:
-    """MLERP: each B token's average scaled to the largest norm among the tokens merged into it
-    (itself included). The max over a B token's sources is a ReduceMax over the one-hot assignment
-    times the source norms (norms are >= 0, so unassigned zeros never win): no scatter."""
-    norm_a, norm_b = x_tok[:, ::2].norm(dim=-1), x_tok[:, 1::2].norm(dim=-1)  # [B, Na], [B, Nb]
-    src_norm = norm_a.gather(1, src_idx)  # [B, r]
-    largest = torch.maximum(norm_b, (assign_t * src_norm.unsqueeze(1)).amax(dim=-1))  # [B, Nb]
-    return merged_b * (largest / merged_b.norm(dim=-1).clamp_min(1e-6)).unsqueeze(-1)
+    """MLERP for one bipartite round: B tokens' averages against the norms of B itself and of the
+    A tokens (``src_idx``) merged into it."""
+    return mlerp_rescale(merged_b, x_tok[:, 1::2].norm(dim=-1), x_tok[:, ::2].norm(dim=-1).gather(1, src_idx), assign_t)
 
 
 def bipartite_reduce(x: Tensor, size: Tensor, ctx: ReductionContext, keep: int, combine: str) -> tuple[Tensor, Tensor, Tensor]:

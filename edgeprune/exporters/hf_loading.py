@@ -56,12 +56,7 @@ def load_hf_folder(folder: Union[str, Path]) -> tuple[nn.Module, Optional[dict]]
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
         raise EdgepruneError(f"'{path}' has no config.json (expected a folder written by save_pretrained)")
-    try:
-        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EdgepruneError(f"cannot read '{cfg_file}': {_one_line(exc)}") from None
-    if not isinstance(cfg, dict):
-        raise EdgepruneError(f"'{cfg_file}' is not a model config (expected a JSON object)")
+    cfg = _read_json_object(cfg_file, "a model config")
     cls = _class_for(cfg, cfg_file)
     with _quiet_transformers():
         try:
@@ -132,12 +127,7 @@ def _read_normalisation(path: Path, channels: int) -> Optional[dict]:
     file = path / "preprocessor_config.json"
     if not file.is_file():
         return None
-    try:
-        cfg = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EdgepruneError(f"cannot read '{file}': {_one_line(exc)}") from None
-    if not isinstance(cfg, dict):
-        raise EdgepruneError(f"'{file}' is not a preprocessor config (expected a JSON object)")
+    cfg = _read_json_object(file, "a preprocessor config")
     if cfg.get("do_normalize") is False:
         return {"mean": [0.0] * channels, "std": [1.0] * channels}
     mean, std = cfg.get("image_mean"), cfg.get("image_std")
@@ -171,3 +161,14 @@ def _quiet_transformers() -> Iterator[None]:
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return f"{type(exc).__name__}: {text[:300]}"
+
+
+def _read_json_object(file: Path, what: str) -> dict:
+    """A JSON object from ``file``; unreadable or non-object content is one error line."""
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EdgepruneError(f"cannot read '{file}': {_one_line(exc)}") from None
+    if not isinstance(data, dict):
+        raise EdgepruneError(f"'{file}' is not {what} (expected a JSON object)")
+    return data

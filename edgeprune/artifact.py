@@ -99,6 +99,9 @@ def load_artifact(path: str | os.PathLike, verify: bool = True) -> Artifact:
     if isinstance(manifest, dict) and manifest.get("kind") == "edgeprune-temporal":
         raise EdgepruneError(f"{root} is a temporal artifact (two graphs with caches): run it with `edgeprune demo "
                              f"--model {root}` or edgeprune.runtime.temporal.TemporalRuntime")
+    if isinstance(manifest, dict) and manifest.get("kind") == "mllm-visual":
+        raise EdgepruneError(f"{root} is a multimodal vision artifact (K visual tokens for an LLM): run it with "
+                             f"edgeprune.mllm.runtime.VisualEncoder, or `edgeprune inspect {root}`")
     if not isinstance(manifest, dict) or any(k not in manifest for k in REQUIRED_KEYS):
         raise EdgepruneError(f"{mpath}: manifest lacks required keys {', '.join(REQUIRED_KEYS)}")
     if manifest["format"] != MANIFEST_FORMAT:

@@ -15,11 +15,11 @@ from edgeprune.errors import EdgepruneError
 
 
 def bench(
-    artifacts: list[Path] = typer.Argument(..., help="Artifact directories to time against each other."),
+    artifacts: Optional[list[Path]] = typer.Argument(None, help="Artifact directories to time against each other."),
     batch: int = BatchOpt,
-    rounds: int = typer.Option(50, "--rounds", help="Timed rounds; each runs every artifact once, in shuffled order."),
-    warmup: int = typer.Option(5, "--warmup", help="Untimed runs per artifact first."),
-    settle: int = typer.Option(2, "--settle", help="Untimed runs before each timed run (lets the previous session's threads go quiet)."),
+    rounds: Optional[int] = typer.Option(None, "--rounds", help="Timed rounds; each runs every artifact once, in shuffled order (default 50; 10 with --prefill)."),
+    warmup: Optional[int] = typer.Option(None, "--warmup", help="Untimed runs per artifact first (default 5; 1 with --prefill)."),
+    settle: Optional[int] = typer.Option(None, "--settle", help="Untimed runs before each timed run (lets the previous session's threads go quiet; default 2, 1 with --prefill)."),
     threads: int = ThreadsOpt,
     provider: str = ProviderOpt,
     baseline: Optional[str] = typer.Option(None, "--baseline", help="Artifact to compare against (default: the method 'none' one, else the largest)."),
@@ -30,13 +30,45 @@ def bench(
         None, "--eval", metavar="scenes[:N]",
         help="Score segmentation artifacts on N held-out procedural scenes (default 200) through ONNX Runtime: "
              "adds mIoU and mIoU kept (vs the baseline) to the table, JSON and plot. Not timed."),
+    prefill: Optional[Path] = typer.Option(
+        None, "--prefill", metavar="LLAVA_FOLDER",
+        help="Instead of artifacts: time to first token of this LLaVA model (save_pretrained folder), unpruned vs "
+             "--method at each of --tokens: vision graph in ONNX Runtime + splice + LLM prefill in PyTorch, "
+             "interleaved, with a predicted speedup for a 7B LLM (see edgeprune.mllm.prefill)."),
+    tokens: Optional[str] = typer.Option(None, "--tokens", help="With --prefill: visual tokens kept, comma-separated (default 64,128,192)."),
+    method: Optional[str] = typer.Option(None, "--method", help="With --prefill: the pruning method: visionzip (default), gsp, qcsp, script."),
+    prompt_tokens: Optional[int] = typer.Option(None, "--prompt-tokens", help="With --prefill: text tokens in the prompt besides the image (default 32)."),
+    work: Optional[Path] = typer.Option(None, "--work", help="With --prefill: folder for the exported vision graphs, "
+                                        "reused on a rerun (default: out/prefill-MODEL_FOLDER_NAME)."),
 ) -> None:
-    """Time artifacts interleaved at a batch size: p50/p90/p99, throughput, speedup, realized vs predicted."""
+    """Time artifacts interleaved at a batch size: p50/p90/p99, throughput, speedup, realized vs predicted.
+    With --prefill LLAVA_FOLDER: end-to-end time to first token of a LLaVA model with visual-token pruning."""
     from edgeprune.artifact import load_artifact, write_json_atomic
 
     for target in (json_out, plot):  # before minutes of timing, not after
         if target is not None and not target.resolve().parent.is_dir():
             raise EdgepruneError(f"cannot write {target}: folder {target.parent} does not exist")
+    if prefill is not None:
+        if artifacts:
+            raise EdgepruneError("give artifact directories or --prefill FOLDER, not both")
+        unused = [flag for flag, given in (("--batch", batch != 1), ("--provider", provider != "cpu"),
+                                           ("--baseline", baseline), ("--plot", plot), ("--accuracy", accuracy),
+                                           ("--eval", eval_spec)) if given]
+        if unused:
+            raise EdgepruneError(f"{', '.join(unused)} {'does' if len(unused) == 1 else 'do'} not apply to --prefill")
+        _prefill(prefill, tokens or "64,128,192", method or "visionzip", 32 if prompt_tokens is None else prompt_tokens,
+                 10 if rounds is None else rounds, 1 if warmup is None else warmup,
+                 1 if settle is None else settle, threads, work, json_out)
+        return
+    if not artifacts:
+        raise EdgepruneError("give artifact directories or --prefill FOLDER")
+    only_prefill = [flag for flag, value in (("--tokens", tokens), ("--method", method), ("--prompt-tokens", prompt_tokens),
+                                             ("--work", work)) if value is not None]
+    if only_prefill:
+        raise EdgepruneError(f"{', '.join(only_prefill)} {'applies' if len(only_prefill) == 1 else 'apply'} only with --prefill FOLDER")
+    rounds = 50 if rounds is None else rounds
+    warmup = 5 if warmup is None else warmup
+    settle = 2 if settle is None else settle
     from edgeprune.bench import benchmark
 
     scenes = _parse_eval(eval_spec)
@@ -100,6 +132,44 @@ def bench(
         else:
             plot_bench(result, plot, acc)
         console.print(f"wrote {plot}")
+
+
+def _prefill(folder: Path, tokens: str, method: str, prompt_tokens: int, rounds: int, warmup: int, settle: int,
+             threads: int, work: Optional[Path], json_out: Optional[Path]) -> None:
+    from edgeprune.artifact import write_json_atomic
+    from edgeprune.cli.common import parse_int_list
+    from edgeprune.mllm.llava import load_llava
+    from edgeprune.mllm.prefill import check_prefill_args, prefill_bench
+
+    ks = parse_int_list(tokens, "--tokens") or []
+    if prompt_tokens < 1 or rounds < 1 or warmup < 0 or settle < 0:
+        raise EdgepruneError("--prompt-tokens and --rounds must be >= 1, --warmup and --settle >= 0")
+    model = load_llava(folder)  # bad folders and K fail here, in one line, before any export or timing
+    check_prefill_args(model, ks, method)
+    work = work if work is not None else Path("out") / f"prefill-{folder.resolve().name}"
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task("preparing", total=rounds)
+        result = prefill_bench(model, ks, method, prompt_tokens, rounds, threads, work_dir=work, warmup=warmup,
+                               settle=settle, source=str(folder), log=lambda msg: bar.update(task, description=msg),
+                               progress=lambda done, _n: bar.update(task, completed=done, description="timing rounds"))
+    cfg = result["config"]
+    table = Table(title=f"time to first token, {cfg['patch_tokens']} patch tokens, {prompt_tokens} text tokens, "
+                        f"LLM {cfg['llm']['layers']}x{cfg['llm']['hidden']}; {result['threads']['torch']} threads, {rounds} interleaved rounds")
+    columns = ["variant", "K", "vision ms", "splice ms", "prefill ms", "TTFT ms", "speedup", "7B TTFT s", "7B speedup"]
+    for col in columns:
+        table.add_column(col, justify="left" if col == "variant" else "right")
+    for row, pred in zip(result["rows"], result["prediction"]["rows"]):
+        table.add_row(row["name"], str(row["tokens"]), f"{row['vision_ms']:.2f}", f"{row['splice_ms']:.2f}",
+                      f"{row['prefill_ms']:.2f}", f"{row['ttft_ms']:.2f}", f"{row['speedup']:.2f}x",
+                      f"{pred['ttft_ms'] / 1e3:.2f}", f"{pred['speedup']:.2f}x")
+    out.print(table)
+    fit = result["fit"]
+    console.print(f"7B prediction: prefill fitted as a + s*MACs (a = {fit['a_s'] * 1e3:.2f} ms, "
+                  f"{fit['gmacs_per_s']:.1f} GMAC/s, max residual {fit['max_rel_residual']:.1%}), same per-MAC speed, fp32")
+    if json_out:
+        write_json_atomic(json_out, result)
+        console.print(f"wrote {json_out}")
 
 
 def _read_accuracy(path: Optional[Path]) -> dict[str, float]:

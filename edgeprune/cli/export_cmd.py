@@ -15,7 +15,7 @@ from edgeprune.cli.common import CheckpointOpt, ImgSizeOpt, MODEL_HELP, ModelArg
 def export(
     model: str = typer.Argument(..., help=MODEL_HELP),
     out_dir: Path = typer.Option(..., "--out", "-o", help="Artifact directory to create (model.onnx + manifest.json)."),
-    method: str = typer.Option("tome", "--method", "-m", help="none, tome (merging), evit (attention top-k), gsp (graph pruning); segmenters also cluster (Expedite clustering + reconstruction) and pass (token pass)."),
+    method: str = typer.Option("tome", "--method", "-m", help="none, tome (merging), evit (attention top-k), gsp (graph pruning); segmenters also cluster (Expedite clustering + reconstruction) and pass (token pass). LLaVA folders: visionzip, gsp, qcsp, script (see docs/mllm.md)."),
     keep: Optional[float] = typer.Option(None, "--keep", help="Fraction of patch tokens left after the last reduction point."),
     tokens: Optional[int] = typer.Option(None, "--tokens", help="Patch tokens left after the last reduction point."),
     flops: Optional[float] = typer.Option(None, "--flops", help="Target MACs ratio vs the unreduced model."),
@@ -29,6 +29,9 @@ def export(
     prefix_only_last: bool = typer.Option(False, "--prefix-only-last", help="Classifiers whose head reads only CLS/distillation tokens: the last block computes attention and MLP for those alone (exact; fewer MACs)."),
     gsp_alpha: Optional[float] = typer.Option(None, "--gsp-alpha", help="gsp: edge threshold = mean + alpha * std of similarities."),
     option: list[str] = typer.Option([], "--option", help="Reducer option KEY=VALUE (repeatable), e.g. cluster_tau=0.02, cluster_iters=3, cluster_residual=false, pass_signal=update."),
+    query_tower: Optional[Path] = typer.Option(None, "--query-tower", help="LLaVA, qcsp/script: the CLIP/SigLIP model folder (same checkpoint as the vision tower) whose text tower turns a question into the graph's query input; exported beside it."),
+    crop_tokens: Optional[int] = typer.Option(None, "--crop-tokens", help="LLaVA-NeXT: visual tokens kept per crop (default: --tokens)."),
+    crops: int = typer.Option(4, "--crops", min=1, help="LLaVA-NeXT: crops per image besides the base image (the anyres layout of the static input)."),
     checkpoint: Optional[Path] = CheckpointOpt,
     model_arg: list[str] = ModelArgOpt,
     img_size: Optional[int] = ImgSizeOpt,
@@ -46,6 +49,17 @@ def export(
     from edgeprune.plan import build_plan
 
     started = time.perf_counter()
+    from edgeprune.mllm.llava import MLLM_ONLY_METHODS, looks_like_llava_folder
+
+    if looks_like_llava_folder(model) or method in MLLM_ONLY_METHODS or query_tower is not None or crop_tokens is not None:
+        from edgeprune.cli.mllm_export import export_mllm
+
+        others = dict(keep=keep, flops=flops, latency=latency, temporal=temporal, plan=plan_file, budgets=budgets, points=points,
+                      prop_attn=prop_attn, gsp_alpha=gsp_alpha, checkpoint=checkpoint, img_size=img_size)
+        export_mllm(Path(model), out_dir, method=method, tokens=tokens, query_tower=query_tower, crop_tokens=crop_tokens,
+                    crops=crops, option=option, batch=batch, dynamic_batch=dynamic_batch, opset=opset, tolerance=tolerance,
+                    force=force, unused={k: v for k, v in others.items() if v is not None}, started=started)
+        return
     budget_list = _parse_budget_set(budgets, keep=keep, tokens=tokens, flops=flops, latency=latency)
     if plan_file is not None and (budgets is not None or temporal is not None):
         from edgeprune.errors import EdgepruneError

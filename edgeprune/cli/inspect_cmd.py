@@ -50,6 +50,11 @@ def inspect(
             else:
                 show(bundle, f"{bundle.path} ({'verified' if verify else 'not verified'})")
             return
+    from edgeprune.mllm.runtime import is_visual_artifact
+
+    if is_visual_artifact(artifact_dir):
+        _show_visual(artifact_dir, as_json, verify)
+        return
     artifact = load_artifact(artifact_dir, verify=verify)
     m = artifact.manifest
     if as_json:
@@ -134,3 +139,22 @@ def print_temporal(temporal, title: str) -> None:
         table.add_row(name, str(g["recompute"]), f"{g['macs'] / 1e9:.3f} G", f"{g['macs'] / full:.3f}",
                       f"{g['parity']['max']:.2e}", g["sha256"][:12])
     out.print(table)
+
+
+def _show_visual(folder: Path, as_json: bool, verify: bool) -> None:
+    """A multimodal vision artifact: its contract, parity and lint (and the ONNX checksum)."""
+    from edgeprune.artifact import sha256_file
+    from edgeprune.cli.mllm_export import print_visual_summary
+    from edgeprune.errors import EdgepruneError
+    from edgeprune.mllm.runtime import read_visual_manifest
+
+    manifest = read_visual_manifest(folder)
+    onnx_path = folder / manifest["onnx"]["file"]
+    if not onnx_path.is_file():
+        raise EdgepruneError(f"{folder}: {onnx_path.name} is missing")
+    if verify and sha256_file(onnx_path) != manifest["onnx"]["sha256"]:
+        raise EdgepruneError(f"{onnx_path}: sha256 differs from the manifest (modified or corrupt)")
+    if as_json:
+        out.print_json(json.dumps(manifest))
+    else:
+        print_visual_summary(folder, manifest.get("export_seconds", 0.0))

@@ -25,6 +25,12 @@ def graphs_of(path: Path) -> list[Path]:
         return [temporal.onnx_path(g) for g in temporal.manifest["graphs"]]
     if is_engine_set(path):
         return [m.artifact.onnx_path for m in load_engine_set(path, verify=False).members]
+    from edgeprune.mllm.runtime import is_visual_artifact, read_visual_manifest
+
+    if is_visual_artifact(path):
+        manifest = read_visual_manifest(path)  # a multimodal artifact: the vision graph and its query tower
+        query = [path / manifest["query"]["folder"] / "query.onnx"] if manifest.get("query") else []
+        return [path / manifest["onnx"]["file"], *query]
     if path.is_dir():
         return [load_artifact(path, verify=False).onnx_path]
     raise EdgepruneError(f"{path}: not an artifact folder, engine set, temporal artifact or .onnx file")
@@ -63,3 +69,4 @@ def lint(
                               f.rule, f.where, f.message, f.fix)
             out.print(table)
     raise typer.Exit(1 if errors else 0)
+

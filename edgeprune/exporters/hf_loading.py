@@ -51,12 +51,8 @@ def load_hf_folder(folder: Union[str, Path]) -> tuple[nn.Module, Optional[dict]]
     """:func:`load_hf_vision`, plus the input normalisation ``{"mean": [...], "std": [...]}`` from the
     folder's ``preprocessor_config.json`` (None without one): HF model configs do not record it."""
     path = Path(folder)
-    if not path.is_dir():
-        raise EdgepruneError(f"model folder '{path}' does not exist")
+    cfg = read_model_config(path)
     cfg_file = path / "config.json"
-    if not cfg_file.is_file():
-        raise EdgepruneError(f"'{path}' has no config.json (expected a folder written by save_pretrained)")
-    cfg = _read_json_object(cfg_file, "a model config")
     cls = _class_for(cfg, cfg_file)
     with _quiet_transformers():
         try:
@@ -67,6 +63,17 @@ def load_hf_folder(folder: Union[str, Path]) -> tuple[nn.Module, Optional[dict]]
     _drop_absent_pooler(model, info)
     _check_loading(info, path)
     return model.float().eval(), _read_normalisation(path, int(getattr(model.config, "num_channels", 3)))
+
+
+def read_model_config(path: Path, missing: str = "has no config.json (expected a folder written by save_pretrained)") -> dict:
+    """config.json of a ``save_pretrained`` folder as a dict; a missing folder or file, or unreadable
+    JSON, is one error line (``missing`` says what the folder lacks)."""
+    if not path.is_dir():
+        raise EdgepruneError(f"model folder '{path}' does not exist")
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise EdgepruneError(f"'{path}' {missing}")
+    return _read_json_object(cfg_file, "a model config")
 
 
 def _class_for(cfg: dict, cfg_file: Path) -> type:

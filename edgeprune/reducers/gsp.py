@@ -48,6 +48,15 @@ def edge_threshold(similarity: Tensor, options: dict) -> Tensor:
     return (flat.mean(dim=1) + alpha * flat.std(dim=1, correction=0)).view(-1, 1, 1)
 
 
+def graph_prune_choice(x_tok: Tensor, r: int, options: dict) -> tuple[Tensor, Tensor, Tensor]:
+    """Which ``r`` sources (even tokens) one round drops: (similarity [B, Na, Nb], dropped [B, r] in
+    redundancy order, kept [B, Na - r] in token order); indices are among the even tokens."""
+    similarity = alternating_similarity(x_tok)  # [B, Na, Nb]
+    scores = redundancy_scores(similarity, edge_threshold(similarity, options))
+    order = descending_order(scores)
+    return similarity, order[:, :r], in_token_order(order[:, r:])
+
+
 def graph_prune_round(
     x: Tensor, size: Tensor, r: int, num_prefix: int, options: dict
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -55,10 +64,7 @@ def graph_prune_round(
     s_pre, s_tok = split_prefix(size, num_prefix)
     check_round(x_tok.shape[1], r)
 
-    similarity = alternating_similarity(x_tok)  # [B, Na, Nb]
-    scores = redundancy_scores(similarity, edge_threshold(similarity, options))
-    order = descending_order(scores)
-    dropped_idx, kept_idx = order[:, :r], in_token_order(order[:, r:])
+    similarity, dropped_idx, kept_idx = graph_prune_choice(x_tok, r, options)
     nearest_all = similarity.argmax(dim=-1)
     nearest = nearest_all.gather(1, dropped_idx)
     assign_t = one_hot(nearest, similarity.shape[-1], x.dtype).transpose(1, 2)  # [B, Nb, r]

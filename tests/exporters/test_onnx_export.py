@@ -13,8 +13,15 @@ from edgeprune.graph import safety_problems
 from tests.conftest import LAYOUTS, make_tiny
 
 
-@pytest.mark.parametrize("layout", list(LAYOUTS))
-@pytest.mark.parametrize("method", ["none", "tome", "evit", "gsp"])
+# Every layout and every method run in the default suite; the rest of the matrix is a heavy case.
+DEFAULT_EXPORTS = {("none", "cls"), ("tome", "registers"), ("evit", "distilled"), ("gsp", "no_cls_avg"),
+                   ("tome", "registers_no_cls"), ("gsp", "registers")}
+EXPORT_MATRIX = [pytest.param(method, layout, marks=() if (method, layout) in DEFAULT_EXPORTS else pytest.mark.heavy,
+                              id=f"{method}-{layout}")
+                 for method in ("none", "tome", "evit", "gsp") for layout in LAYOUTS]
+
+
+@pytest.mark.parametrize("method,layout", EXPORT_MATRIX)
 def test_export_matches_eager_batch_1_and_2(layout, method, tmp_path, pixels):
     model = make_tiny(layout)
     plan = edgeprune.build_plan(model, method, **({} if method == "none" else dict(flops=0.55, points=[0, 2])))

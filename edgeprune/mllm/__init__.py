@@ -1,0 +1,1 @@
+"""Multimodal LLM support: pruned vision-encoder outputs fed to a language model."""

@@ -28,23 +28,16 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = (REPO_ROOT / ".." / "shared" / "data" / "fashion-mnist").resolve()
 DEFAULT_OUT = REPO_ROOT / "models" / "fashion_vit"
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _mnist  # noqa: E402  (the narrow ViT and the learning-rate schedule both scripts use)
+
 TIMM_NAME = "vit_tiny_patch16_224"
 IMG_SIZE = 28
 
 # 0.45 M parameters. On the shared 2-core machine one step of 128 images takes 0.3-0.8 s
 # depending on load, so ~14 minutes buys only a few epochs over 60,000 images: a narrow
 # model trained for more steps beats a wider one trained for fewer.
-MODEL_ARGS: dict[str, Any] = {
-    "img_size": IMG_SIZE,
-    "patch_size": 4,
-    "in_chans": 1,
-    "num_classes": 10,
-    "embed_dim": 96,
-    "depth": 6,
-    "num_heads": 3,
-    "mlp_ratio": 2.0,
-    "global_pool": "token",
-}
+MODEL_ARGS: dict[str, Any] = {"img_size": IMG_SIZE, **_mnist.NARROW_VIT_ARGS, "global_pool": "token"}
 
 SPLIT = "Fashion-MNIST train (60,000) / test (10,000) as shipped"
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -135,13 +128,6 @@ def evaluate(model, x, y, batch_size: int = 500) -> float:
 # training
 
 
-def lr_at(step: int, total: int, warmup: int, base_lr: float, min_lr: float) -> float:
-    if step < warmup:
-        return base_lr * (step + 1) / warmup
-    t = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * t))
-
-
 def load_average() -> Optional[list[float]]:
     try:
         return [round(v, 2) for v in os.getloadavg()]
@@ -230,7 +216,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             idx = perm[b * args.batch_size : (b + 1) * args.batch_size]
             xb = augment(x_tr[idx], args.shift, args.flip, bg, gen)
             yb = y_tr[idx]
-            lr = lr_at(step, total, warmup, args.lr, args.lr * 0.01)
+            lr = _mnist.lr_at(step, total, warmup, args.lr, args.lr * 0.01)
             for g in opt.param_groups:
                 g["lr"] = lr
             logits = model(xb)

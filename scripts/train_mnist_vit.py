@@ -32,16 +32,7 @@ TIMM_NAME = "vit_tiny_patch16_224"
 
 # Chosen so one epoch over 8000 digits takes ~20 s on 2 idle cores (see model card);
 # the training regime is step-limited, so a narrower model trained longer wins.
-MODEL_ARGS: dict[str, Any] = {
-    "img_size": _mnist.IMG_SIZE,
-    "patch_size": 4,
-    "in_chans": 1,
-    "num_classes": 10,
-    "embed_dim": 96,
-    "depth": 6,
-    "num_heads": 3,
-    "mlp_ratio": 2.0,
-}
+MODEL_ARGS: dict[str, Any] = {"img_size": _mnist.IMG_SIZE, **_mnist.NARROW_VIT_ARGS}
 
 
 def create_model() -> torch.nn.Module:
@@ -65,13 +56,6 @@ def random_shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch
         dy, dx = int(offs[i, 0]), int(offs[i, 1])
         out[i] = padded[i, :, dy : dy + h, dx : dx + w]
     return out
-
-
-def lr_at(step: int, total: int, warmup: int, base_lr: float, min_lr: float) -> float:
-    if step < warmup:
-        return base_lr * (step + 1) / warmup
-    t = (step - warmup) / max(1, total - warmup)
-    return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * t))
 
 
 def train(args: argparse.Namespace) -> dict[str, Any]:
@@ -110,7 +94,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             xb = random_shift(x_tr[idx], args.shift, gen)
             yb = y_tr[idx]
             for g in opt.param_groups:
-                g["lr"] = lr_at(step, total_steps, warmup, args.lr, args.lr * 0.01)
+                g["lr"] = _mnist.lr_at(step, total_steps, warmup, args.lr, args.lr * 0.01)
             logits = model(xb)
             loss = F.cross_entropy(logits, yb, label_smoothing=args.label_smoothing)
             opt.zero_grad(set_to_none=True)

@@ -5,8 +5,6 @@ counts, and keep values that need one or several bipartite rounds."""
 
 from __future__ import annotations
 
-import zlib
-
 import pytest
 import torch
 
@@ -19,8 +17,8 @@ from edgeprune.reducers.common import (
     rank_among,
     round_sizes,
 )
+from tests.reducers.inputs import BATCH, DIM, HEADS, random_inputs, seed_of
 
-BATCH, DIM, HEADS = 3, 12, 2
 PREFIXES = [0, 1, 5]
 # (patch tokens, keep): one round (keep >= N/2), exactly half, and several rounds (keep < N/2).
 CASES = [(16, 15), (16, 9), (16, 8), (16, 5), (16, 2), (17, 16), (17, 9), (17, 8), (17, 3), (24, 7)]
@@ -28,22 +26,8 @@ REDUCERS = {"tome": tome_merge, "evit": evit_prune, "gsp": gsp_prune}
 
 
 def make_inputs(seed: int, prefix: int, n_tok: int, sizes: str = "ones"):
-    gen = torch.Generator().manual_seed(seed)
-    n = prefix + n_tok
-    x = torch.randn(BATCH, n, DIM, generator=gen, dtype=torch.float64)
-    if sizes == "ones":
-        size = torch.ones(BATCH, n, 1, dtype=torch.float64)
-    else:
-        size = torch.randint(1, 5, (BATCH, n, 1), generator=gen).double()
-    q = torch.randn(BATCH, HEADS, n, DIM // HEADS, generator=gen, dtype=torch.float64)
-    k = torch.randn(BATCH, HEADS, n, DIM // HEADS, generator=gen, dtype=torch.float64)
-    ctx = ReductionContext(q, k, (DIM // HEADS) ** -0.5, prefix, class_token=prefix > 0)
-    return x, size, ctx
-
-
-def seed_of(*parts) -> int:
-    """A fixed seed per test case (str hashes change between runs, crc32 does not)."""
-    return zlib.crc32(repr(parts).encode())
+    x, size, q, k = random_inputs(seed, prefix, n_tok, sizes)
+    return x, size, ReductionContext(q, k, (DIM // HEADS) ** -0.5, prefix, class_token=prefix > 0)
 
 
 def one_element(ctx: ReductionContext, b: int) -> ReductionContext:

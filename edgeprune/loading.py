@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import hashlib
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -182,3 +183,12 @@ def load_model(
     else:
         info["weights"] = "random (no --checkpoint)"
     return net.eval(), info
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """Hash of every parameter and buffer: a resumed search or a reused export must be of the same weights."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]

@@ -11,7 +11,7 @@ import time
 import warnings
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -69,11 +69,13 @@ PARITY_RECHECKS = 2
 def check_parity(
     module: nn.Module, onnx_path: Path, input_shape: list[int], batches: list[int], tolerance: float,
     make_inputs: Optional[Callable[[int], tuple[torch.Tensor, ...]]] = None, input_names: Optional[list[str]] = None,
+    exact: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Run ONNX Runtime and eager PyTorch on fresh inputs; raise ParityError above ``tolerance``.
 
     Inputs are fresh random pixels of ``input_shape`` at each batch size, or ``make_inputs(batch)``
-    (tensors in the order of ``input_names``) for graphs that take more than pixels.
+    (tensors in the order of ``input_names``) for graphs that take more than pixels. Outputs named in
+    ``exact`` (token indices) must be identical whatever the tolerance: their error is 0 or 1.
 
     A reducer ranks tokens, and when two scores on a random input are equal to the last bit or
     two, float rounding in ONNX Runtime and PyTorch can order them differently: one token's fate
@@ -94,25 +96,35 @@ def check_parity(
             expected = module(*inputs)
         expected = expected if isinstance(expected, tuple) else (expected,)
         actual = runner.infer({name: t.numpy() for name, t in zip(names, inputs)})
-        return {name: relative_error(actual[name], ref.numpy()) for name, ref in zip(module.output_names, expected)}
+        return {name: float(not np.array_equal(actual[name], ref.numpy())) if name in exact
+                else relative_error(actual[name], ref.numpy()) for name, ref in zip(module.output_names, expected)}
+
+    def misses(errors: dict[str, float]) -> list[str]:
+        return [name for name, e in errors.items() if not e <= (0.0 if name in exact else tolerance)]
+
+    def describe(name: str, error: float) -> str:
+        return "indices not identical" if name in exact else f"relative error {error:.2e} > {tolerance:.0e}"
 
     with OrtRunner(onnx_path) as runner:
         for batch in batches:
             errors = errors_at(runner, batch)
-            worst = max(errors, key=errors.get)
-            if not errors[worst] <= tolerance:
+            missed = misses(errors)
+            if missed:
+                worst = missed[0]
                 report.setdefault("rechecked", []).append({"batch": batch, "output": worst, "error": errors[worst]})
                 for _ in range(PARITY_RECHECKS):
                     again = errors_at(runner, batch)
-                    bad = max(again, key=again.get)
-                    if not again[bad] <= tolerance:
+                    bad = misses(again)
+                    if bad:
                         raise ParityError(
-                            f"{onnx_path.name}: ONNX output '{bad}' differs from eager PyTorch at batch {batch}: "
-                            f"relative error {again[bad]:.2e} > {tolerance:.0e} (also {errors[worst]:.2e} on another input)"
+                            f"{onnx_path.name}: ONNX output '{bad[0]}' differs from eager PyTorch at batch {batch}: "
+                            f"{describe(bad[0], again[bad[0]])} (also on another input)"
                         )
                 errors = again
             report["batches"][str(batch)] = errors
-    report["max"] = max(max(e.values()) for e in report["batches"].values())
+    report["max"] = max(e for b in report["batches"].values() for name, e in b.items() if name not in exact)
+    if exact:
+        report["identical"] = list(exact)
     return report
 
 

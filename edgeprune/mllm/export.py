@@ -18,18 +18,16 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import numpy as np
 import torch
 
 from edgeprune.artifact import ONNX_FILE, atomic_directory, sha256_file, write_json_atomic
-from edgeprune.errors import EdgepruneError, ParityError
+from edgeprune.errors import EdgepruneError
 from edgeprune.exporters.onnx_export import (
     DEFAULT_OPSET,
     DEFAULT_TOLERANCE,
-    PARITY_RECHECKS,
+    check_parity,
     fresh_seed,
     library_versions,
-    relative_error,
     trace_to_onnx,
     trt_lint_report,
 )
@@ -64,43 +62,11 @@ def fresh_inputs(graph: VisualTokenGraph, batch: int, pieces: int = 1) -> tuple[
 
 def check_visual_parity(graph: VisualTokenGraph, onnx_path: Path, batches: list[int], tolerance: float,
                         pieces: int = 1) -> dict[str, Any]:
-    """ONNX Runtime vs eager on fresh inputs at each batch size; raises :class:`ParityError`."""
-    from edgeprune.engines.ort import OrtRunner
-
-    names = graph.input_names
-    report: dict[str, Any] = {"tolerance": tolerance, "metric": "max_abs_diff / max_abs_reference; indices exact",
-                              "batches": {}}
-
-    def misses(runner: Any, batch: int) -> tuple[dict[str, float], list[str]]:
-        inputs = fresh_inputs(graph, batch, pieces)
-        with torch.no_grad():
-            expected = graph(*inputs)
-        actual = runner.infer({n: t.numpy() for n, t in zip(names, inputs)})
-        errors, bad = {}, []
-        for name, ref in zip(graph.output_names, expected):
-            if name in EXACT_OUTPUTS:
-                same = np.array_equal(actual[name], ref.numpy())
-                errors[name] = 0.0 if same else 1.0
-            else:
-                errors[name] = relative_error(actual[name], ref.numpy())
-            if not errors[name] <= (0.0 if name in EXACT_OUTPUTS else tolerance):
-                bad.append(name)
-        return errors, bad
-
-    with OrtRunner(onnx_path) as runner:
-        for batch in batches:
-            errors, bad = misses(runner, batch)
-            if bad:
-                report.setdefault("rechecked", []).append({"batch": batch, "outputs": bad})
-                for _ in range(PARITY_RECHECKS):
-                    errors, again = misses(runner, batch)
-                    if again:
-                        raise ParityError(f"{onnx_path.name}: ONNX output '{again[0]}' differs from eager PyTorch at "
-                                          f"batch {batch} ({'different indices' if again[0] in EXACT_OUTPUTS else f'relative error {errors[again[0]]:.2e}'}),"
-                                          f" also on another input")
-            report["batches"][str(batch)] = errors
-    report["max"] = max(e for b in report["batches"].values() for n, e in b.items() if n not in EXACT_OUTPUTS)
-    report["indices_identical"] = True
+    """ONNX Runtime vs eager on fresh inputs at each batch size, indices exact; raises ParityError."""
+    shape = input_shapes(graph, 1, pieces)["pixel_values"]
+    report = check_parity(graph, onnx_path, shape, batches, tolerance, make_inputs=lambda b: fresh_inputs(graph, b, pieces),
+                          input_names=graph.input_names, exact=EXACT_OUTPUTS)
+    report["indices_identical"] = True  # check_parity raised otherwise
     return report
 
 

@@ -136,12 +136,11 @@ def query_projection(parts: Any, seed: int = PROJECTION_SEED) -> Optional[nn.Mod
 
 
 def model_fingerprint(model: nn.Module) -> str:
-    """Config + per-tensor sums: tells a reusable artifact of these weights from a stale one."""
-    h = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
-    with torch.no_grad():
-        for name, t in model.state_dict().items():
-            h.update(f"{name}:{tuple(t.shape)}:{float(t.sum(dtype=torch.float64)):.10e}".encode())
-    return h.hexdigest()[:16]
+    """The config and every weight: tells a reusable artifact of this model from a stale one."""
+    from edgeprune.loading import model_fingerprint as weights_fingerprint
+
+    config = model.config.to_json_string(use_diff=False)
+    return hashlib.sha256(f"{config}{weights_fingerprint(model)}".encode()).hexdigest()[:16]
 
 
 # ------------------------------------------------------------------------------------------ exports

@@ -103,15 +103,6 @@ class Evaluator:
         return scores
 
 
-def model_fingerprint(model: nn.Module) -> str:
-    """Hash of every parameter and buffer: a resumed search must be scoring the same weights."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:16]
-
-
 class ScoreCache:
     """Scores already measured, in one JSON file written atomically after each candidate, so an
     interrupted search resumes where it stopped."""

@@ -23,9 +23,10 @@ from torch import nn
 
 from edgeprune.errors import EdgepruneError
 from edgeprune.exporters import adapter_for
+from edgeprune.loading import model_fingerprint
 from edgeprune.plan import TokenPlan
 from edgeprune.tune.data import ImageSet
-from edgeprune.tune.evaluate import Evaluator, ScoreCache, cache_path, first_reduction, model_fingerprint
+from edgeprune.tune.evaluate import Evaluator, ScoreCache, cache_path, first_reduction
 from edgeprune.tune.space import Candidate, Shape, constant_r, fit, screening_variants, shapes, variants
 
 SEARCH_VERSION = 1

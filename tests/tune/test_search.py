@@ -10,11 +10,11 @@ import torch
 import edgeprune
 from edgeprune.errors import EdgepruneError
 from edgeprune.exporters import adapter_for
-from edgeprune.loading import load_model
+from edgeprune.loading import load_model, model_fingerprint
 from edgeprune.plan import TokenPlan, build_plan, min_tokens
 from edgeprune.tune import Preprocess, load_calibration, tune
 from edgeprune.tune.data import ImageSet
-from edgeprune.tune.evaluate import Evaluator, ScoreCache, cache_path, first_reduction, model_fingerprint
+from edgeprune.tune.evaluate import Evaluator, ScoreCache, cache_path, first_reduction
 from edgeprune.tune.space import Shape, Variant, fit, removal_schedule, shapes, variants
 from tests.conftest import make_tiny
 

@@ -284,14 +284,19 @@ def build_plan(
     return best
 
 
-def check_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
-    """Typed copy of ``options``; unknown names and bad values are one-line errors, not ignored."""
-    known = OPTIONS.get(method, {})
+def check_options(method: str, options: dict[str, Any], known: Optional[dict[str, tuple[type, Optional[tuple]]]] = None,
+                  ranges: Optional[dict[str, tuple[Optional[float], Optional[float]]]] = None) -> dict[str, Any]:
+    """Typed copy of ``options``; unknown names and bad values are one-line errors, not ignored.
+
+    ``known`` (name -> (type, allowed values or None)) and ``ranges`` (name -> (low, high)) default to
+    the reducers' tables; other method families (the multimodal selectors) pass their own."""
+    known = OPTIONS.get(method, {}) if known is None else known
+    ranges = RANGES if ranges is None else ranges
     checked: dict[str, Any] = {}
     for name, value in options.items():
         if name not in known:
             names = ", ".join(known) or "none"
-            raise EdgepruneError(f"method '{method}' has no option '{name}' (its options: {names})")
+            raise EdgepruneError(f"option '{name}' does not apply to {method} (its options: {names})")
         kind, allowed = known[name]
         if kind is bool and isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
             value = value.lower() in ("true", "1")
@@ -302,7 +307,7 @@ def check_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
         if value is None or (allowed is not None and value not in allowed):
             choices = f" (one of {', '.join(map(str, allowed))})" if allowed else ""
             raise EdgepruneError(f"option {name}={options[name]!r} is not a valid {kind.__name__}{choices}")
-        low, high = RANGES.get(name, (None, None))
+        low, high = ranges.get(name, (None, None))
         if (low is not None and value < low) or (high is not None and value > high):
             span = f"[{low}, {high}]" if high is not None else f">= {low}"
             raise EdgepruneError(f"option {name}={options[name]!r} must be {'in ' if high is not None else ''}{span}")

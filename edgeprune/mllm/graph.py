@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from edgeprune.errors import EdgepruneError
+from edgeprune.plan import check_options as check_typed_options
 from edgeprune.mllm.llava import LlavaParts, joint_space, tower_features
 from edgeprune.mllm.select import Selection, gsp_select, qcsp_select, script_select, visionzip_select
 from edgeprune.reducers.common import gather_tokens
@@ -28,15 +29,17 @@ from edgeprune.reducers.common import gather_tokens
 METHODS = ("none", "visionzip", "gsp", "qcsp", "script")
 QUERY_METHODS = ("qcsp", "script")
 OUTPUT_NAMES = ("visual_tokens", "patch_index", "grid_position", "token_sizes")
-# Options per method: name -> (type, low, high); None is open.
-OPTIONS: dict[str, dict[str, tuple[type, Optional[float], Optional[float]]]] = {
+# Options per method: name -> (type, allowed values or None), and their ranges (checked by plan.check_options).
+_GSP = {"gsp_alpha": (float, None), "gsp_threshold": (float, None)}
+OPTIONS: dict[str, dict[str, tuple[type, Optional[tuple]]]] = {
     "none": {},
-    "visionzip": {"dominant": (int, 1, None)},
-    "gsp": {"gsp_alpha": (float, None, None), "gsp_threshold": (float, -1.0, 1.0)},
-    "qcsp": {"negate_relevance": (bool, None, None)},
-    "script": {"survivors": (int, 1, None), "gsp_alpha": (float, None, None), "gsp_threshold": (float, -1.0, 1.0),
-               "negate_relevance": (bool, None, None)},
+    "visionzip": {"dominant": (int, None)},
+    "gsp": _GSP,
+    "qcsp": {"negate_relevance": (bool, None)},
+    "script": {"survivors": (int, None), **_GSP, "negate_relevance": (bool, None)},
 }
+RANGES: dict[str, tuple[Optional[float], Optional[float]]] = {"dominant": (1, None), "survivors": (1, None),
+                                                              "gsp_threshold": (-1.0, 1.0)}
 # VisionZip's released settings keep 54 of 64, 108 of 128 and 162 of 192 tokens as dominant.
 VISIONZIP_DOMINANT_SHARE = 54 / 64
 
@@ -50,19 +53,7 @@ def check_options(method: str, tokens: int, num_patches: int, options: dict[str,
             raise EdgepruneError(f"method none keeps all {num_patches} tokens; --tokens {tokens} needs a pruning method")
     elif not 0 < tokens <= num_patches:
         raise EdgepruneError(f"--tokens {tokens} is not in 1..{num_patches} (the tower's patch tokens)")
-    allowed = OPTIONS[method]
-    out: dict[str, Any] = {}
-    for name, value in options.items():
-        if name not in allowed:
-            known = ", ".join(allowed) or "none"
-            raise EdgepruneError(f"option {name!r} does not apply to {method} (its options: {known})")
-        kind, low, high = allowed[name]
-        if kind is bool and not isinstance(value, bool) or kind is int and (isinstance(value, bool) or not isinstance(value, int)) \
-                or kind is float and not isinstance(value, (int, float)):
-            raise EdgepruneError(f"option {name} must be {kind.__name__}, got {value!r}")
-        if (low is not None and value < low) or (high is not None and value > high):
-            raise EdgepruneError(f"option {name}={value} is outside [{low}, {high if high is not None else 'inf'}]")
-        out[name] = kind(value)
+    out = check_typed_options(method, options, OPTIONS[method], RANGES)
     if method == "visionzip":
         out.setdefault("dominant", max(1, round(tokens * VISIONZIP_DOMINANT_SHARE)))
         if out["dominant"] > tokens:

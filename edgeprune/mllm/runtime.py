@@ -29,7 +29,8 @@ def is_visual_artifact(folder: Union[str, os.PathLike]) -> bool:
 
 
 def read_visual_manifest(folder: Union[str, os.PathLike]) -> dict[str, Any]:
-    """The manifest of an ``mllm-visual`` artifact, or one error line."""
+    """The manifest of an ``mllm-visual`` artifact, or one error line. Read here rather than through
+    :func:`edgeprune.artifact.read_folder_json`, which imports PyTorch: this path runs without it."""
     path = Path(folder)
     file = path / "manifest.json"
     if not file.is_file():

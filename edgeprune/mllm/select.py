@@ -141,14 +141,12 @@ def qcsp_select(joint: Tensor, similar: Tensor, query: Tensor, k: int, *, index:
     ``sizes`` [B, N] describe tokens that are already a subset (after graph pruning).
     """
     b, n = joint.shape[:2]
-    given = index
     index = _arange_like(joint) if index is None else index
     sizes = joint.new_ones(b, n) if sizes is None else sizes
     unit = cosine_normalize(similar)
-    picks = in_token_order(greedy_dpp(dpp_kernel(unit, relevance(joint, query, negate)), k))
-    picked = Selection(gather_rows(index, picks), absorb_sizes(unit, picks, sizes))
-    # Survivors of graph pruning are not in raster order (kept sources first, then targets).
-    return picked if given is None else raster_order(picked)
+    picks = greedy_dpp(dpp_kernel(unit, relevance(joint, query, negate)), k)
+    # One sort by raster index: survivors of graph pruning are not in raster order themselves.
+    return raster_order(Selection(gather_rows(index, picks), absorb_sizes(unit, picks, sizes)))
 
 
 def choice_rounds(num_tok: int, keep: int) -> list[int]:

@@ -51,6 +51,8 @@ def reducer_macs(spec: ViTSpec, method: str, n_tok_in: int, n_tok_out: int, opti
 
 
 def embed_macs(spec: ViTSpec) -> int:
+    if spec.stem_macs:
+        return spec.stem_macs
     return spec.num_patches * spec.in_chans * spec.patch_size**2 * spec.embed_dim
 
 

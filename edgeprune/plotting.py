@@ -62,12 +62,17 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, flo
     return front[::-1]
 
 
+TRADEOFF_AXES = {"speedup": "speedup vs unreduced (median per-round ratio)",
+                  "macs_ratio": "MACs, fraction of unreduced (axis reversed: cheaper to the right)"}
+
+
 def plot_tradeoff(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, *, title: str,
-                  hlines: Sequence[float] = (98.0, 95.0), vline: Optional[float] = 1.4, zoom: Optional[float] = 90.0) -> Path:
-    """Speedup vs quality kept (%) per plan, one colour per method, budgets as labels, Pareto front
-    drawn: the acceptance region (above the lines, right of the vertical) is visible at a glance.
-    A second panel zooms on kept >= ``zoom`` %, where the thresholds are. ``rows`` need method,
-    speedup, kept_pct and label."""
+                  hlines: Sequence[float] = (98.0, 95.0), vline: Optional[float] = 1.4, zoom: Optional[float] = 90.0,
+                  x: str = "speedup") -> Path:
+    """Speedup (or MACs, ``x="macs_ratio"``) vs quality kept (%) per plan, one colour per method,
+    budgets as labels, Pareto front drawn: the acceptance region (above the lines, beyond the
+    vertical) is visible at a glance. A second panel zooms on kept >= ``zoom`` %, where the
+    thresholds are. ``rows`` need method, kept_pct, label and the ``x`` key."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -76,15 +81,18 @@ def plot_tradeoff(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, *,
     markers = dict(zip(METHOD_COLORS, "*osD^vP"))
     panels = 2 if zoom is not None else 1
     fig, axes = plt.subplots(1, panels, figsize=(7.5 * panels, 5), squeeze=False)
-    front = pareto_front([(r["speedup"], r["kept_pct"]) for r in rows])
+    if x not in TRADEOFF_AXES:
+        raise ValueError(f"x must be one of {', '.join(TRADEOFF_AXES)}, got {x!r}")
+    sign = -1.0 if x == "macs_ratio" else 1.0  # fewer MACs is better: the front runs the other way
+    front = [(sign * a, b) for a, b in pareto_front([(sign * r[x], r["kept_pct"]) for r in rows])]
     for k, ax in enumerate(axes[0]):
         for method in dict.fromkeys(r["method"] for r in rows):
             mine = [r for r in rows if r["method"] == method]
-            ax.scatter([r["speedup"] for r in mine], [r["kept_pct"] for r in mine], label=method, s=60 if method == "none" else 30,
+            ax.scatter([r[x] for r in mine], [r["kept_pct"] for r in mine], label=method, s=60 if method == "none" else 30,
                        color=METHOD_COLORS.get(method, "gray"), marker=markers.get(method, "x"), zorder=3)
             for r in mine:
                 if k == 0 or r["kept_pct"] >= zoom:
-                    ax.annotate(r["label"], (r["speedup"], r["kept_pct"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+                    ax.annotate(r["label"], (r[x], r["kept_pct"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
         if len(front) > 1:
             ax.step(*zip(*front), where="pre", color="gray", linewidth=1, linestyle="--", label="Pareto front", zorder=2)
         for y in hlines:
@@ -92,14 +100,16 @@ def plot_tradeoff(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, *,
             ax.annotate(f"{y:g}%", (1.0, y), xycoords=("axes fraction", "data"), fontsize=7, xytext=(-24, 2), textcoords="offset points")
         if vline:
             ax.axvline(vline, color="tab:red", linewidth=0.8, linestyle=":")
-        ax.set_xlabel("speedup vs unreduced (median per-round ratio)")
+        ax.set_xlabel(TRADEOFF_AXES[x])
         ax.set_ylabel("mIoU kept, % of unreduced")
         ax.grid(alpha=0.3)
         if k == 1:
             top = max(r["kept_pct"] for r in rows)
             ax.set_ylim(zoom, max(top, 100.0) + 0.3)
-            xs = [r["speedup"] for r in rows if r["kept_pct"] >= zoom] + ([vline] if vline else [])
+            xs = [r[x] for r in rows if r["kept_pct"] >= zoom] + ([vline] if vline else [])
             ax.set_xlim(min(xs) - 0.05, max(xs) + 0.1)
+        if x == "macs_ratio":
+            ax.invert_xaxis()
             ax.set_title(f"zoom: kept >= {zoom:g}%", fontsize=10)
     axes[0][0].set_title(title, fontsize=10)
     axes[0][0].legend(fontsize=8, loc="lower left")

@@ -28,6 +28,8 @@ class ViTSpec:
     # The head reads only the prefix tokens (CLS, distillation): the last block may then compute
     # attention and MLP for those alone (exact), see TokenPlan.prefix_only_last.
     prefix_head: bool = False
+    # MACs of a convolutional stem that replaces the linear patch projection (0: linear patchify).
+    stem_macs: int = 0
 
     @property
     def head_dim(self) -> int:

@@ -44,7 +44,7 @@ def camera_frames(args) -> dict[str, list[np.ndarray]]:
         for name in DEFAULT_CLIPS:
             with open_video(VIDEOS / name) as video:
                 # Stored at the model's input size: decoding and resizing are not what is compared here.
-                cams[name] = [resize_rgb(f, 128, 128) for _, f in zip(range(args.ticks), video)]
+                cams[name] = [resize_rgb(f, *args.size) for _, f in zip(range(args.ticks), video)]
     return {k: [v[i % len(v)] for i in range(args.ticks)] for k, v in cams.items()}
 
 
@@ -134,10 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--thread-frames", type=int, default=100)
     ap.add_argument("--generated", action="store_true", help="generated clips instead of ../shared/data/video")
+    ap.add_argument("--model", type=Path, default=REPO / "models" / "scene_seg",
+                    help="segmenter folder (default: %(default)s; models/camvid_seg for the real-scene model)")
     args = ap.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
 
-    engines = engine_set(args.work, args.threads)
+    engines = engine_set(args.work, args.threads, args.model)
+    args.size = tuple(engines.members[0].artifact.input_shape()[-2:])
     cams = camera_frames(args)
     print(f"{len(cams)} cameras x {args.ticks} ticks; pool {args.pool:g} per tick, minimum {args.minimum:g}", flush=True)
     full = full_labels(engines, cams)
@@ -154,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     scaling = threads_scaling(engines, cams, args)
     print("\none Runtime, 4 streams, fixed engine b1.00: " + ", ".join(f"{w} thread(s) {fps:.0f} frames/s" for w, fps in scaling.items()))
     out = args.work / "results.json"
-    out.write_text(json.dumps({"settings": vars(args) | {"work": str(args.work)}, "rows": rows, "threads_fps": scaling}, indent=1))
+    out.write_text(json.dumps({"settings": vars(args) | {"work": str(args.work), "model": str(args.model)}, "rows": rows, "threads_fps": scaling}, indent=1))
     print(f"wrote {out}")
     return 0
 

@@ -64,20 +64,29 @@ class LoadStep:
             self.proc = None
 
 
-def engine_set(work: Path, threads: int):
+def engine_set(work: Path, threads: int, model_dir: Path = REPO / "models" / "scene_seg"):
     from edgeprune.engine_set import calibrate_engine_set, calibration_matches, export_engine_set, is_engine_set, load_engine_set
     from edgeprune.exporters.timm_seg import load_segmenter
 
     root = work / "set"
     if not is_engine_set(root):
         print(f"exporting the engine set to {root} ...", flush=True)
-        export_engine_set(load_segmenter(REPO / "models" / "scene_seg"), "tome", list(BUDGETS), root)
+        export_engine_set(load_segmenter(model_dir), "tome", list(BUDGETS), root)
     engines = load_engine_set(root)
     cal = engines.calibration or {}
     if not calibration_matches(engines)[0] or cal.get("threads") != threads or cal.get("spinning") is not False:
         print("calibrating ...", flush=True)
         calibrate_engine_set(engines, rounds=40, threads=threads)
     return engines
+
+
+def camvid_frames(n: int) -> list[np.ndarray]:
+    """The CamVid test frames in sequence order, cycled to ``n`` frames (real driving scenes)."""
+    from edgeprune.data import camvid
+
+    images, _, names = camvid.load_split("test")
+    order = [i for idx in camvid.sequences(names).values() for i in idx]
+    return [images[order[i % len(order)]] for i in range(n)]
 
 
 def clip(n: int, size: int) -> list[np.ndarray]:
@@ -151,13 +160,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--target-ms", type=float, default=None,
                     help="default: replay at 50/70/90%% of the way from the fastest to the slowest engine's "
                          "p50 in the recorded trace, live at 70%%")
+    ap.add_argument("--data", choices=("scenes", "camvid"), default="scenes",
+                    help="frames: a generated clip with the scenes model, or the CamVid test sequences with the CamVid model")
+    ap.add_argument("--model", type=Path, help="segmenter folder (default: models/scene_seg or models/camvid_seg)")
     args = ap.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
+    model_dir = args.model or REPO / "models" / ("camvid_seg" if args.data == "camvid" else "scene_seg")
 
-    engines = engine_set(args.work, args.threads)
+    engines = engine_set(args.work, args.threads, model_dir)
     profiles = profiles_from_calibration(engines)
     size = engines.members[0].artifact.input_shape()[-1]
-    frames = clip(args.frames, size)
+    frames = camvid_frames(args.frames) if args.data == "camvid" else clip(args.frames, size)
     third = args.frames // 3
     print("calibrated p50 ms: " + ", ".join(f"{p.name} {p.p50_ms:.2f}" for p in profiles), flush=True)
 

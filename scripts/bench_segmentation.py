@@ -1,12 +1,15 @@
-"""Token reduction on the reference segmenter: held-out mIoU and batch-1 ONNX Runtime speed, per plan.
+"""Token reduction on a segmenter: held-out mIoU and batch-1 ONNX Runtime speed, per plan.
 
 Every plan (method x MACs budget, plus --plan variants, plus the unreduced baseline) is exported as
-a static batch-1 artifact, scored on held-out procedural scenes through ONNX Runtime and timed in
-one interleaved run. The acceptance question: at <= 0.6 MACs, does a plan keep >= 98% of the
-baseline mIoU while running >= 1.4x faster?
+a static batch-1 artifact, scored through ONNX Runtime and timed in one interleaved run. Two data
+sets: ``--data scenes`` (default; the scenes model on held-out procedural scenes) and ``--data
+camvid`` (the CamVid model on the 233 real test frames, unlabelled ignored, with overlays of test
+frames beside their ground truth). The acceptance question: at <= 0.6 MACs, does a plan keep
+>= 98% of the baseline mIoU while running >= --speedup faster (1.4x for scenes, 1.3x for camvid)?
 
     python scripts/bench_segmentation.py --work out/segbench            # the full sweep (~15 min)
-    python scripts/bench_segmentation.py --flops 0.6,0.4 --scenes 40 --rounds 10 --plan tome:0.5:0,2
+    python scripts/bench_segmentation.py --data camvid --work out/segbench-camvid
+    python scripts/bench_segmentation.py --flops 0.6,0.4 --images 40 --rounds 10 --plan tome:0.5:0,2
 """
 
 from __future__ import annotations
@@ -25,8 +28,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+from _seg_overlays import overlay_inputs, overlays  # noqa: E402
 METHODS = ("tome", "gsp", "evit", "cluster", "pass")
-RETENTION, SPEEDUP, MACS_CAP, DROP = 0.98, 1.4, 0.6, 0.95
+RETENTION, MACS_CAP, DROP = 0.98, 0.6, 0.95
+SPEEDUP = {"scenes": 1.4, "camvid": 1.3}  # the acceptance bar each data set's issue set
 console = Console(stderr=True)
 
 
@@ -132,16 +138,16 @@ def export_all(model, variants: list[Variant], work: Path, weights_sha: str) -> 
     print(f"{len(todo)} artifacts in {work} ({reused} reused, {len(todo) - reused} exported)")
 
 
-def evaluate_all(variants: list[Variant], scenes: int, threads: int) -> None:
+def evaluate_all(variants: list[Variant], eval_set, count: int, threads: int) -> None:
     from edgeprune.seg_eval import evaluate_artifact
 
     todo = [v for v in variants if v.ok]
     with bar("mIoU") as progress:
-        task = progress.add_task("", total=scenes * len(todo))
+        task = progress.add_task("", total=count * len(todo))
         for i, v in enumerate(todo):
             progress.update(task, description=v.name)
-            v.score = evaluate_artifact(v.artifact, scenes, threads,
-                                        progress=lambda done, _n, i=i: progress.update(task, completed=i * scenes + done))
+            v.score = evaluate_artifact(v.artifact, eval_set, threads,
+                                        progress=lambda done, _n, i=i: progress.update(task, completed=i * count + done))
 
 
 def busy_cpu_seconds() -> Optional[float]:
@@ -210,7 +216,7 @@ def describe(r: dict) -> str:
             f"mIoU {r['miou']:.4f} = {100 * r['kept']:.1f}% kept, {r['speedup']:.2f}x")
 
 
-def summarize(rows: list[dict]) -> dict[str, Any]:
+def summarize(rows: list[dict], speedup: float) -> dict[str, Any]:
     """(1) per method, the first sweep budget (high to low) under 95% of the baseline mIoU; (2) acceptance."""
     first: dict[str, Any] = {}
     for method in dict.fromkeys(r["method"] for r in rows if r["method"] != "none"):
@@ -226,9 +232,9 @@ def summarize(rows: list[dict]) -> dict[str, Any]:
         else:
             print(f"  {method:<8} no budget measured")
     pool = [r for r in rows if r["method"] != "none" and "error" not in r and r["macs_ratio"] <= MACS_CAP + 1e-9]
-    passing = sorted((r for r in pool if r["kept"] >= RETENTION and r["speedup"] >= SPEEDUP),
+    passing = sorted((r for r in pool if r["kept"] >= RETENTION and r["speedup"] >= speedup),
                      key=lambda r: (r["speedup"], r["kept"]), reverse=True)
-    rule = f"MACs <= {MACS_CAP}, mIoU kept >= {RETENTION:.0%}, speedup >= {SPEEDUP}x"
+    rule = f"MACs <= {MACS_CAP}, mIoU kept >= {RETENTION:.0%}, speedup >= {speedup}x"
     if passing:
         best, verdict = passing[0], "PASS"
         print(f"acceptance ({rule}): PASS, {len(passing)} of {len(pool)} plans pass")
@@ -236,9 +242,9 @@ def summarize(rows: list[dict]) -> dict[str, Any]:
             print(f"  meets it: {describe(r)}")
         print(f"  best (fastest that meets it): {describe(best)}")
     elif pool:
-        best, verdict = max(pool, key=lambda r: min(r["kept"] / RETENTION, r["speedup"] / SPEEDUP)), "FAIL"
+        best, verdict = max(pool, key=lambda r: min(r["kept"] / RETENTION, r["speedup"] / speedup)), "FAIL"
         print(f"acceptance ({rule}): FAIL, none of {len(pool)} plans passes")
-        print(f"  FAIL, best trade-off (max of min(kept/98%, speedup/1.4x)): {describe(best)}")
+        print(f"  FAIL, best trade-off (max of min(kept/98%, speedup/{speedup}x)): {describe(best)}")
     else:
         best, verdict = None, "FAIL"
         print(f"acceptance ({rule}): FAIL, no plan at <= {MACS_CAP} MACs was measured")
@@ -250,67 +256,33 @@ def check(eager: dict, v: Variant) -> str:
     return "" if abs(eager["miou"] - v.score["miou"]) <= 0.01 else "  WARNING: eager and ONNX disagree, suspect the export"
 
 
-def find_images(root: Path) -> list[Path]:
-    """Photos under cityscapes/ and voc/; their label maps (gtFine_*, *_target) are skipped (see LICENSES.md)."""
-    found = []
-    for sub in ("cityscapes", "voc"):
-        for p in sorted((root / sub).glob("*")):
-            label = "_gtFine_" in p.name or p.stem.endswith(("_target", "_label", "_labels", "_mask"))
-            if p.suffix.lower() in (".png", ".jpg", ".jpeg") and not label:
-                found.append(p)
-    return found
-
-
-def overlays(images: list[Path], shown: list[tuple[str, Variant]], out_dir: Path, threads: int) -> list[dict]:
-    """One PNG per photo: the photo, the baseline's overlay and each reduced plan's, with agreement."""
-    from edgeprune.engines.ort import OrtRunner
-    from edgeprune.evaluation import normalize
-    from edgeprune.images import overlay, palette_array, read_rgb, resize_rgb, upsample_argmax
-    from edgeprune.plotting import plot_panels
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    info = shown[0][1].artifact.manifest["model"]
-    palette = palette_array(info.get("palette"), info["num_classes"])
-    _, h, w = info["input"]["size"]
-    photos = {p: read_rgb(p) for p in images}
-    labels: dict[str, dict[Path, np.ndarray]] = {}
-    for title, v in shown:
-        with OrtRunner(v.artifact.onnx_path, threads=threads) as runner:
-            for p, img in photos.items():
-                x = normalize(resize_rgb(img, h, w)[None], info["input"]["mean"], info["input"]["std"])
-                logits = next(iter(runner.infer({"pixel_values": x}).values()))[0]
-                labels.setdefault(title, {})[p] = upsample_argmax(logits, *img.shape[:2])
-    report = []
-    base_title = shown[0][0]
-    for p, img in photos.items():
-        base = labels[base_title][p]
-        agree = {t: float((labels[t][p] == base).mean()) for t, _ in shown[1:]}
-        panels = [(f"{p.parent.name}/{p.name}", img), (base_title, overlay(img, base, palette))]
-        panels += [(f"{t}\nagrees {100 * agree[t]:.1f}%", overlay(img, labels[t][p], palette)) for t, _ in shown[1:]]
-        target = out_dir / f"{p.parent.name}_{p.stem}.png"
-        plot_panels(panels, target, title="scene segmenter (trained on synthetic scenes) on a real photo: reduced vs baseline",
-                    legend=list(zip(info.get("classes") or map(str, range(len(palette))), palette.tolist())))
-        print(f"  {p.parent.name}/{p.name}: pixel agreement with the baseline: " + " | ".join(f"{t} {100 * a:.1f}%" for t, a in agree.items()))
-        report.append({"image": str(p), "png": str(target), "agreement": agree})
-    return report
-
-
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, default=REPO / "models" / "scene_seg", help="timm-vit-seg folder")
+    p.add_argument("--data", choices=("scenes", "camvid"), default="scenes",
+                   help="held-out procedural scenes (the scenes model) or the CamVid test split (the CamVid model)")
+    p.add_argument("--model", type=Path, help="timm-vit-seg folder (default: models/scene_seg or models/camvid_seg)")
     p.add_argument("--methods", default=",".join(METHODS), help="comma list (default: %(default)s)")
     p.add_argument("--flops", default="0.8,0.7,0.6,0.5,0.4,0.3", help="MACs-ratio budgets (default: %(default)s)")
     p.add_argument("--plan", action="append", default=[], metavar="METHOD:FLOPS[:POINTS]",
                    help="extra variant, e.g. tome:0.5:0,2 (repeatable)")
-    p.add_argument("--scenes", type=int, default=200, help="held-out scenes for mIoU (default: %(default)s)")
+    p.add_argument("--images", "--scenes", dest="images", type=int,
+                   help="images scored for mIoU (default: 200 held-out scenes, or all 233 CamVid test frames)")
+    p.add_argument("--speedup", type=float, help="acceptance speedup (default: 1.4 for scenes, 1.3 for camvid)")
+    p.add_argument("--overlay-frames", type=int, default=4, help="CamVid test frames drawn (default: %(default)s)")
     p.add_argument("--rounds", type=int, default=30, help="interleaved timing rounds (default: %(default)s)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--work", type=Path, help="artifact folder, reused across runs (default: a new temp dir)")
     p.add_argument("--json", type=Path, help="default <work>/results.json")
     p.add_argument("--plot", type=Path, help="default <work>/pareto.png")
     p.add_argument("--overlays", type=Path, help="default <work>/overlays")
-    p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "segmentation")
-    return p.parse_args(argv)
+    p.add_argument("--photos", type=Path, default=REPO.parent / "shared" / "data" / "segmentation",
+                   help="with --data scenes: photos to draw overlays of (default: %(default)s)")
+    args = p.parse_args(argv)
+    if args.model is None:
+        args.model = REPO / "models" / ("camvid_seg" if args.data == "camvid" else "scene_seg")
+    if args.speedup is None:
+        args.speedup = SPEEDUP[args.data]
+    return args
 
 
 def run(args: argparse.Namespace) -> None:
@@ -320,7 +292,7 @@ def run(args: argparse.Namespace) -> None:
     from edgeprune.artifact import sha256_file, write_json_atomic
     from edgeprune.exporters.timm_seg import load_segmenter, read_segmenter_config
     from edgeprune.plotting import plot_tradeoff
-    from edgeprune.seg_eval import evaluate_module, seeds_label
+    from edgeprune.seg_eval import EvalSet, camvid_frames, evaluate_module
 
     try:
         budgets = [float(f) for f in args.flops.split(",") if f.strip()]
@@ -333,8 +305,12 @@ def run(args: argparse.Namespace) -> None:
     unknown = sorted({m for m in methods + [v.method for v in extra] if m not in ALL_METHODS or m == "none"})
     if unknown:
         raise edgeprune.EdgepruneError(f"unknown method {', '.join(unknown)} (choose from {', '.join(ALL_METHODS[1:])})")
-    if args.scenes < 1 or args.rounds < 1:
-        raise edgeprune.EdgepruneError("--scenes and --rounds must be >= 1")
+    if (args.images is not None and args.images < 1) or args.rounds < 1 or args.overlay_frames < 1:
+        raise edgeprune.EdgepruneError("--images, --rounds and --overlay-frames must be >= 1")
+    if args.data == "camvid":
+        eval_set = EvalSet("camvid", args.images, "test")
+    else:
+        eval_set = EvalSet("scenes", args.images or 200)
     torch.set_num_threads(args.threads)
     started = time.time()
     model = load_segmenter(args.model)
@@ -343,12 +319,14 @@ def run(args: argparse.Namespace) -> None:
     work.mkdir(parents=True, exist_ok=True)
     variants = build_variants(model, methods, budgets, extra)
     export_all(model, variants, work, sha256_file(weights))
-    evaluate_all(variants, args.scenes, args.threads)
+    _, h, w = model.info["input"]["size"]
+    count = len(camvid_frames("test", args.images, h, w)[0]) if args.data == "camvid" else int(eval_set.n)
+    evaluate_all(variants, eval_set, count, args.threads)
     result, others = time_all(variants, args.rounds, args.threads)
     base = variants[0]
     rows = sorted((row_dict(v, base) for v in variants), key=sort_key)
 
-    print(f"\n{args.model.name}: {args.scenes} held-out scenes ({seeds_label(args.scenes)}), ONNX Runtime CPU, "
+    print(f"\n{args.model.name}: {eval_set.describe()}, ONNX Runtime CPU, "
           f"batch 1, {args.threads} threads, {args.rounds} interleaved rounds; baseline mIoU {base.score['miou']:.4f}, "
           f"p50 {base.bench.p50_ms:.2f} ms\n")
     print_table(rows)
@@ -357,16 +335,17 @@ def run(args: argparse.Namespace) -> None:
         print(f"other processes used {others:.2f} of {os.cpu_count()} CPUs on average while timing" + (
             ": WARNING they competed for the cores, so speedups are noisy; rerun on a quiet machine" if others > 0.25 else ""))
     # Eager PyTorch on the same scenes: a gap to the ONNX numbers would mean an export problem.
-    eager = {"none": evaluate_module(model, args.scenes)}
+    eager = {"none": evaluate_module(model, eval_set)}
     recorded = config.get("eval", {})
-    note = f"; config.json records {recorded['miou']:.4f} for these scenes" if recorded.get("n") == args.scenes else ""
+    recorded = recorded.get("test", {}) if args.data == "camvid" else recorded
+    note = f"; config.json records {recorded['miou']:.4f} for these images" if recorded.get("n") == count else ""
     print(f"\neager PyTorch baseline mIoU {eager['none']['miou']:.4f} vs ONNX {base.score['miou']:.4f}{note}"
           + check(eager["none"], base))
     print(f"\nfirst budget under {DROP:.0%} of the baseline mIoU, scanning budgets from high to low:")
-    summary = summarize(rows)
+    summary = summarize(rows, args.speedup)
     best = next((v for v in variants if v.name == summary["acceptance"]["best"]), None)
     if best is not None:
-        eager[best.name] = evaluate_module(edgeprune.reduce_model(model, best.plan), args.scenes, model.info["input"])
+        eager[best.name] = evaluate_module(edgeprune.reduce_model(model, best.plan), eval_set, model.info["input"])
         print(f"  eager PyTorch mIoU of {best.name}: {eager[best.name]['miou']:.4f} vs ONNX {best.score['miou']:.4f}"
               + check(eager[best.name], best))
 
@@ -374,14 +353,17 @@ def run(args: argparse.Namespace) -> None:
     measured = [r for r in rows if "error" not in r]
     points = [{**r, "kept_pct": 100 * r["kept"], "label": "base" if r["method"] == "none" else
                f"{r['flops']:.2f}" + ("" if not r["extra"] else f"[{r['points']}]")} for r in measured]
-    plot_tradeoff(points, plot_path, title=f"{args.model.name}: mIoU kept vs batch-1 speedup "
-                  f"({args.scenes} scenes, {args.rounds} rounds, {args.threads} threads)")
-    print(f"\nwrote {plot_path}")
+    plot_tradeoff(points, plot_path, vline=args.speedup, title=f"{args.model.name}: mIoU kept vs batch-1 speedup "
+                  f"({count} {args.data} images, {args.rounds} rounds, {args.threads} threads)")
+    macs_path = plot_path.with_name(plot_path.stem + "_macs" + plot_path.suffix)
+    plot_tradeoff(points, macs_path, vline=MACS_CAP, x="macs_ratio",
+                  title=f"{args.model.name}: mIoU kept vs MACs ({count} {args.data} images)")
+    print(f"\nwrote {plot_path} and {macs_path}")
 
     overlay_report: list[dict] = []
-    images = find_images(args.data) if args.data.is_dir() else []
-    if not images:
-        print(f"no photos under {args.data}: skipping overlays")
+    photos, truth, what = overlay_inputs(args.data, args.photos, args.overlay_frames)
+    if not photos:
+        print(f"no photos under {args.photos}: skipping overlays")
     else:
         shown = [("baseline (none)", base)]
         if best is not None:
@@ -389,12 +371,13 @@ def run(args: argparse.Namespace) -> None:
             shown.append((f"best: {best.name}" if verdict == "PASS" else f"best trade-off (FAIL): {best.name}", best))
         shown += [(v.name, v) for v in variants if v.ok and not v.extra and v.flops == MACS_CAP and v is not best]
         out_dir = args.overlays or work / "overlays"
-        print(f"overlays of {len(images)} photos in {out_dir}:")
-        overlay_report = overlays(images, shown, out_dir, args.threads)
+        print(f"overlays of {len(photos)} images in {out_dir}:")
+        overlay_report = overlays(photos, [(t, v.artifact) for t, v in shown], out_dir, args.threads, truth, what)
 
     json_path = args.json or work / "results.json"
     write_json_atomic(json_path, {
-        "model": str(args.model), "scenes": args.scenes, "seeds": seeds_label(args.scenes), "rounds": args.rounds,
+        "model": str(args.model), "data": args.data, "images": count, "eval": eval_set.describe(), "rounds": args.rounds,
+        "speedup_bar": args.speedup,
         "threads": args.threads, "timing_other_cpus": others, "baseline": {"miou": base.score["miou"], "p50_ms": base.bench.p50_ms},
         "eager_miou": {k: v["miou"] for k, v in eager.items()}, "rows": rows, "summary": summary,
         "bench": result.to_dict(), "overlays": overlay_report, "seconds": round(time.time() - started, 1)})

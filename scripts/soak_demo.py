@@ -19,7 +19,7 @@ LIMIT_MB = 50.0
 
 
 def main(argv: list[str] | None = None) -> int:
-    from edgeprune.cli.demo_cmd import _default_model
+    from edgeprune.cli.common import default_model
     from edgeprune.video.demo import run_demo
     from edgeprune.video.outputs import vmrss_mb
     from edgeprune.video.sources import Source
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp) / "soak.mp4"
-        summary = run_demo([source], args.model or _default_model(), out, target_fps=args.target_fps,
+        summary = run_demo([source], args.model or default_model(real=False), out, target_fps=args.target_fps,
                            policy=args.policy, max_frames=args.frames, threads=args.threads, force=True,
                            on_frame=on_frame)
         marks["end"] = vmrss_mb()

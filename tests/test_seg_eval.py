@@ -9,7 +9,7 @@ import torch
 from edgeprune.artifact import Artifact
 from edgeprune.data import CLASSES
 from edgeprune.errors import EdgepruneError
-from edgeprune.seg_eval import DEFAULT_SCENES, evaluate_artifact, evaluate_module, heldout_scenes, parse_eval_spec
+from edgeprune.seg_eval import DEFAULT_SCENES, EvalSet, evaluate_artifact, evaluate_module, heldout_scenes, parse_eval_spec
 
 REFERENCE = Path(__file__).resolve().parents[1] / "models" / "scene_seg"
 INPUT = {"size": [3, 32, 32], "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
@@ -56,9 +56,12 @@ def test_artifact_matches_eager_for_any_batch_layout(tmp_path, conv_weight, batc
 
 
 def test_parse_eval_spec():
-    assert parse_eval_spec("scenes") == DEFAULT_SCENES
-    assert parse_eval_spec("scenes:20") == 20
-    for bad in ("imagenet", "scenes:", "scenes:0", "scenes:-3", "scenes:x", "scenes:10000000", "scenes:1:2"):
+    assert parse_eval_spec("scenes") == EvalSet("scenes", DEFAULT_SCENES)
+    assert parse_eval_spec("scenes:20") == EvalSet("scenes", 20)
+    assert parse_eval_spec("camvid") == EvalSet("camvid", None, "test")
+    assert parse_eval_spec("camvid:val:12") == EvalSet("camvid", 12, "val")
+    for bad in ("imagenet", "scenes:", "scenes:0", "scenes:-3", "scenes:x", "scenes:10000000", "scenes:1:2",
+                "camvid:train2", "camvid:test:0", "camvid:test:1:2"):
         with pytest.raises(EdgepruneError, match="--eval"):
             parse_eval_spec(bad)
 

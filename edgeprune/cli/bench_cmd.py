@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -12,6 +12,9 @@ from rich.table import Table
 
 from edgeprune.cli.common import BatchOpt, ProviderOpt, ThreadsOpt, console, out
 from edgeprune.errors import EdgepruneError
+
+if TYPE_CHECKING:
+    from edgeprune.seg_eval import EvalSet
 
 
 def bench(
@@ -27,9 +30,10 @@ def bench(
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a latency-vs-MACs PNG here (plus an accuracy or mIoU panel when given)."),
     accuracy: Optional[Path] = typer.Option(None, "--accuracy", help="JSON {artifact name: accuracy} to add to the table and plot."),
     eval_spec: Optional[str] = typer.Option(
-        None, "--eval", metavar="scenes[:N]",
-        help="Score segmentation artifacts on N held-out procedural scenes (default 200) through ONNX Runtime: "
-             "adds mIoU and mIoU kept (vs the baseline) to the table, JSON and plot. Not timed."),
+        None, "--eval", metavar="scenes[:N]|camvid[:SPLIT[:N]]",
+        help="Score segmentation artifacts through ONNX Runtime on N held-out procedural scenes (default 200; the "
+             "scenes model) or on CamVid frames (default: the 233 test frames; the CamVid model): adds mIoU and "
+             "mIoU kept (vs the baseline) to the table, JSON and plot. Not timed."),
     prefill: Optional[Path] = typer.Option(
         None, "--prefill", metavar="LLAVA_FOLDER",
         help="Instead of artifacts: time to first token of this LLaVA model (save_pretrained folder), unpruned vs "
@@ -71,16 +75,16 @@ def bench(
     settle = 2 if settle is None else settle
     from edgeprune.bench import benchmark
 
-    scenes = _parse_eval(eval_spec)
+    eval_set = _parse_eval(eval_spec)
     loaded = [load_artifact(a) for a in artifacts]
     acc = _read_accuracy(accuracy)
-    if scenes:
+    if eval_set:
         from edgeprune.bench import pick_baseline
 
         base = pick_baseline(loaded, baseline)  # bad --baseline or --batch fail before the evaluation
         for a in loaded:
             a.input_shape(batch)
-        scores = _evaluate(loaded, scenes, threads, provider)
+        scores = _evaluate(loaded, eval_set, threads, provider)
     else:
         scores = None
     with Progress(TextColumn("timing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console, transient=True) as bar:
@@ -119,7 +123,7 @@ def bench(
         if scores:
             for i, row in enumerate(data["rows"]):
                 row.update(miou=miou[i], miou_kept=kept[i])
-            data["eval"] = {"spec": eval_spec, "scenes": scenes, "seeds": scores[0]["seeds"],
+            data["eval"] = {"spec": eval_spec, "data": eval_set.describe(), "images": scores[0]["n"],
                             "results": [{"name": r.name, **s} for r, s in zip(result.rows, scores)]}
         write_json_atomic(json_out, data)
         console.print(f"wrote {json_out}")
@@ -128,7 +132,7 @@ def bench(
 
         if scores:
             named = {r.name: miou[i] for i, r in enumerate(result.rows)}
-            plot_bench(result, plot, named, accuracy_label=f"mIoU ({scenes} held-out scenes)")
+            plot_bench(result, plot, named, accuracy_label=f"mIoU ({eval_set.describe()})")
         else:
             plot_bench(result, plot, acc)
         console.print(f"wrote {plot}")
@@ -182,27 +186,31 @@ def _read_accuracy(path: Optional[Path]) -> dict[str, float]:
         raise EdgepruneError(f"--accuracy {path}: expected a JSON object {{artifact name: number}} ({exc})") from None
 
 
-def _parse_eval(spec: Optional[str]) -> int:
+def _parse_eval(spec: Optional[str]) -> Optional[EvalSet]:
     if spec is None:
-        return 0
+        return None
     from edgeprune.seg_eval import parse_eval_spec
 
     return parse_eval_spec(spec)
 
 
-def _evaluate(loaded: list, scenes: int, threads: int, provider: str) -> list[dict]:
+def _evaluate(loaded: list, eval_set: EvalSet, threads: int, provider: str) -> list[dict]:
     """Scores before timing, so a non-segmentation artifact fails before minutes of rounds."""
-    from edgeprune.seg_eval import evaluate_artifact, segmentation_input
+    from edgeprune.seg_eval import camvid_frames, evaluate_artifact, segmentation_input
 
-    for artifact in loaded:
-        segmentation_input(artifact)
+    infos = [segmentation_input(artifact, eval_set) for artifact in loaded]
+    if eval_set.kind == "camvid":
+        _, h, w = (int(v) for v in infos[0]["size"])
+        scenes = len(camvid_frames(eval_set.split, eval_set.n, h, w)[0])
+    else:
+        scenes = int(eval_set.n)
     scores = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task("mIoU", total=scenes * len(loaded))
         for i, artifact in enumerate(loaded):
             bar.update(task, description=f"mIoU {artifact.name}")
-            scores.append(evaluate_artifact(artifact, scenes, threads, providers=[provider],
+            scores.append(evaluate_artifact(artifact, eval_set, threads, providers=[provider],
                                             progress=lambda done, _n, i=i: bar.update(task, completed=i * scenes + done)))
     return scores
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -37,3 +38,16 @@ def parse_int_list(text: Optional[str], what: str) -> Optional[list[int]]:
         return [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
         raise EdgepruneError(f"{what} expects comma-separated integers, got '{text}'") from None
+
+
+SCENES_MODEL = Path("models") / "scene_seg"  # generated scenes: the built-in clip and its tests
+REAL_MODEL = Path("models") / "camvid_seg"  # real driving footage: photos, videos and cameras
+
+
+def default_model(real: bool) -> Path:
+    """The shipped segmenter for real footage (CamVid) or for generated scenes, from the working
+    directory, else from the source checkout this package runs from."""
+    wanted = REAL_MODEL if real else SCENES_MODEL
+    if wanted.is_dir():
+        return wanted
+    return Path(__file__).resolve().parents[2] / wanted

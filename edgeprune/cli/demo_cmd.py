@@ -1,6 +1,10 @@
 """``edgeprune demo``: a segmentation-overlay video with a HUD of each frame's budget and the end-to-end frame
 rate, from an engine set (budget per frame), a temporal artifact, one model, a camera, or — with no
-arguments — the reference model's cached engine set and temporal artifact on a generated clip."""
+arguments — the reference model's cached engine set and temporal artifact on a generated clip.
+
+Which model by default: real footage (VIDEO, --camera, --cameras) gets the CamVid driving-scene model
+(models/camvid_seg) as a cached, calibrated engine set, so budgets follow the deadline; the
+generated clip gets the scenes model it was made for (models/scene_seg)."""
 
 from __future__ import annotations
 
@@ -9,19 +13,19 @@ from typing import Any, Optional
 
 import typer
 
-from edgeprune.cli.common import ProviderOpt, console, out
+from edgeprune.cli.common import ProviderOpt, console, default_model, out
 from edgeprune.errors import EdgepruneError
 from edgeprune.video.demo import run_demo, summary_line
 from edgeprune.video.sources import Source, camera_source, generated_source, video_source
 
-DEFAULT_MODEL = Path("models") / "scene_seg"
+def _real_engine_set(threads: int) -> Path:
+    """The CamVid model as a cached, calibrated engine set (made on first use, like the default demo's)."""
+    from edgeprune.video import default_demo
 
-
-def _default_model() -> Path:
-    """models/scene_seg from the working directory, else from the source checkout this package runs from."""
-    if DEFAULT_MODEL.is_dir():
-        return DEFAULT_MODEL
-    return Path(__file__).resolve().parents[2] / DEFAULT_MODEL
+    with console.status("preparing the CamVid engine set") as status:
+        models = default_demo.prepare(default_model(real=True), threads=threads, temporal=False,
+                                      say=lambda m: (status.update(m), console.print(m, highlight=False)))
+    return models.engine_set
 
 
 def _print_outputs(summary: dict[str, Any], out_path: Path) -> None:
@@ -37,7 +41,7 @@ def _print_outputs(summary: dict[str, Any], out_path: Path) -> None:
 def demo(
     videos: Optional[list[Path]] = typer.Argument(None, help="Videos to segment, one after another into one output; none: a generated clip."),
     camera: Optional[str] = typer.Option(None, "--camera", help="A live source instead of files: a camera index (0), a device, or any URL OpenCV opens; frames the pipeline cannot keep up with are dropped (and counted). A video file given here plays in real time."),
-    model: Optional[Path] = typer.Option(None, "--model", help="Engine set (set.json; a budget per frame), temporal artifact (export --temporal; reuse across frames), artifact or segmenter folder. Default with no VIDEO: the reference model's cached engine set, then its temporal artifact; else models/scene_seg."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Engine set (set.json; a budget per frame), temporal artifact (export --temporal; reuse across frames), artifact or segmenter folder. Default with no VIDEO: the scenes model's cached engine set, then its temporal artifact, on the generated clip; with VIDEO or a camera: the CamVid driving-scene model (models/camvid_seg) as a cached engine set."),
     out_path: Path = typer.Option(Path("demo.mp4"), "--out", "-o", help="Output .mp4; <stem>.metrics.json and <stem>.plot.png go beside it."),
     target_fps: Optional[str] = typer.Option(None, "--target-fps", help="Frame rate to keep up with (deadline 1000/fps ms); a schedule FPS,FPS@FRAME,... changes it during the run. Default 30; with no arguments, a step half way through."),
     policy: str = typer.Option("deadline", "--policy", help="Engine sets: deadline, fixed, content or combined."),
@@ -67,8 +71,6 @@ def demo(
     if model is not None and not model.is_dir():
         raise EdgepruneError(f"--model {model}: no such directory")
     if cameras:
-        if model is None:
-            model = _default_model()
         if len(targets) > 1:
             raise EdgepruneError("--cameras takes one --target-fps, not a schedule")
         _run_cameras(videos or [], model, out_path, pool, minimum, signal, targets[0][1], max_frames, threads,
@@ -79,7 +81,6 @@ def demo(
     if model is None and not videos and camera is None:
         _run_default(out_path, target_fps, clip_frames, seed, options)
         return
-    model = model if model is not None else _default_model()
     if camera is not None:
         from edgeprune.video.outputs import check_outputs
 
@@ -88,6 +89,11 @@ def demo(
     else:
         sources = [video_source(v) for v in videos] if videos else [generated_source(seed, min(clip_frames, max_frames or clip_frames))]
     try:
+        if model is None:  # sources and --out first: bad input fails before a first-run export of the default model
+            from edgeprune.video.outputs import check_outputs
+
+            check_outputs(out_path, [], force)
+            model = _real_engine_set(threads) if (videos or camera is not None) else default_model(real=False)
         s = run_demo(sources, model, out_path, target_fps=target_fps or "30", **options)
     finally:
         for src in sources:
@@ -104,7 +110,7 @@ def _run_default(out_path: Path, target_fps: Optional[str], clip_frames: int, se
     check_outputs(out_path, [], options["force"])
     check_outputs(temporal_out, [], options["force"])
     with console.status("preparing the reference engine set") as status:
-        models = default_demo.prepare(_default_model(), threads=options["threads"],
+        models = default_demo.prepare(default_model(real=False), threads=options["threads"],
                                       say=lambda m: (status.update(m), console.print(m, highlight=False)))
     frames = min(clip_frames, options["max_frames"] or clip_frames)
     schedule = target_fps or default_demo.stepped_target(models.engine_set, frames)
@@ -117,7 +123,7 @@ def _run_default(out_path: Path, target_fps: Optional[str], clip_frames: int, se
         _print_outputs(s, path)
 
 
-def _run_cameras(videos: list[Path], model: Path, out_path: Path, pool: Optional[float], minimum: float, signal: str,
+def _run_cameras(videos: list[Path], model: Optional[Path], out_path: Path, pool: Optional[float], minimum: float, signal: str,
                  target_fps: float, max_frames: Optional[int], threads: int, provider: str, alpha: float, force: bool) -> None:
     from edgeprune.cli.cameras import run_cameras
     from edgeprune.runtime.runtime import POOL_SIGNALS
@@ -126,6 +132,8 @@ def _run_cameras(videos: list[Path], model: Path, out_path: Path, pool: Optional
         raise EdgepruneError(f"--signal must be one of {', '.join(POOL_SIGNALS)}, got {signal!r}")
     sources = [video_source(v) for v in videos]
     try:
+        if model is None:  # after the videos open: a bad path fails before a first-run export
+            model = _real_engine_set(threads) if videos else default_model(real=False)
         s = run_cameras(sources, model, out_path, pool=pool, minimum=minimum, signal=signal, target_fps=target_fps,
                         max_frames=max_frames, threads=threads, provider=provider, alpha=alpha, force=force)
     finally:

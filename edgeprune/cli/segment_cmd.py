@@ -13,7 +13,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from edgeprune.cli.common import ProviderOpt, console, out
+from edgeprune.cli.common import REAL_MODEL, ProviderOpt, console, default_model, out
 from edgeprune.errors import EdgepruneError
 
 FAMILY = "timm-vit-seg"
@@ -37,7 +37,7 @@ class Segmenter:
 
 def segment(
     images: list[Path] = typer.Argument(..., help="Images to segment (PNG, JPEG, ...; RGB, see docs/cli.md for the channel rule)."),
-    model: Path = typer.Option(..., "--model", help="A timm-vit-seg segmenter folder (config.json) or an artifact exported from one (manifest.json)."),
+    model: Optional[Path] = typer.Option(None, "--model", help="A timm-vit-seg segmenter folder (config.json) or an artifact exported from one (manifest.json). Default: the CamVid driving-scene model, models/camvid_seg (11 street classes)."),
     out_dir: Path = typer.Option(..., "--out", "-o", help="Folder for <stem>_labels.png and <stem>_overlay.png (created if missing)."),
     threads: int = typer.Option(2, "--threads", min=1, help="Intra-op threads (PyTorch or ONNX Runtime)."),
     provider: str = ProviderOpt,
@@ -48,6 +48,10 @@ def segment(
     """Segment images: a class-id label PNG and a colour overlay PNG per image, at its original resolution."""
     from edgeprune.images import class_fractions, overlay, read_rgb, save_png_atomic, upsample_argmax, write_atomic
 
+    if model is None:
+        model = default_model(real=True)
+        if not model.is_dir():
+            raise EdgepruneError(f"the default model {REAL_MODEL} is not here; pass --model")
     paths = _unique(images)
     targets = _plan_outputs(paths, out_dir, force)
     if json_out is not None and not json_out.parent.is_dir():

@@ -88,6 +88,59 @@ class MultiLevelSegHead(nn.Module):
         return self.classifier(x)
 
 
+class ConvStem(nn.Module):
+    """A small convolutional stem in place of the patch projection: 3x3 stride-2 conv + BN + ReLU
+    per entry of ``channels``, then a conv with kernel = stride = the remaining factor to the width.
+
+    The total stride is still the patch size, so it emits one token per patch on the same grid and
+    everything after the embedding (reducers, temporal reuse, the head) is unchanged. Why: a ViT
+    trained from scratch on a few hundred images learns local edges far faster from overlapping
+    convolutions than from one linear map per patch (Xiao et al., "Early convolutions help
+    transformers see better"). ``in_channels`` mirrors a Conv2d so code reading the projection's
+    input channels still sees the image's.
+    """
+
+    def __init__(self, in_chans: int, embed_dim: int, patch_size: int, channels: Sequence[int]) -> None:
+        super().__init__()
+        factor = patch_size // 2 ** len(channels)
+        if not channels or factor < 1 or factor * 2 ** len(channels) != patch_size:
+            raise EdgepruneError(f"a conv stem of {len(channels)} stride-2 convs cannot make patch size {patch_size} "
+                                 f"(the patch size must be 2^{len(channels)} x an integer)")
+        layers: list[nn.Module] = []
+        prev = in_chans
+        for c in channels:
+            layers += [nn.Conv2d(prev, int(c), 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(int(c)), nn.ReLU(inplace=True)]
+            prev = int(c)
+        layers.append(nn.Conv2d(prev, embed_dim, factor, stride=factor))
+        self.layers = nn.Sequential(*layers)
+        self.in_channels = in_chans
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(x)
+
+
+def conv_macs(module: nn.Module, *inputs: Tensor) -> int:
+    """MACs of every Conv2d in ``module`` on one pass of ``inputs`` (counted by forward hooks), in eval
+    mode so that the dummy pass cannot move BatchNorm's running statistics."""
+    total = 0
+    was_training = module.training
+
+    def count(m: nn.Module, args: tuple, output: Tensor) -> None:
+        nonlocal total
+        total += output[0].numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+
+    hooks = [m.register_forward_hook(count) for m in module.modules() if isinstance(m, nn.Conv2d)]
+    module.eval()
+    try:
+        with torch.no_grad():
+            module(*inputs)
+    finally:
+        module.train(was_training)
+        for h in hooks:
+            h.remove()
+    return int(total)
+
+
 class ViTSegmenter(nn.Module):
     """A timm ``VisionTransformer`` (no pooling, no classifier) plus a dense head.
 
@@ -157,11 +210,13 @@ class ViTSegmenter(nn.Module):
 
 def create_segmenter(backbone: str, num_classes: int, head: str = "linear",
                      feature_blocks: Optional[Sequence[int]] = None,
-                     head_args: Optional[Mapping[str, Any]] = None, **model_args: Any) -> ViTSegmenter:
+                     head_args: Optional[Mapping[str, Any]] = None, stem: Optional[Mapping[str, Any]] = None,
+                     **model_args: Any) -> ViTSegmenter:
     """Build a segmenter from a timm ViT name and model args (random weights, eval mode).
 
     ``feature_blocks`` defaults to the last block (linear) or three evenly spaced blocks ending at
     the last (multilevel); negative indices count from the end. ``head_args`` go to the head.
+    ``stem={"channels": [32, 64]}`` replaces the linear patch projection by a :class:`ConvStem`.
     """
     if head not in HEADS:
         raise EdgepruneError(f"unknown segmentation head '{head}' (choose from {', '.join(HEADS)})")
@@ -173,6 +228,12 @@ def create_segmenter(backbone: str, num_classes: int, head: str = "linear",
     net = create_timm_model(backbone, {**model_args, "num_classes": 0, "global_pool": ""})
     if not isinstance(net, VisionTransformer):
         raise EdgepruneError(f"'{backbone}' is a {type(net).__name__}, not a timm VisionTransformer")
+    if stem:
+        unknown = set(stem) - {"channels"}
+        if unknown or not isinstance(stem.get("channels"), (list, tuple)):
+            raise EdgepruneError(f"stem must be {{'channels': [c1, c2, ...]}}, got {dict(stem)}")
+        pe = net.patch_embed
+        net.patch_embed.proj = ConvStem(pe.proj.in_channels, net.embed_dim, pe.patch_size[0], stem["channels"])
     depth = len(net.blocks)
     if feature_blocks is None:
         feature_blocks = [depth - 1] if head == "linear" else sorted({depth // 3 - 1, 2 * depth // 3 - 1, depth - 1} - {-1})
@@ -196,6 +257,8 @@ def create_segmenter(backbone: str, num_classes: int, head: str = "linear",
         raise EdgepruneError(f"bad head_args for the {head} head: {exc}") from None
     spec = {"family": FAMILY, "backbone": backbone, "model_args": dict(model_args), "head": head,
             "head_args": head_args, "feature_blocks": blocks, "num_classes": num_classes}
+    if stem:
+        spec["stem"] = {"channels": [int(c) for c in stem["channels"]]}
     return ViTSegmenter(net, head_mod, blocks, num_classes, spec).eval()
 
 
@@ -252,7 +315,7 @@ def load_segmenter(folder_or_config: str | Path) -> ViTSegmenter:
     config, weights = read_segmenter_config(folder_or_config)
     model = create_segmenter(config["backbone"], int(config["num_classes"]), head=config["head"],
                              feature_blocks=config.get("feature_blocks"), head_args=config.get("head_args"),
-                             **dict(config.get("model_args") or {}))
+                             stem=config.get("stem"), **dict(config.get("model_args") or {}))
     apply_state_dict(model, read_state_dict(weights), str(weights))
     model.info = {k: config[k] for k in ("classes", "palette", "input") if k in config}
     return model.eval()
@@ -262,23 +325,19 @@ def head_macs(model: ViTSegmenter) -> int:
     """MACs of the head's convolutions at the model's input size, counted on one dummy pass."""
     spec = model.backbone.patch_embed
     grid = tuple(s // p for s, p in zip(spec.img_size, spec.patch_size))
-    total = 0
+    dtype = next(model.head.parameters()).dtype
+    feats = [torch.zeros(1, model.backbone.embed_dim, *grid, dtype=dtype) for _ in model.feature_blocks]
+    return conv_macs(model.head, feats)
 
-    def count(module: nn.Module, inputs: tuple, output: Tensor) -> None:
-        nonlocal total
-        k = module.kernel_size[0] * module.kernel_size[1]
-        total += output[0].numel() * (module.in_channels // module.groups) * k
 
-    hooks = [m.register_forward_hook(count) for m in model.head.modules() if isinstance(m, nn.Conv2d)]
-    try:
-        dtype = next(model.head.parameters()).dtype
-        feats = [torch.zeros(1, model.backbone.embed_dim, *grid, dtype=dtype) for _ in model.feature_blocks]
-        with torch.no_grad():
-            model.head(feats)
-    finally:
-        for h in hooks:
-            h.remove()
-    return int(total)
+def stem_macs(model: ViTSegmenter) -> int:
+    """MACs of a :class:`ConvStem` at the model's input size; 0 for the usual linear patchify."""
+    proj = model.backbone.patch_embed.proj
+    if not isinstance(proj, ConvStem):
+        return 0
+    size = tuple(model.backbone.patch_embed.img_size)
+    dtype = next(proj.parameters()).dtype
+    return conv_macs(proj, torch.zeros(1, proj.in_channels, *size, dtype=dtype))
 
 
 class SegmenterAdapter(FamilyAdapter):
@@ -304,7 +363,8 @@ class SegmenterAdapter(FamilyAdapter):
     def spec(self) -> ViTSpec:
         base = self.backbone.spec
         fields = {**base.__dict__, "depth": self.model.feature_blocks[-1] + 1, "head_dim_out": 0,
-                  "feature_blocks": tuple(self.model.feature_blocks), "dense_head_macs": head_macs(self.model)}
+                  "feature_blocks": tuple(self.model.feature_blocks), "dense_head_macs": head_macs(self.model),
+                  "stem_macs": stem_macs(self.model)}
         return ViTSpec(**fields)
 
     def embed(self, pixels: Tensor) -> Tensor:
@@ -335,5 +395,5 @@ class SegmenterAdapter(FamilyAdapter):
         return d
 
 
-__all__ = ["FAMILY", "HEADS", "LinearSegHead", "MultiLevelSegHead", "SegmenterAdapter", "ViTSegmenter", "create_segmenter",
+__all__ = ["FAMILY", "HEADS", "ConvStem", "LinearSegHead", "MultiLevelSegHead", "SegmenterAdapter", "ViTSegmenter", "create_segmenter",
            "load_segmenter", "read_segmenter_config", "save_segmenter"]

@@ -41,22 +41,25 @@ def _fingerprint(model: Path) -> str:
     return digest.hexdigest()[:12]
 
 
-def prepare(model: Path, threads: int = 2, say: Callable[[str], None] = lambda m: None) -> DefaultModels:
-    """The cached engine set (calibrated here) and temporal artifact of ``model``; made when missing."""
+def prepare(model: Path, threads: int = 2, say: Callable[[str], None] = lambda m: None,
+            temporal: bool = True) -> DefaultModels:
+    """The cached engine set (calibrated here) and temporal artifact of ``model``; made when missing
+    (the temporal artifact only when ``temporal``)."""
     from edgeprune.engine_set import calibrate_engine_set, export_engine_set, is_engine_set, load_engine_set
     from edgeprune.loading import load_model
     from edgeprune.runtime.temporal import is_temporal
 
     if not (model / "config.json").is_file():
-        raise EdgepruneError(f"the default demo needs the reference segmenter at {model}; pass --model")
+        raise EdgepruneError(f"the default demo needs the segmenter at {model}; pass --model")
     folder = cache_root() / f"{model.name}-{_fingerprint(model)}"
-    engine_set, temporal = folder / "set", folder / f"t{RECOMPUTE:g}"
+    engine_set, temporal_dir = folder / "set", folder / f"t{RECOMPUTE:g}"
+    want_temporal = temporal
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise EdgepruneError(f"cannot create the demo cache {folder}: {exc.strerror or exc}") from None
     net = info = None
-    if not is_engine_set(engine_set) or not is_temporal(temporal):
+    if not is_engine_set(engine_set) or (want_temporal and not is_temporal(temporal_dir)):
         say(f"first run: exporting {model} into {folder} (reused afterwards)")
         net, info = load_model(str(model))
     if not is_engine_set(engine_set):
@@ -67,13 +70,13 @@ def prepare(model: Path, threads: int = 2, say: Callable[[str], None] = lambda m
     if not loaded.calibration:
         say(f"calibrating the engine set on this machine ({CALIBRATION_ROUNDS} rounds)")
         calibrate_engine_set(loaded, rounds=CALIBRATION_ROUNDS, threads=threads)
-    if not is_temporal(temporal):
+    if want_temporal and not is_temporal(temporal_dir):
         from edgeprune.exporters.temporal import export_temporal
 
-        shutil.rmtree(temporal, ignore_errors=True)
+        shutil.rmtree(temporal_dir, ignore_errors=True)
         say(f"exporting the temporal artifact (recompute {RECOMPUTE:.0%} of the patches)")
-        export_temporal(net, RECOMPUTE, temporal, model_info=info, progress=say)
-    return DefaultModels(engine_set, temporal)
+        export_temporal(net, RECOMPUTE, temporal_dir, model_info=info, progress=say)
+    return DefaultModels(engine_set, temporal_dir)
 
 
 def stepped_target(engine_set: Path, frames: int) -> str:

@@ -37,7 +37,8 @@ def test_bench_eval_reports_miou(artifacts, tmp_path, capsys):
     assert rows["none"]["miou"] > 0.3 and rows["tome"]["miou"] > 0.3
     assert rows["none"]["miou_kept"] == 1.0
     assert rows["tome"]["miou_kept"] == pytest.approx(rows["tome"]["miou"] / rows["none"]["miou"])
-    assert data["eval"]["scenes"] == 20 and [r["n"] for r in data["eval"]["results"]] == [20, 20]
+    assert data["eval"]["images"] == 20 and [r["n"] for r in data["eval"]["results"]] == [20, 20]
+    assert data["eval"]["data"].startswith("20 held-out scenes")
     assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -93,7 +93,8 @@ def test_generated_clip_eager_model(tmp_path, capsys):
 def test_real_video_file(tmp_path, capsys):
     src = scene_video(tmp_path / "in.mp4", 3, 12, (160, 96), 24)
     out = tmp_path / "out.mp4"
-    code, stdout, err = run(["demo", src, src, "--max-frames", "20", "--out", out, "--alpha", "0.3", *FAST], capsys)
+    code, stdout, err = run(["demo", src, src, "--model", REFERENCE, "--max-frames", "20", "--out", out, "--alpha", "0.3",
+                             *FAST], capsys)
     assert code == 0, err
     reader = open_video(out)
     assert reader.size == (160, 96) and reader.fps == pytest.approx(24)
@@ -173,3 +174,21 @@ def test_camera_drops_stale_frames_and_counts_them(engine_sets, tmp_path, capsys
     s = json.loads((tmp_path / "out.metrics.json").read_text())["summary"]
     assert s["dropped"] > 0 and s["frames"] + s["dropped"] <= 90 and len(frames_of(out)) == s["frames"]
     assert f"{s['dropped']} dropped" in stdout
+
+
+HIGHWAY = Path(__file__).resolve().parents[3] / "shared" / "data" / "video" / "highway_lane_960x540.mp4"
+
+
+@pytest.mark.heavy
+@pytest.mark.skipif(not HIGHWAY.is_file(), reason="needs ../shared/data/video")
+def test_real_video_defaults_to_the_camvid_engine_set(tmp_path, capsys):
+    """Issue 16: ``demo VIDEO`` with no --model runs the CamVid model as a calibrated engine set (made on first
+    use), so a tight deadline moves budgets, and road and sky come out where they are on the highway clip."""
+    out = tmp_path / "out.mp4"
+    code, _, err = run(["demo", HIGHWAY, "--max-frames", "40", "--target-fps", "1000,5@20", "--out", out], capsys)
+    assert code == 0, err
+    data = json.loads((tmp_path / "out.metrics.json").read_text())
+    assert data["kind"].startswith("engine set") and "camvid_seg" in json.dumps(data)
+    assert len(data["summary"]["budgets_used"]) >= 2, data["summary"]["budgets_used"]
+    frames = frames_of(out)
+    assert len(frames) == 40

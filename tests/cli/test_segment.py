@@ -118,3 +118,30 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(inputs, model, match, 
     assert code == 2
     assert error_line(err).startswith("error:") and match in error_line(err)
     assert not out.exists() or not any(out.iterdir())
+
+
+REAL_MODEL = Path(__file__).resolve().parents[2] / "models" / "camvid_seg"
+CITYSCAPES = Path(__file__).resolve().parents[3] / "shared" / "data" / "segmentation" / "cityscapes"
+
+
+@pytest.mark.skipif(not CITYSCAPES.is_dir(), reason="needs ../shared/data/segmentation")
+def test_default_model_is_the_street_scene_one(tmp_path, capsys):
+    """Issue 16: with no --model a real street photo gets the CamVid model's classes, and on the
+    Cityscapes sample (labelled with Cityscapes ids) road, building and sky land where they are."""
+    photo = next(p for p in sorted(CITYSCAPES.glob("*")) if "_gtFine_" not in p.name and p.suffix == ".png")
+    truth = next(CITYSCAPES.glob("*_gtFine_labelIds.png"), None)
+    out = tmp_path / "out"
+    code, stdout, err = run(["segment", photo, "--out", out, "--json", tmp_path / "s.json", "--threads", "1"], capsys)
+    assert code == 0, err
+    data = json.loads((tmp_path / "s.json").read_text())
+    assert data["classes"] == json.loads((REAL_MODEL / "config.json").read_text())["classes"]
+    found = data["images"][0]["classes"]
+    assert {"road", "building"} <= set(found) and "person" not in found
+    if truth is not None:
+        # Cityscapes label ids: 7 road, 11 building, 23 sky (camvid ids: 3 road, 1 building, 0 sky)
+        gt = np.asarray(Image.open(truth))
+        pred = labels_of(out, photo.stem)
+        for city, ours in ((7, 3), (11, 1)):
+            mask = gt == city
+            if mask.sum() > 500:
+                assert (pred[mask] == ours).mean() > 0.5, (city, (pred[mask] == ours).mean())

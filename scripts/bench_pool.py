@@ -59,7 +59,7 @@ def run_pool(engines, cams, args, signal: str, full) -> dict:
     from edgeprune.runtime import Runtime
 
     names = list(cams)
-    k = 7
+    k = int(engines.members[0].artifact.manifest["model"]["num_classes"])
     conf = {n: np.zeros((k, k), np.int64) for n in names}
     budgets = {n: [] for n in names}
     tick_ms = []

@@ -174,25 +174,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--videos", type=Path, nargs="*", default=None, help=f"real clips (default: {DEFAULT_VIDEOS})")
     ap.add_argument("--video-frames", type=int, default=300)
     ap.add_argument("--refresh-every", type=int, default=DEFAULT_REFRESH_EVERY)
-    ap.add_argument("--drift-threshold", type=float, default=DEFAULT_DRIFT_THRESHOLD)
+    ap.add_argument("--drift-threshold", default=str(DEFAULT_DRIFT_THRESHOLD),
+                    help="refresh when the stale patches' mean change passes this; comma-separated values are swept")
     ap.add_argument("--speedup", type=float, default=1.3, help="engine speedup the summary looks for (default: %(default)s)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, help="default <work>/results_<shares>.json")
     args = ap.parse_args(argv)
     try:
         shares = [float(t) for t in args.recompute.split(",") if t.strip()]
+        drifts = [float(t) for t in args.drift_threshold.split(",") if t.strip()]
     except ValueError:
-        ap.error(f"--recompute expects comma-separated shares, got {args.recompute!r}")
+        ap.error("--recompute and --drift-threshold expect comma-separated numbers")
     model_dir = args.model or REPO / "models" / ("camvid_seg" if args.data == "camvid" else "scene_seg")
     args.work.mkdir(parents=True, exist_ok=True)
     videos = args.videos if args.videos is not None else sorted(DEFAULT_VIDEOS.glob("*.mp4"))
-    settings = dict(threads=args.threads, refresh_every=args.refresh_every, drift_threshold=args.drift_threshold)
     results, ok_all = [], True
-    for share in shares:
+    for share, drift in [(s_, d) for s_ in shares for d in drifts]:
+        settings = dict(threads=args.threads, refresh_every=args.refresh_every, drift_threshold=drift)
         model, full_artifact, temporal = artifacts(args.work, share, model_dir)
         full = FullModel(full_artifact, args.threads)
         print(f"\n== {model_dir.name}: update graph recomputes {temporal.recompute} of {temporal.patches} patches "
-              f"({share:g}); refresh every {args.refresh_every} frames or when drift > {args.drift_threshold:g}", flush=True)
+              f"({share:g}); refresh every {args.refresh_every} frames or when drift > {drift:g}", flush=True)
         h, w = temporal.input_shape[-2:]
         sequences = (camvid_sequences() if args.data == "camvid"
                      else generated_sequences(list(range(args.clips)), args.frames, h, w))
@@ -219,8 +221,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['speedup_iqr'][0]:4.2f}-{r['speedup_iqr'][1]:4.2f} {r['engine_speedup']:6.2f}x {r['recomputed_share']:7.1%} {r['agreement']:7.1%}  "
                   f"{r['frames_by_graph']}", flush=True)
         full.runner.deactivate()
-        results.append({"share": share, "recompute": temporal.recompute, "patches": temporal.patches,
-                        "sequences": q, "real_clips": rows})
+        results.append({"share": share, "drift_threshold": drift, "recompute": temporal.recompute,
+                        "patches": temporal.patches, "sequences": q, "real_clips": rows})
     print(f"\nsummary over the real clips (engine speedup >= {args.speedup}x marks the usable settings):")
     for res in results:
         rows = res["real_clips"]
@@ -232,12 +234,14 @@ def main(argv: list[str] | None = None) -> int:
         whole = float(np.median([r["speedup"] for r in rows]))
         res["summary"] = {"engine_speedup_median": eng, "agreement_mean": agree, "recomputed_mean": recomp,
                           "step_speedup_median": whole, "meets_speedup": eng >= args.speedup}
-        print(f"  recompute {res['share']:g}: engine {eng:.2f}x, whole step {whole:.2f}x, patches recomputed {recomp:.1%}, "
+        print(f"  recompute {res['share']:g}, drift {res['drift_threshold']:g}: engine {eng:.2f}x, whole step {whole:.2f}x, patches recomputed {recomp:.1%}, "
               f"pixel agreement with the full model {agree:.1%}, sequences mIoU kept {res['sequences']['miou_kept']:.1%}"
               + ("  <- meets the speedup" if eng >= args.speedup else ""))
     out = args.json or args.work / f"results_{'_'.join(f'{s:g}' for s in shares)}.json"
     out.write_text(json.dumps({"model": str(model_dir), "data": args.data,
-                               "settings": {**settings, "recompute": shares}, "results": results}, indent=1))
+                               "settings": {"threads": args.threads, "refresh_every": args.refresh_every,
+                                            "recompute": shares, "drift_threshold": drifts},
+                               "results": results}, indent=1))
     print(f"wrote {out}")
     return 0 if ok_all else 1
 

@@ -195,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--checkpoint-minutes", type=float, default=5.0)
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
+    p.add_argument("--eval-limit", type=int, default=None, help="score only the first N val/test frames (quick checks)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -262,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"trained {step} steps in {minutes:.1f} min; evaluating", flush=True)
     ev = {}
     for split in ("val", "test"):
-        sx, sy, _ = camvid.load_split(split, args.data)
+        sx, sy, _ = camvid.load_split(split, args.data, limit=args.eval_limit)
         ev[split] = evaluate(model, sx, sy, mean, std)
         print(f"{split} mIoU {ev[split]['miou']:.4f}  per class {ev[split]['per_class_iou']}", flush=True)
     test_y = camvid.load_split("test", args.data)[1]

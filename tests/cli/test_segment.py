@@ -126,22 +126,23 @@ CITYSCAPES = Path(__file__).resolve().parents[3] / "shared" / "data" / "segmenta
 
 @pytest.mark.skipif(not CITYSCAPES.is_dir(), reason="needs ../shared/data/segmentation")
 def test_default_model_is_the_street_scene_one(tmp_path, capsys):
-    """Issue 16: with no --model a real street photo gets the CamVid model's classes, and on the
-    Cityscapes sample (labelled with Cityscapes ids) road, building and sky land where they are."""
-    photo = next(p for p in sorted(CITYSCAPES.glob("*")) if "_gtFine_" not in p.name and p.suffix == ".png")
-    truth = next(CITYSCAPES.glob("*_gtFine_labelIds.png"), None)
+    """Issue 16: with no --model a real street photo gets the CamVid model, and on the Cityscapes
+    sample (a city the model never saw, labelled with Cityscapes ids) road, building and sky come out
+    where its ground truth has them (the scenes model called the buildings "person")."""
+    photo = next(CITYSCAPES.glob("*_leftImg8bit.png"))
+    truth = np.asarray(Image.open(next(CITYSCAPES.glob("*_gtFine_labelIds.png"))))
     out = tmp_path / "out"
     code, stdout, err = run(["segment", photo, "--out", out, "--json", tmp_path / "s.json", "--threads", "1"], capsys)
     assert code == 0, err
     data = json.loads((tmp_path / "s.json").read_text())
+    assert data["model"].endswith("camvid_seg")
     assert data["classes"] == json.loads((REAL_MODEL / "config.json").read_text())["classes"]
-    found = data["images"][0]["classes"]
-    assert {"road", "building"} <= set(found) and "person" not in found
-    if truth is not None:
-        # Cityscapes label ids: 7 road, 11 building, 23 sky (camvid ids: 3 road, 1 building, 0 sky)
-        gt = np.asarray(Image.open(truth))
-        pred = labels_of(out, photo.stem)
-        for city, ours in ((7, 3), (11, 1)):
-            mask = gt == city
-            if mask.sum() > 500:
-                assert (pred[mask] == ours).mean() > 0.5, (city, (pred[mask] == ours).mean())
+    pred = labels_of(out, photo.stem)
+    assert pred.shape == truth.shape
+    classes = data["classes"]
+    # Cityscapes label ids: 7 road, 11 building, 23 sky
+    for city, name in ((7, "road"), (11, "building"), (23, "sky")):
+        mask = truth == city
+        assert mask.sum() > 500, name
+        share = float((pred[mask] == classes.index(name)).mean())
+        assert share > 0.6, (name, share)

@@ -267,6 +267,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
                    help="extra variant, e.g. tome:0.5:0,2 (repeatable)")
     p.add_argument("--images", "--scenes", dest="images", type=int,
                    help="images scored for mIoU (default: 200 held-out scenes, or all 233 CamVid test frames)")
+    p.add_argument("--split", choices=("test", "val"), default="test",
+                   help="CamVid split scored (default: test; choose plans on val, then report them on test)")
     p.add_argument("--speedup", type=float, help="acceptance speedup (default: 1.4 for scenes, 1.3 for camvid)")
     p.add_argument("--overlay-frames", type=int, default=4, help="CamVid test frames drawn (default: %(default)s)")
     p.add_argument("--rounds", type=int, default=30, help="interleaved timing rounds (default: %(default)s)")
@@ -308,7 +310,7 @@ def run(args: argparse.Namespace) -> None:
     if (args.images is not None and args.images < 1) or args.rounds < 1 or args.overlay_frames < 1:
         raise edgeprune.EdgepruneError("--images, --rounds and --overlay-frames must be >= 1")
     if args.data == "camvid":
-        eval_set = EvalSet("camvid", args.images, "test")
+        eval_set = EvalSet("camvid", args.images, args.split)
     else:
         eval_set = EvalSet("scenes", args.images or 200)
     torch.set_num_threads(args.threads)
@@ -320,7 +322,7 @@ def run(args: argparse.Namespace) -> None:
     variants = build_variants(model, methods, budgets, extra)
     export_all(model, variants, work, sha256_file(weights))
     _, h, w = model.info["input"]["size"]
-    count = len(camvid_frames("test", args.images, h, w)[0]) if args.data == "camvid" else int(eval_set.n)
+    count = len(camvid_frames(args.split, args.images, h, w)[0]) if args.data == "camvid" else int(eval_set.n)
     evaluate_all(variants, eval_set, count, args.threads)
     result, others = time_all(variants, args.rounds, args.threads)
     base = variants[0]
@@ -337,7 +339,7 @@ def run(args: argparse.Namespace) -> None:
     # Eager PyTorch on the same scenes: a gap to the ONNX numbers would mean an export problem.
     eager = {"none": evaluate_module(model, eval_set)}
     recorded = config.get("eval", {})
-    recorded = recorded.get("test", {}) if args.data == "camvid" else recorded
+    recorded = recorded.get(args.split, {}) if args.data == "camvid" else recorded
     note = f"; config.json records {recorded['miou']:.4f} for these images" if recorded.get("n") == count else ""
     print(f"\neager PyTorch baseline mIoU {eager['none']['miou']:.4f} vs ONNX {base.score['miou']:.4f}{note}"
           + check(eager["none"], base))

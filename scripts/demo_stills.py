@@ -7,7 +7,7 @@ the same input frames, the class shares the unreduced model gives in the top qua
 and the bottom quarter of the picture (sky on top, road at the bottom is what a driving clip
 should show).
 
-    python scripts/demo_stills.py ../shared/data/video/highway_lane_960x540.mp4 --frames 60,240 --out docs/images
+    python scripts/demo_stills.py ../shared/data/video/highway_lane_960x540.mp4 --frames 60,200 --out docs/images
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("video", type=Path)
-    ap.add_argument("--frames", default="60,240", help="frame indices to keep, comma-separated (default: %(default)s)")
+    ap.add_argument("--frames", default="60,200", help="frame indices to keep, comma-separated (default: %(default)s)")
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "images")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
@@ -59,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         metrics = json.loads(demo_out.with_suffix(".metrics.json").read_text())
         rendered = {i: f for i, f in enumerate(open_video(demo_out)) if i in picks}
     originals = {i: f for i, f in enumerate(open_video(args.video)) if i in picks}
+    missing = [i for i in picks if i not in rendered or i not in originals]
+    if missing:
+        print(f"error: {args.video} has no frame {missing[0]} (it has {len(rendered)} frames)", file=sys.stderr)
+        return 2
     model = load_segmenter(default_model(real=True))
     info = model.info
     classes = list(info["classes"])

@@ -195,3 +195,33 @@ def test_shipped_scene_segmenter_loads():
     c, h, w = config["input"]["size"]
     with torch.no_grad():
         assert model(torch.zeros(1, c, h, w)).shape == (1, len(CLASSES), h, w)
+
+
+SHIPPED_CAMVID = Path(__file__).resolve().parents[2] / "models" / "camvid_seg"
+
+
+def test_shipped_camvid_segmenter_loads():
+    from edgeprune.data import camvid
+
+    assert (SHIPPED_CAMVID / "model.safetensors").stat().st_size < 20_000_000
+    config = json.loads((SHIPPED_CAMVID / "config.json").read_text())
+    assert config["classes"] == list(camvid.CLASSES) and config["num_classes"] == len(camvid.CLASSES)
+    assert config["eval"]["test"]["miou"] >= 0.40  # issue 16's bar, recorded by scripts/train_camvid_segmenter.py
+    assert config["stem"] and config["input"]["size"] == [3, 180, 240]
+    model = load_segmenter(SHIPPED_CAMVID)
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, 180, 240)).shape == (1, len(camvid.CLASSES), 180, 240)
+
+
+@pytest.mark.heavy
+def test_shipped_camvid_segmenter_scores_what_its_card_says():
+    """The whole test split through the shipped weights gives the recorded mIoU (the card's figure)."""
+    from edgeprune.data import camvid
+    from edgeprune.seg_eval import EvalSet, evaluate_module
+
+    if not camvid.default_root().is_dir():
+        pytest.skip("needs ../shared/data/camvid")
+    config = json.loads((SHIPPED_CAMVID / "config.json").read_text())
+    score = evaluate_module(load_segmenter(SHIPPED_CAMVID), EvalSet("camvid", None, "test"), batch=8)
+    assert score["n"] == 233
+    assert score["miou"] == pytest.approx(config["eval"]["test"]["miou"], abs=2e-4)

@@ -130,6 +130,14 @@ def camvid_frames(split: str, n: Optional[int], height: int, width: int) -> tupl
     return images, labels
 
 
+def eval_size(data: EvalLike, height: int, width: int) -> int:
+    """How many images ``data`` scores (a CamVid split's length is only known once it is read)."""
+    data = as_eval_set(data)
+    if data.kind == "camvid":
+        return len(camvid_frames(data.split, data.n, height, width)[0])
+    return int(data.n)
+
+
 def segmentation_input(artifact: Artifact, data: EvalLike = DEFAULT_SCENES) -> dict[str, Any]:
     """The artifact's ``model.input`` (size, mean, std), after checking it segments ``data``'s classes."""
     data = as_eval_set(data)
@@ -251,5 +259,5 @@ def evaluate_module(module: Any, data: EvalLike = DEFAULT_SCENES, input_info: Op
     return _score(conf, data, done)
 
 
-__all__ = ["DEFAULT_SCENES", "SEG_FAMILY", "EvalSet", "as_eval_set", "camvid_frames", "evaluate_artifact", "evaluate_module", "heldout_scenes",
+__all__ = ["DEFAULT_SCENES", "SEG_FAMILY", "EvalSet", "as_eval_set", "camvid_frames", "eval_size", "evaluate_artifact", "evaluate_module", "heldout_scenes",
            "parse_eval_spec", "segmentation_input", "seeds_label"]

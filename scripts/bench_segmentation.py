@@ -294,7 +294,7 @@ def run(args: argparse.Namespace) -> None:
     from edgeprune.artifact import sha256_file, write_json_atomic
     from edgeprune.exporters.timm_seg import load_segmenter, read_segmenter_config
     from edgeprune.plotting import plot_tradeoff
-    from edgeprune.seg_eval import EvalSet, camvid_frames, evaluate_module
+    from edgeprune.seg_eval import EvalSet, eval_size, evaluate_module
 
     try:
         budgets = [float(f) for f in args.flops.split(",") if f.strip()]
@@ -322,7 +322,7 @@ def run(args: argparse.Namespace) -> None:
     variants = build_variants(model, methods, budgets, extra)
     export_all(model, variants, work, sha256_file(weights))
     _, h, w = model.info["input"]["size"]
-    count = len(camvid_frames(args.split, args.images, h, w)[0]) if args.data == "camvid" else int(eval_set.n)
+    count = eval_size(eval_set, h, w)
     evaluate_all(variants, eval_set, count, args.threads)
     result, others = time_all(variants, args.rounds, args.threads)
     base = variants[0]

@@ -107,10 +107,7 @@ def quality(full: FullModel, runtime, model, sequences) -> dict:
         for frame, label in zip(clip, labels):
             ref = full(frame)
             r = runtime.infer(frame, stream=stream)
-            if ref.shape != label.shape:  # a model whose input differs from the labels: compare at the labels' size
-                ref, r_labels = resize_labels(ref, label.shape), resize_labels(r.labels, label.shape)
-            else:
-                r_labels = r.labels
+            r_labels = r.labels
             conf_full += confusion(label, ref, k)
             conf_temp += confusion(label, r_labels, k)
             conf_agree += confusion(ref, r_labels, k)
@@ -122,13 +119,6 @@ def quality(full: FullModel, runtime, model, sequences) -> dict:
             "miou_kept": m_temp / m_full, "agreement_miou": iou_report(conf_agree)["miou"],
             "recomputed_share": float(np.mean(shares)), "frames_by_graph": dict(reasons),
             "engine_speedup": float(np.median(engine_ratio))}
-
-
-def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of a label map."""
-    rows = (np.arange(shape[0]) * labels.shape[0] // shape[0]).clip(0, labels.shape[0] - 1)
-    cols = (np.arange(shape[1]) * labels.shape[1] // shape[1]).clip(0, labels.shape[1] - 1)
-    return labels[rows][:, cols]
 
 
 def real_clip(path: Path, full: FullModel, runtime, max_frames: int) -> dict:

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,6 +23,7 @@ import torch.nn.functional as F
 
 from edgeprune.data import camvid
 from edgeprune.evaluation import confusion, iou_report
+from edgeprune.images import write_atomic
 from edgeprune.exporters.timm_seg import create_segmenter, read_segmenter_config, save_segmenter
 
 BACKBONE = "vit_tiny_patch16_224"
@@ -109,10 +108,7 @@ def evaluate(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, mea
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
-    os.close(fd)
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: torch.save(state, tmp))
 
 
 def stage_command(train: dict, out: Path) -> str:
@@ -201,11 +197,7 @@ model = load_segmenter("models/camvid_seg")  # eval mode
 logits = model(pixels)  # pixels: [B, 3, {HEIGHT}, {WIDTH}], normalised as above
 ```
 """
-    fd, tmp = tempfile.mkstemp(dir=out)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, out / "README.md")
+    write_atomic(out / "README.md", lambda tmp: Path(tmp).write_text(text))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -196,14 +196,11 @@ def _parse_eval(spec: Optional[str]) -> Optional[EvalSet]:
 
 def _evaluate(loaded: list, eval_set: EvalSet, threads: int, provider: str) -> list[dict]:
     """Scores before timing, so a non-segmentation artifact fails before minutes of rounds."""
-    from edgeprune.seg_eval import camvid_frames, evaluate_artifact, segmentation_input
+    from edgeprune.seg_eval import eval_size, evaluate_artifact, segmentation_input
 
     infos = [segmentation_input(artifact, eval_set) for artifact in loaded]
-    if eval_set.kind == "camvid":
-        _, h, w = (int(v) for v in infos[0]["size"])
-        scenes = len(camvid_frames(eval_set.split, eval_set.n, h, w)[0])
-    else:
-        scenes = int(eval_set.n)
+    _, h, w = (int(v) for v in infos[0]["size"])
+    scenes = eval_size(eval_set, h, w)
     scores = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as bar:

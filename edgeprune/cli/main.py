@@ -1,4 +1,5 @@
-"""Entry point: ``edgeprune export | tune | build | compare | bench | inspect | lint | segment | calibrate | demo``.
+"""Entry point: ``edgeprune export | tune | build | compare | bench | inspect | lint | segment | calibrate | demo |
+serve | export-triton``.
 
 User errors (:class:`EdgepruneError`) print one line and exit with code 2; usage errors exit 2 too.
 """
@@ -16,9 +17,11 @@ from edgeprune.cli.compare_cmd import compare
 from edgeprune.cli.common import console, out
 from edgeprune.cli.demo_cmd import demo
 from edgeprune.cli.export_cmd import export
+from edgeprune.cli.export_triton_cmd import export_triton
 from edgeprune.cli.inspect_cmd import inspect
 from edgeprune.cli.lint_cmd import lint
 from edgeprune.cli.segment_cmd import segment
+from edgeprune.cli.serve_cmd import serve
 from edgeprune.cli.tune_cmd import tune
 from edgeprune.errors import EdgepruneError
 
@@ -56,6 +59,8 @@ app.command(help=segment.__doc__)(segment)
 app.command(help=calibrate.__doc__)(calibrate)
 app.command(help=demo.__doc__)(demo)
 app.command(help=tune.__doc__)(tune)
+app.command(help=serve.__doc__)(serve)
+app.command(name="export-triton", help=export_triton.__doc__)(export_triton)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,10 +27,9 @@ def serve(
 ) -> None:
     """Serve an engine set on Triton Inference Server (the one PyTriton's wheel bundles) until SIGTERM or Ctrl-C.
 
-    Requests send `image` (uint8 [N, H, W, 3], any size) or `pixels` (float32, the model's input), with optional
-    parameters `deadline_ms` (overrides the target) or `budget`; responses carry `labels`, `logits`, the `budget`
-    and `engine` used and `timings_ms`. Health: /v2/health/ready; metrics: http://HOST:METRICS/metrics.
-    See docs/serving.md.
+    Requests: `image` (uint8 [N, H, W, 3], any size) or `pixels` (float32), optional `deadline_ms` or `budget`.
+
+    Responses: `labels`, `logits`, `budget`, `engine`, `timings_ms`, `batch_size`. See docs/serving.md.
     """
     from edgeprune.serving.serve import default_threads, prepare_service, serve_until_signalled, start
     from edgeprune.serving.tritonserver import choose_ports

@@ -9,6 +9,7 @@ cleanly. Requests and responses are described in ``docs/serving.md``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import tempfile
@@ -151,6 +152,8 @@ def start(service: ServiceConfig, *, name: str = DEFAULT_MODEL_NAME, instances: 
           host: str = "127.0.0.1", workspace: Optional[Path] = None, timeout_s: float = 180.0) -> Server:
     """Write the repository, start Triton on it and wait until the model is ready."""
     ports = choose_ports(http, grpc, metrics, host=host)
+    local = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    service = dataclasses.replace(service, stats_url=f"http://{local}:{ports.http}/v2/models/{name}/stats")
     workspace = Path(workspace) if workspace else Path(tempfile.mkdtemp(prefix="edgeprune-serve-"))
     repository = write_repository(workspace / "repository", name, service, instances, queue_delay_us)
     triton = start_server(repository, ports, workspace=workspace)

@@ -5,7 +5,8 @@ request on its own (a bad one gets its own error message, the others still run),
 the engine's input exactly as :class:`edgeprune.runtime.Runtime` does, packs the rows of all good
 requests into batches of the exported sizes, lets this instance's deadline policy pick a budget per
 batch (one :class:`DeadlinePolicy` per batch size, fed that size's calibrated latencies; the tightest
-``deadline_ms`` of the batch overrides the target), runs it, and splits the outputs back.
+``deadline_ms`` of the batch overrides the target, less the time requests recently spent in Triton's
+queue), runs it, and splits the outputs back.
 
 The Triton model (:mod:`edgeprune.serving.triton_model`) is a thin adapter around this class, so the
 same code is tested here without a server and runs unchanged inside one.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +52,9 @@ class ServiceConfig:
     max_side: int = 8192
     threads: int = 1
     classes: Optional[list[str]] = None
+    # Triton's statistics of this model (``/v2/models/NAME/stats``): the instances read how long
+    # requests recently waited in Triton's queue, which a model is otherwise never told.
+    stats_url: Optional[str] = None
 
     def to_json(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
@@ -114,6 +119,12 @@ def _number(name: str, value: Any) -> float:
     return number
 
 
+def queue_totals(stats: dict[str, Any]) -> tuple[int, int]:
+    """(requests queued, total queue nanoseconds) from Triton's ``/v2/models/NAME/stats`` answer."""
+    queue = stats["model_stats"][0]["inference_stats"]["queue"]
+    return int(queue["count"]), int(queue["ns"])
+
+
 def ort_runner(onnx: str, threads: int) -> Callable[[np.ndarray], np.ndarray]:
     """The default engine: an ONNX Runtime session (no spinning, as the calibration ran)."""
     from edgeprune.engines.ort import OrtRunner
@@ -152,6 +163,28 @@ class Service:
         self.policies = {n: DeadlinePolicy(profiles[n], config.target_ms) for n in self.sizes}
         self._overhead_ms = 0.0
         self._batches = 0
+        self.queue_ms = 0.0  # recent mean wait in Triton's queue, when config.stats_url is set
+        if config.stats_url:
+            threading.Thread(target=self._watch_queue, args=(config.stats_url,), daemon=True).start()
+
+    def _watch_queue(self, url: str, period_s: float = 0.25) -> None:
+        """Every ``period_s``: the mean queue wait of the requests Triton queued since the last look (0 when
+        none came), from its cumulative statistics. A request's deadline counts from when it was sent, so
+        time spent queued is time the engine no longer has."""
+        import urllib.request
+
+        last: Optional[tuple[int, int]] = None
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    now = queue_totals(json.loads(response.read()))
+            except (OSError, ValueError):  # the server is starting or stopping: try again later
+                now = None
+            if now is not None and last is not None:
+                count, ns = now[0] - last[0], now[1] - last[1]
+                self.queue_ms = ns / count / 1e6 if count > 0 else 0.0
+            last = now if now is not None else last
+            time.sleep(period_s)
 
     # -- checking ---------------------------------------------------------------------------------
     def parse(self, image: Optional[np.ndarray], pixels: Optional[np.ndarray],
@@ -251,7 +284,8 @@ class Service:
         if forced is None:
             deadlines = [j.deadline_ms for j in jobs if j.deadline_ms is not None]
             deadline = min(deadlines) if deadlines else self.config.target_ms
-            decision = policy.choose(FrameContext(self._batches, None, max(deadline - self._overhead_ms, 1e-3)))
+            budget_ms = deadline - self._overhead_ms - self.queue_ms
+            decision = policy.choose(FrameContext(self._batches, None, max(budget_ms, 1e-3)))
             index = decision.index
         else:
             index = forced
@@ -278,4 +312,4 @@ class Service:
 
 
 __all__ = ["OUTPUTS", "PARAMETERS", "SERVICE_FILE", "Job", "JobResult", "RequestError", "Service", "ServiceConfig",
-           "ort_runner"]
+           "ort_runner", "queue_totals"]

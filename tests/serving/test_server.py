@@ -85,6 +85,20 @@ def test_health_and_metrics(server):
     assert "nv_inference_exec_count" in text
 
 
+def test_instances_read_the_queue_wait_from_tritons_statistics(server, frames):
+    """The served model is told where Triton's statistics are, and reads their real format."""
+    import json
+
+    from edgeprune.serving.service import ServiceConfig, queue_totals
+
+    config = ServiceConfig.read(server.triton.workspace / "repository" / "edgeprune" / "service.json")
+    assert config.stats_url == f"http://{server.ports.http_url}/v2/models/edgeprune/stats"
+    with Client(server.ports.grpc_url, "grpc") as client:
+        client.infer(frames(1)[0])
+    count, ns = queue_totals(json.loads(urllib.request.urlopen(config.stats_url, timeout=5).read()))
+    assert count >= 1 and ns > 0
+
+
 def test_a_dead_server_is_unavailable_not_rejected(frames):
     from edgeprune.serving.tritonserver import free_port
 

@@ -23,9 +23,14 @@ CACHE_ENV = "EDGEPRUNE_CACHE_DIR"  # shared with the latency calibration cache
 ENGINE_MANIFEST = "engine.json"
 
 
+def cache_base() -> Path:
+    """``$EDGEPRUNE_CACHE_DIR``, else ``~/.cache/edgeprune``: the parent of every edgeprune cache."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "edgeprune").expanduser()
+
+
 def default_cache_dir() -> Path:
     """``$EDGEPRUNE_CACHE_DIR/engines``, else ``~/.cache/edgeprune/engines``."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "edgeprune").expanduser() / "engines"
+    return cache_base() / "engines"
 
 
 def cache_key(fields: dict[str, Any]) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +35,9 @@ def batch_sizes(max_batch: int) -> list[int]:
 
 
 def cache_root() -> Path:
-    base = os.environ.get("EDGEPRUNE_CACHE_DIR") or Path.home() / ".cache" / "edgeprune"
-    return Path(base).expanduser() / "serve"
+    from edgeprune.engines.cache import cache_base
+
+    return cache_base() / "serve"
 
 
 def model_from_manifest(info: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
@@ -134,10 +134,9 @@ def prepare_batched(engine_set: Any, max_batch: int, *, threads: int = 2, rounds
                 stats = latency_stats(row.samples_ms)
                 artifact = artifacts[member.path, n]
                 onnx = artifact.onnx_path
-                if not str(onnx).startswith(str(tmp)):  # the set's own batch-1 member: copy it in
+                if artifact is member.artifact:  # the set's own batch-1 member: copy it in
                     (tmp / f"{member.path}-n1").mkdir()
-                    shutil.copy2(onnx, tmp / f"{member.path}-n1" / onnx.name)
-                    onnx = tmp / f"{member.path}-n1" / onnx.name
+                    onnx = Path(shutil.copy2(onnx, tmp / f"{member.path}-n1" / onnx.name))
                 entries.append({"name": member.path, "budget": member.budget, "batch": n,
                                 "onnx": str(onnx.relative_to(tmp)), "p50_ms": stats["p50_ms"],
                                 "p95_ms": stats["p95_ms"]})

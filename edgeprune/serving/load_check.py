@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -56,9 +55,7 @@ def check_load(repository: str | Path, name: str, budget_models: Sequence[str], 
 
     cache = Path(repository) / name / "1" / "__pycache__"
     had_cache = cache.exists()
-    triton = start_server(Path(repository).resolve(), choose_ports(), load_models=[name],
-                          workspace=Path(tempfile.mkdtemp(prefix="edgeprune-check-load-")))
-    triton._own_workspace = True
+    triton = start_server(Path(repository).resolve(), choose_ports(), load_models=[name])  # a temporary workspace
     base = f"http://{triton.ports.http_url}"
     try:
         deadline = time.monotonic() + timeout_s

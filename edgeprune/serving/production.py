@@ -117,6 +117,7 @@ def budget_model_name(name: str, member: str) -> str:
 def load_calibrated_set(source: str | Path) -> Any:
     """The engine set at ``source`` with its calibration, or one EdgepruneError line saying what is missing."""
     from edgeprune.engine_set import SET_FILE, is_engine_set, load_engine_set
+    from edgeprune.runtime.runtime import profiles_from_calibration
 
     path = Path(source)
     if not path.exists():
@@ -125,11 +126,7 @@ def load_calibrated_set(source: str | Path) -> Any:
         raise EdgepruneError(f"{path} is not an engine set (no {SET_FILE}); export one with "
                              "`edgeprune export MODEL --budgets 1.0,0.75,0.5 --out SET`")
     engine_set = load_engine_set(path)
-    calibrated = (engine_set.calibration or {}).get("members") or {}
-    missing = [m.path for m in engine_set.members if "p50_ms" not in calibrated.get(m.path, {})]
-    if missing:
-        raise EdgepruneError(f"{path} is not calibrated (no latency for {', '.join(missing)}); the scheduler needs "
-                             f"it: run `edgeprune calibrate {path}` first")
+    profiles_from_calibration(engine_set)  # the Runtime's own check: uncalibrated, or a member without latency
     return engine_set
 
 

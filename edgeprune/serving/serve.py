@@ -29,7 +29,7 @@ DEFAULT_TARGET_MS = 1000.0 / 30
 def load_set_or_artifact(path: str | Path) -> Any:
     """An engine set, or a one-member set around a single artifact (served at its own budget)."""
     from edgeprune.artifact import load_artifact
-    from edgeprune.engine_set import Member, SET_FILE, is_engine_set, load_engine_set
+    from edgeprune.engine_set import SET_FILE, EngineSet, Member, is_engine_set, load_engine_set
 
     path = Path(path)
     if not path.exists():
@@ -42,13 +42,7 @@ def load_set_or_artifact(path: str | Path) -> Any:
     ratio = float(artifact.manifest["flops"]["macs_ratio"])
     member = Member(round(ratio, 4), path.name, ratio, int(artifact.plan.final_tokens),
                     artifact.manifest["onnx"]["sha256"], path.resolve().parent, artifact)
-
-    class _OneMemberSet:
-        members = [member]
-        manifest = {"model": artifact.manifest["model"]}
-
-    _OneMemberSet.path = path.resolve()
-    return _OneMemberSet()
+    return EngineSet(path.resolve(), {"model": artifact.manifest["model"]}, [member])
 
 
 def prepare_service(source: str | Path, *, max_batch: int = 8, target_ms: float = DEFAULT_TARGET_MS,
@@ -156,8 +150,7 @@ def start(service: ServiceConfig, *, name: str = DEFAULT_MODEL_NAME, instances: 
     service = dataclasses.replace(service, stats_url=f"http://{local}:{ports.http}/v2/models/{name}/stats")
     workspace = Path(workspace) if workspace else Path(tempfile.mkdtemp(prefix="edgeprune-serve-"))
     repository = write_repository(workspace / "repository", name, service, instances, queue_delay_us)
-    triton = start_server(repository, ports, workspace=workspace)
-    triton._own_workspace = True
+    triton = start_server(repository, ports, workspace=workspace, remove_workspace=True)
     try:
         triton.wait_ready(timeout_s)
     except BaseException:

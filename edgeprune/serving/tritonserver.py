@@ -221,10 +221,12 @@ class TritonProcess:
 
 def start_server(repository: Path, ports: ServerPorts, *, workspace: Optional[Path] = None,
                  exit_timeout_s: int = 30, log_verbose: int = 0, extra_args: Sequence[str] = (),
-                 load_models: Optional[Sequence[str]] = None, stdout_to_log: bool = True) -> TritonProcess:
+                 load_models: Optional[Sequence[str]] = None, stdout_to_log: bool = True,
+                 remove_workspace: Optional[bool] = None) -> TritonProcess:
     """Launch the bundled ``tritonserver`` on ``repository`` (returns at once; call ``wait_ready``).
 
     ``load_models``: explicit model-control mode loading only these (else every model in the repository).
+    ``remove_workspace``: delete the workspace on :meth:`TritonProcess.stop` (default: only a temporary one).
     """
     root = bundled_server_root()
     own = workspace is None
@@ -250,7 +252,7 @@ def start_server(repository: Path, ports: ServerPorts, *, workspace: Optional[Pa
                                    start_new_session=True, preexec_fn=_die_with_parent)
     finally:
         log.close()
-    return TritonProcess(process, ports, workspace, log_path, own)
+    return TritonProcess(process, ports, workspace, log_path, own if remove_workspace is None else remove_workspace)
 
 
 __all__ = ["ServerPorts", "TritonProcess", "bundled_server_root", "choose_ports", "free_port", "prepare_backends",

@@ -6,7 +6,6 @@ target that tightens half way through the clip so the scheduler visibly switches
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,8 +26,9 @@ class DefaultModels:
 
 def cache_root() -> Path:
     """``$EDGEPRUNE_CACHE_DIR/demo``, else ``~/.cache/edgeprune/demo`` (the engine and latency caches' parent)."""
-    base = os.environ.get("EDGEPRUNE_CACHE_DIR") or Path.home() / ".cache" / "edgeprune"
-    return Path(base).expanduser() / "demo"
+    from edgeprune.engines.cache import cache_base
+
+    return cache_base() / "demo"
 
 
 def _fingerprint(model: Path) -> str:

@@ -4,38 +4,49 @@ Data flows one way: model -> :func:`build_plan` -> :func:`reduce_model` -> :func
 -> artifact (ONNX + manifest) -> engine -> runtime.
 
 Everything but the error types loads on first use, so ``import edgeprune`` (and ``edgeprune
---help``) does not pay for torch, onnx or onnxruntime.
+--help``) does not pay for torch, onnx or onnxruntime, and works where only the runtime is installed.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from edgeprune.errors import EdgepruneError, ParityError
-
-__version__ = "0.1.0"
+from edgeprune.core.errors import EdgepruneError, ParityError
+from edgeprune.core.version import __version__
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from edgeprune.exporters.onnx_export import export
-    from edgeprune.plan import TokenPlan, build_plan
-    from edgeprune.spec import ViTSpec
+    from edgeprune.core.spec import ViTSpec
+    from edgeprune.export.onnx_export import export
+    from edgeprune.plan.token_plan import TokenPlan
+
+
+def build_plan(model_or_spec: "nn.Module | ViTSpec", method: str, **budget: Any) -> "TokenPlan":
+    """A token plan for a model (any supported family) or a :class:`ViTSpec`; see
+    :func:`edgeprune.plan.build_plan` for the budgets and schedules."""
+    from edgeprune.core.spec import ViTSpec
+    from edgeprune.plan.token_plan import build_plan as plan_for_spec
+
+    if not isinstance(model_or_spec, ViTSpec):
+        from edgeprune.families import spec_of
+
+        model_or_spec = spec_of(model_or_spec)
+    return plan_for_spec(model_or_spec, method, **budget)
 
 
 def reduce_model(model: "nn.Module", plan: "TokenPlan") -> "nn.Module":
     """``model`` with ``plan`` applied, in eval mode; shares the model's weights. Classifiers and
     encoders come back as a ReducedViT, segmenters as a ReducedDense (logits at input resolution)."""
-    from edgeprune.exporters import adapter_for
+    from edgeprune.families import adapter_for
 
     return adapter_for(model).reduced(plan).eval()
 
 
 _LAZY = {
-    "build_plan": "edgeprune.plan",
-    "TokenPlan": "edgeprune.plan",
-    "ViTSpec": "edgeprune.spec",
-    "export": "edgeprune.exporters.onnx_export",
+    "TokenPlan": "edgeprune.plan.token_plan",
+    "ViTSpec": "edgeprune.core.spec",
+    "export": "edgeprune.export.onnx_export",
 }
 
 

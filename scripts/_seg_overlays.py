@@ -25,10 +25,10 @@ def overlays(photos: dict[str, np.ndarray], shown: list[tuple[str, Any]], out_di
     """One PNG per image: the image, its ground truth (when given), the baseline's overlay and each
     reduced plan's, with pixel agreement to the baseline (and pixel accuracy against the truth).
     ``shown``: (title, artifact) pairs, the baseline first."""
-    from edgeprune.engines.ort import OrtRunner
-    from edgeprune.evaluation import normalize
-    from edgeprune.images import overlay, palette_array, resize_rgb, upsample_argmax
-    from edgeprune.plotting import plot_panels
+    from edgeprune.backends.ort import OrtRunner
+    from edgeprune.imaging.evaluation import normalize
+    from edgeprune.imaging.images import overlay, palette_array, resize_rgb, upsample_argmax
+    from edgeprune.measure.plotting import plot_panels
 
     out_dir.mkdir(parents=True, exist_ok=True)
     info = shown[0][1].manifest["model"]
@@ -67,7 +67,7 @@ def overlays(photos: dict[str, np.ndarray], shown: list[tuple[str, Any]], out_di
 def overlay_inputs(data: str, photos: Path, frames: int) -> tuple[dict[str, np.ndarray], Optional[dict[str, np.ndarray]], str]:
     """The images to draw: ``frames`` evenly spaced CamVid test frames with labels (``data`` "camvid"),
     or the photos under ``photos``."""
-    from edgeprune.images import read_rgb
+    from edgeprune.imaging.images import read_rgb
 
     if data == "camvid":
         from edgeprune.data import camvid

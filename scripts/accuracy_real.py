@@ -39,7 +39,7 @@ METHODS = ("tome", "tofu", "prune-merge", "evit", "gsp")
 def load(name: str):
     """(model, eval image set, calibration set, the eval images disjoint from calibration as a slice
     (None: all of them are), description)."""
-    from edgeprune.loading import load_model
+    from edgeprune.families.loading import load_model
     from edgeprune.tune import Preprocess, load_calibration
 
     if name == "mit":
@@ -88,8 +88,8 @@ def plans_for(model, calib, targets, budget_minutes, say) -> list[tuple[str, Any
 
 
 def measure(model, rows, rounds: int, say) -> dict[str, dict[str, float]]:
-    from edgeprune.bench import benchmark
-    from edgeprune.exporters.onnx_export import export
+    from edgeprune.measure.bench import benchmark
+    from edgeprune.export.onnx_export import export
 
     with tempfile.TemporaryDirectory(prefix="edgeprune-acc-") as tmp:
         artifacts = []
@@ -126,8 +126,8 @@ def latency_check(model, calib, target: float, rounds: int, say) -> dict[str, An
 def segmenter_miou(say) -> list[dict[str, Any]]:
     import edgeprune
     from edgeprune.data import HELDOUT_SEEDS, SceneConfig, scene_batch
-    from edgeprune.evaluation import confusion, iou_report, normalize
-    from edgeprune.loading import load_model
+    from edgeprune.imaging.evaluation import confusion, iou_report, normalize
+    from edgeprune.families.loading import load_model
 
     model, _ = load_model(str(REPO / "models" / "scene_seg"))
     images, labels = scene_batch(HELDOUT_SEEDS[:100], SceneConfig(height=128, width=128))

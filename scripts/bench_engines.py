@@ -15,11 +15,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from edgeprune.artifact import load_artifact
-from edgeprune.bench import benchmark
+from edgeprune.artifacts.artifact import load_artifact
+from edgeprune.measure.bench import benchmark
 from edgeprune.engines.cache import EngineCache
 from edgeprune.engines.compare import open_runner, parse_backends
-from edgeprune.errors import EdgepruneError
+from edgeprune.core.errors import EdgepruneError
 
 
 def main() -> int:

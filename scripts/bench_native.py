@@ -52,7 +52,7 @@ def sources(clip_count: int) -> dict[str, list[np.ndarray]]:
 
 
 def compare(py_logits: np.ndarray, nat, frame: np.ndarray, stats: dict) -> None:
-    from edgeprune.video.frames import labels_exact
+    from edgeprune.imaging.frames import labels_exact
 
     ref = labels_exact(py_logits[0], *frame.shape[:2])
     stats["pixels"] += ref.size
@@ -96,7 +96,7 @@ def agreement(set_path: str, temporal: str, frames: dict[str, list[np.ndarray]])
 
 def overhead(set_path: str, frames: list[np.ndarray], big: list[np.ndarray]) -> dict:
     from edgeprune.native import NativeRuntime
-    from edgeprune.video.frames import resize_frame
+    from edgeprune.imaging.frames import resize_frame
 
     small = [resize_frame(f, 128, 128) for f in frames]
     out = {}
@@ -121,7 +121,7 @@ def fps(set_path: str, frames: list[np.ndarray], target_ms: float, blocks: int, 
     """Whole frames (labels at the frame's size included) per second, alternating runtimes block by block."""
     from edgeprune.native import NativeRuntime
     from edgeprune.runtime import Runtime
-    from edgeprune.video.frames import labels_fast
+    from edgeprune.imaging.frames import labels_fast
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)

@@ -33,7 +33,7 @@ DEFAULT_CLIPS = ("indoor_lab_1920x1080.mp4", "highway_lane_960x540.mp4", "outdoo
 def camera_frames(args) -> dict[str, list[np.ndarray]]:
     """A list of frames per camera, ``--ticks`` long (clips loop)."""
     from edgeprune.data import SceneConfig, make_clip
-    from edgeprune.images import resize_rgb
+    from edgeprune.imaging.images import resize_rgb
     from edgeprune.video import open_video
 
     cams: dict[str, list[np.ndarray]] = {}
@@ -49,13 +49,13 @@ def camera_frames(args) -> dict[str, list[np.ndarray]]:
 
 
 def agreement(conf: np.ndarray) -> float:
-    from edgeprune.evaluation import iou_report
+    from edgeprune.imaging.evaluation import iou_report
 
     return float(iou_report(conf)["miou"])
 
 
 def run_pool(engines, cams, args, signal: str, full) -> dict:
-    from edgeprune.evaluation import confusion
+    from edgeprune.imaging.evaluation import confusion
     from edgeprune.runtime import Runtime
 
     names = list(cams)
@@ -80,8 +80,8 @@ def run_pool(engines, cams, args, signal: str, full) -> dict:
 
 
 def full_labels(engines, cams) -> dict[str, list[np.ndarray]]:
-    from edgeprune.engines.ort import OrtRunner
-    from edgeprune.evaluation import normalize
+    from edgeprune.backends.ort import OrtRunner
+    from edgeprune.imaging.evaluation import normalize
     from edgeprune.runtime.runtime import labels_of
 
     member = engines.member(1.0)

@@ -65,8 +65,10 @@ class LoadStep:
 
 
 def engine_set(work: Path, threads: int, model_dir: Path = REPO / "models" / "scene_seg"):
-    from edgeprune.engine_set import calibrate_engine_set, calibration_matches, export_engine_set, is_engine_set, load_engine_set
-    from edgeprune.exporters.timm_seg import load_segmenter
+    from edgeprune.measure.calibrate import calibrate_engine_set
+    from edgeprune.artifacts.engine_set import calibration_matches, is_engine_set, load_engine_set
+    from edgeprune.export.engine_set import export_engine_set
+    from edgeprune.families.timm_seg import load_segmenter
 
     root = work / "set"
     if not is_engine_set(root):
@@ -97,8 +99,8 @@ def clip(n: int, size: int) -> list[np.ndarray]:
 
 
 def record_trace(engines, frames: list[np.ndarray], threads: int, load: LoadStep) -> np.ndarray:
-    from edgeprune.engines.ort import OrtRunner
-    from edgeprune.evaluation import normalize
+    from edgeprune.backends.ort import OrtRunner
+    from edgeprune.imaging.evaluation import normalize
 
     members = sorted(engines.members, key=lambda m: -m.budget)
     info = members[0].artifact.manifest["model"]["input"]

@@ -110,7 +110,7 @@ def export_all(model, variants: list[Variant], work: Path, weights_sha: str) -> 
     import json
 
     import edgeprune
-    from edgeprune.artifact import load_artifact
+    from edgeprune.artifacts.artifact import load_artifact
 
     todo = [v for v in variants if v.ok]
     reused = 0
@@ -139,7 +139,7 @@ def export_all(model, variants: list[Variant], work: Path, weights_sha: str) -> 
 
 
 def evaluate_all(variants: list[Variant], eval_set, count: int, threads: int) -> None:
-    from edgeprune.seg_eval import evaluate_artifact
+    from edgeprune.measure.seg_eval import evaluate_artifact
 
     todo = [v for v in variants if v.ok]
     with bar("mIoU") as progress:
@@ -162,7 +162,7 @@ def busy_cpu_seconds() -> Optional[float]:
 def time_all(variants: list[Variant], rounds: int, threads: int):
     """One interleaved run over every artifact; also how many cores other processes used meanwhile,
     since on a shared machine their load turns speedups into noise."""
-    from edgeprune.bench import benchmark
+    from edgeprune.measure.bench import benchmark
 
     todo = [v for v in variants if v.ok]
     busy, mine, start = busy_cpu_seconds(), time.process_time(), time.perf_counter()
@@ -291,10 +291,10 @@ def run(args: argparse.Namespace) -> None:
     import torch
 
     import edgeprune
-    from edgeprune.artifact import sha256_file, write_json_atomic
-    from edgeprune.exporters.timm_seg import load_segmenter, read_segmenter_config
-    from edgeprune.plotting import plot_tradeoff
-    from edgeprune.seg_eval import EvalSet, eval_size, evaluate_module
+    from edgeprune.core.files import sha256_file, write_json_atomic
+    from edgeprune.families.timm_seg import load_segmenter, read_segmenter_config
+    from edgeprune.measure.plotting import plot_tradeoff
+    from edgeprune.measure.seg_eval import EvalSet, eval_size, evaluate_module
 
     try:
         budgets = [float(f) for f in args.flops.split(",") if f.strip()]
@@ -302,7 +302,7 @@ def run(args: argparse.Namespace) -> None:
         raise edgeprune.EdgepruneError(f"--flops expects comma-separated numbers, got {args.flops!r}") from None
     methods = [m.strip().lower() for m in args.methods.split(",") if m.strip()]
     extra = [parse_plan(t) for t in args.plan]
-    from edgeprune.reducers import ALL_METHODS
+    from edgeprune.plan.methods import TOKEN_METHODS as ALL_METHODS
 
     unknown = sorted({m for m in methods + [v.method for v in extra] if m not in ALL_METHODS or m == "none"})
     if unknown:
@@ -387,7 +387,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from edgeprune.errors import EdgepruneError
+    from edgeprune.core.errors import EdgepruneError
 
     sys.stdout.reconfigure(line_buffering=True)  # keep prints in order with the progress bars in a log
     try:

@@ -38,15 +38,15 @@ class FullModel:
     """The per-frame baseline, run the way the runtime runs engines (no intra-op spinning)."""
 
     def __init__(self, artifact, threads: int) -> None:
-        from edgeprune.engines.ort import OrtRunner
+        from edgeprune.backends.ort import OrtRunner
 
         self.info = artifact.manifest["model"]["input"]
         self.size = artifact.input_shape()[-2:]
         self.runner = OrtRunner(artifact.onnx_path, threads=threads, spinning=False).activate()
 
     def __call__(self, frame: np.ndarray) -> np.ndarray:
-        from edgeprune.evaluation import normalize
-        from edgeprune.images import resize_rgb
+        from edgeprune.imaging.evaluation import normalize
+        from edgeprune.imaging.images import resize_rgb
         from edgeprune.runtime.runtime import labels_of
 
         h, w = self.size
@@ -59,11 +59,11 @@ class FullModel:
 
 
 def artifacts(work: Path, share: float, model_dir: Path):
-    from edgeprune.artifact import load_artifact
-    from edgeprune.exporters.onnx_export import export
-    from edgeprune.exporters.temporal import export_temporal
-    from edgeprune.exporters.timm_seg import load_segmenter
-    from edgeprune.plan import build_plan
+    from edgeprune.artifacts.artifact import load_artifact
+    from edgeprune.export.onnx_export import export
+    from edgeprune.export.temporal import export_temporal
+    from edgeprune.families.timm_seg import load_segmenter
+    from edgeprune import build_plan
     from edgeprune.runtime.temporal import is_temporal, load_temporal
 
     model = load_segmenter(model_dir)
@@ -96,7 +96,7 @@ def camvid_sequences():
 
 
 def quality(full: FullModel, runtime, model, sequences) -> dict:
-    from edgeprune.evaluation import confusion, iou_report
+    from edgeprune.imaging.evaluation import confusion, iou_report
 
     k = model.num_classes
     conf_full, conf_temp, conf_agree = (np.zeros((k, k), np.int64) for _ in range(3))

@@ -91,12 +91,13 @@ def measure(work: Path, latency: float, rounds: int = 40) -> dict:
     """Export the tuned plan and the unreduced model (batch 1) and time them interleaved."""
     import timm
 
-    from edgeprune.artifact import load_artifact
-    from edgeprune.bench import benchmark
-    from edgeprune.exporters.onnx_export import export
-    from edgeprune.plan import TokenPlan, build_plan
+    from edgeprune.artifacts.artifact import load_artifact
+    from edgeprune.measure.bench import benchmark
+    from edgeprune.export.onnx_export import export
+    from edgeprune.plan.token_plan import TokenPlan
+    from edgeprune import build_plan
 
-    from edgeprune.loading import apply_state_dict, read_state_dict
+    from edgeprune.families.weights import apply_state_dict, read_state_dict
 
     model = timm.create_model("vit_small_patch16_224", pretrained=False).eval()
     apply_state_dict(model, read_state_dict(weights(work)), "random ViT-S weights")

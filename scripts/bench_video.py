@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from edgeprune.engines.ort import OrtRunner
+    from edgeprune.backends.ort import OrtRunner
 
 ROOT = Path(__file__).resolve().parents[1]
 VIDEOS = ROOT.parent / "shared" / "data" / "video"
@@ -36,7 +36,7 @@ VIDEOS = ROOT.parent / "shared" / "data" / "video"
 
 def reencode(src: Path, height: int, folder: Path, frames: int) -> Path:
     from edgeprune.video import VideoWriter, open_video
-    from edgeprune.video.frames import resize_frame
+    from edgeprune.imaging.frames import resize_frame
     from edgeprune.video.demo import output_size
 
     reader = open_video(src)
@@ -73,12 +73,12 @@ def main() -> int:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
-    from edgeprune.engine_set import load_engine_set
-    from edgeprune.engines.ort import OrtRunner
-    from edgeprune.evaluation import normalize
+    from edgeprune.artifacts.engine_set import load_engine_set
+    from edgeprune.backends.ort import OrtRunner
+    from edgeprune.imaging.evaluation import normalize
     from edgeprune.video import default_demo, open_video
     from edgeprune.video.demo import run_demo
-    from edgeprune.video.frames import labels_exact, labels_fast, resize_frame
+    from edgeprune.imaging.frames import labels_exact, labels_fast, resize_frame
     from edgeprune.video.sources import video_source
 
     try:

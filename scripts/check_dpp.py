@@ -43,11 +43,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from edgeprune.artifact import write_json_atomic  # noqa: E402
-from edgeprune.engines.ort import OrtRunner  # noqa: E402
-from edgeprune.engines.trt_lint import DEFAULT_TRT, lint_model, summarize  # noqa: E402
-from edgeprune.exporters.onnx_export import library_versions, trace_to_onnx  # noqa: E402
-from edgeprune.graph import load_graph, op_counts, safety_problems  # noqa: E402
+from edgeprune.artifacts.artifact import write_json_atomic  # noqa: E402
+from edgeprune.backends.ort import OrtRunner  # noqa: E402
+from edgeprune.backends.trt_lint import DEFAULT_TRT, lint_model, summarize  # noqa: E402
+from edgeprune.export.onnx_export import library_versions, trace_to_onnx  # noqa: E402
+from edgeprune.backends.graph import load_graph, op_counts, safety_problems  # noqa: E402
 from edgeprune.mllm.reference import greedy_map_reference, kernel_reference, relevance_reference  # noqa: E402
 from edgeprune.mllm.select import cosine_normalize, dpp_kernel, greedy_dpp, relevance  # noqa: E402
 

@@ -37,9 +37,9 @@ def band_shares(labels: np.ndarray, classes: list[str]) -> dict[str, dict[str, f
 def main(argv: list[str] | None = None) -> int:
     from edgeprune.cli.common import default_model
     from edgeprune.cli.main import main as cli
-    from edgeprune.evaluation import normalize
-    from edgeprune.exporters.timm_seg import load_segmenter
-    from edgeprune.images import resize_rgb, save_png_atomic, upsample_argmax
+    from edgeprune.imaging.evaluation import normalize
+    from edgeprune.families.timm_seg import load_segmenter
+    from edgeprune.imaging.images import resize_rgb, save_png_atomic, upsample_argmax
     from edgeprune.video import open_video
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

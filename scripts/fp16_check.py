@@ -3,7 +3,7 @@
 
 For every combination the fp32 graph is exported (static batch; random weights, seed 0, which is
 enough: the check is about the arithmetic, not the accuracy), converted with
-``edgeprune.engines.precision.convert_precision(..., "fp16")`` and both run on ``--inputs`` random
+``edgeprune.backends.precision.convert_precision(..., "fp16")`` and both run on ``--inputs`` random
 standard-normal images. A row passes when the worst relative error (max|a-b| / max|b|) over every
 input is <= 1e-2 and >= 99% of the token choices (kept / merged groups of every TopK, and each
 ArgMax destination) are identical.
@@ -28,7 +28,7 @@ import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from edgeprune.engines.precision import compare_precision, convert_precision, fp16_matmul_share
+from edgeprune.backends.precision import compare_precision, convert_precision, fp16_matmul_share
 
 MAX_ERROR, MIN_AGREEMENT = 1e-2, 0.99
 BUDGETS = {"tome": {"flops": 0.6}, "gsp": {"flops": 0.6}, "evit": {"keep": 0.5}, "none": {}}
@@ -45,8 +45,8 @@ def artifact(model_name: str, method: str, batch: int, workdir: Path) -> onnx.Mo
         import timm
         import torch
 
-        from edgeprune.exporters.onnx_export import export
-        from edgeprune.plan import build_plan
+        from edgeprune.export.onnx_export import export
+        from edgeprune import build_plan
 
         torch.manual_seed(0)
         net = timm.create_model(model_name, pretrained=False).eval()

@@ -62,7 +62,7 @@ class Frame:
 
 def load_frames(cameras: int, count: int, size: tuple[int, int]) -> list[list[np.ndarray]]:
     """``count`` frames per camera from the real clips (camera i plays clip i mod 5, from a different start)."""
-    from edgeprune.images import resize_rgb
+    from edgeprune.imaging.images import resize_rgb
     from edgeprune.video import open_video
 
     width, height = size
@@ -176,7 +176,7 @@ def run_cameras(url: str, protocol: str, frames: list[list[np.ndarray]], steps: 
 
 def check_against_runtime(engine_set: Path, records: list[Frame], frames: list[list[np.ndarray]]) -> dict[str, Any]:
     """Labels over Triton vs the local Runtime running the member the server reported, same frames."""
-    from edgeprune.engine_set import load_engine_set
+    from edgeprune.artifacts.engine_set import load_engine_set
     from edgeprune.runtime.policies import FixedPolicy
     from edgeprune.runtime.runtime import Runtime, profiles_from_calibration
 

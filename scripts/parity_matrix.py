@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 import edgeprune
-from edgeprune.exporters.onnx_export import export
+from edgeprune.export.onnx_export import export
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,11 +32,11 @@ REPO = Path(__file__).resolve().parents[1]
 def build(name: str) -> torch.nn.Module:
     torch.manual_seed(0)
     if name == "scene_seg":
-        from edgeprune.exporters.timm_seg import load_segmenter
+        from edgeprune.families.timm_seg import load_segmenter
 
         return load_segmenter(REPO / "models" / "scene_seg")
     if name.startswith("seg_"):
-        from edgeprune.exporters.timm_seg import create_segmenter
+        from edgeprune.families.timm_seg import create_segmenter
 
         if name == "seg_linear":
             return create_segmenter("vit_small_patch16_224", 19, head="linear")

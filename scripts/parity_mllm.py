@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from edgeprune.artifact import write_json_atomic  # noqa: E402
+from edgeprune.artifacts.artifact import write_json_atomic  # noqa: E402
 from edgeprune.mllm.configs import SMALL_FAMILIES, small_clip_query, small_llava  # noqa: E402
 from edgeprune.mllm.export import export_visual  # noqa: E402
 from edgeprune.mllm.graph import METHODS, QUERY_METHODS  # noqa: E402

@@ -85,7 +85,7 @@ def kept_stats(index: np.ndarray, patches: np.ndarray, cls: int) -> dict[str, fl
 
 
 def load_model():
-    from edgeprune.exporters.timm_seg import load_segmenter
+    from edgeprune.families.timm_seg import load_segmenter
 
     return load_segmenter(MODEL_DIR)
 
@@ -93,7 +93,7 @@ def load_model():
 def render(seeds: Sequence[int], model) -> tuple[np.ndarray, np.ndarray]:
     """Normalised pixels [B, 3, H, W] and labels [B, H, W] of the seeds, at the segmenter's input size."""
     from edgeprune.data import SceneConfig, scene_batch
-    from edgeprune.evaluation import normalize
+    from edgeprune.imaging.evaluation import normalize
 
     info = model.info["input"]
     _, h, w = (int(v) for v in info["size"])
@@ -171,7 +171,7 @@ def run_study(model, n_scenes: int = 200, k: int = 32, layers: Sequence[int] = (
               batch: int = 100) -> dict:
     """Per-layer, per-method class shares among the K kept tokens (see the module docstring)."""
     from edgeprune.data import HELDOUT_SEEDS
-    from edgeprune.exporters import adapter_for
+    from edgeprune.families import adapter_for
     from edgeprune.mllm.select import gsp_select, qcsp_select, script_select, visionzip_select
 
     seeds = list(HELDOUT_SEEDS if seeds is None else seeds)
@@ -337,7 +337,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     }
     print(table(result))
     print(f"criterion (qcsp, layer {layers[0]}): {'PASS' if record['pass'] else 'FAIL'}; {seconds:.1f} s")
-    from edgeprune.artifact import write_json_atomic
+    from edgeprune.core.files import write_json_atomic
 
     write_json_atomic(args.out, record)
     print(f"wrote {args.out}")

@@ -39,8 +39,8 @@ def main() -> None:
 
     import cv2
 
-    from edgeprune.engine_set import load_engine_set
-    from edgeprune.engines.ort import OrtRunner
+    from edgeprune.artifacts.engine_set import load_engine_set
+    from edgeprune.backends.ort import OrtRunner
     from edgeprune.runtime.policies import downscale_gray, frame_change
     from edgeprune.runtime.runtime import profiles_from_calibration
 

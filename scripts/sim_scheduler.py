@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeprune.errors import EdgepruneError
+from edgeprune.core.errors import EdgepruneError
 from edgeprune.runtime import POLICIES, EngineProfile, load_trace, make_policy, simulate, trace_from_profiles
 
 # Reference segmenter on this machine: budget -> p50 ms (p95 ~ +15 %).

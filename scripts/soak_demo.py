@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     from edgeprune.video.outputs import vmrss_mb
     from edgeprune.video.sources import Source
     from edgeprune.data.scenes import SceneConfig, make_clip
-    from edgeprune.images import resize_rgb
+    from edgeprune.imaging.images import resize_rgb
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=5000)

@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from edgeprune.data import camvid
-from edgeprune.evaluation import confusion, iou_report
-from edgeprune.images import write_atomic
-from edgeprune.exporters.timm_seg import create_segmenter, read_segmenter_config, save_segmenter
+from edgeprune.imaging.evaluation import confusion, iou_report
+from edgeprune.imaging.images import write_atomic
+from edgeprune.families.timm_seg import create_segmenter, read_segmenter_config, save_segmenter
 
 BACKBONE = "vit_tiny_patch16_224"
 HEIGHT, WIDTH = 180, 240
@@ -157,7 +157,7 @@ VIDEO`) and the model the dense token-reduction methods are measured on.
 
 | | |
 |---|---|
-| family | `{config['family']}` (`edgeprune.exporters.timm_seg.load_segmenter`) |
+| family | `{config['family']}` (`edgeprune.families.timm_seg.load_segmenter`) |
 | backbone | timm `{config['backbone']}` class, re-configured: `{ma}` |
 | stem | `{config['stem']}`: 3x3 stride-2 conv + BN + ReLU per entry, then a 3x3 stride-3 conv to the width |
 | head | `{config['head']}` {config['head_args']}, feature blocks {config['feature_blocks']} (deepest one final-normed) |
@@ -192,7 +192,7 @@ command resumes from it after an interruption and removes it when the stage is d
 ## Use
 
 ```python
-from edgeprune.exporters.timm_seg import load_segmenter
+from edgeprune.families.timm_seg import load_segmenter
 model = load_segmenter("models/camvid_seg")  # eval mode
 logits = model(pixels)  # pixels: [B, 3, {HEIGHT}, {WIDTH}], normalised as above
 ```
@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     model = build_model()
     earlier: list[dict] = []
     if args.init is not None:
-        from edgeprune.exporters.timm_seg import load_segmenter
+        from edgeprune.families.timm_seg import load_segmenter
 
         init_config, _ = read_segmenter_config(args.init)
         model.load_state_dict(load_segmenter(args.init).state_dict())

@@ -64,7 +64,7 @@ def load_data(data_dir: Path):
     import torch
 
     from edgeprune.data.idx import load_idx_split
-    from edgeprune.errors import EdgepruneError
+    from edgeprune.core.errors import EdgepruneError
 
     if not data_dir.is_dir():
         raise UsageError(f"data folder '{data_dir}' does not exist (pass --data-dir, the folder of Fashion-MNIST's IDX files)")

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from edgeprune.data import CLASSES, HELDOUT_SEEDS, PALETTE, TRAIN_SEEDS, SceneConfig, scene_batch
-from edgeprune.exporters.timm_seg import create_segmenter, save_segmenter
+from edgeprune.families.timm_seg import create_segmenter, save_segmenter
 
 BACKBONE = "vit_tiny_patch16_224"
 N_EVAL = 200
@@ -90,7 +90,7 @@ weights whose per-patch outputs matter.
 
 | | |
 |---|---|
-| family | `{config['family']}` (`edgeprune.exporters.timm_seg.load_segmenter`) |
+| family | `{config['family']}` (`edgeprune.families.timm_seg.load_segmenter`) |
 | backbone | timm `{config['backbone']}` class, re-configured: `{config['model_args']}` |
 | head | `{config['head']}` {config['head_args']}, feature blocks {config['feature_blocks']} (deepest one final-normed) |
 | tokens | {grid} x {grid} = {grid * grid} patch tokens + CLS |
@@ -135,7 +135,7 @@ and thread count).
 ## Use
 
 ```python
-from edgeprune.exporters.timm_seg import load_segmenter
+from edgeprune.families.timm_seg import load_segmenter
 model = load_segmenter("models/scene_seg")  # eval mode
 logits = model(pixels)  # pixels: [B, 3, {h}, {h}], normalised as above
 ```
@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     model.eval()
     save_segmenter(model, args.out, extra)
-    from edgeprune.exporters.timm_seg import read_segmenter_config
+    from edgeprune.families.timm_seg import read_segmenter_config
 
     config, _ = read_segmenter_config(args.out)
     cmd = ["scripts/train_scene_segmenter.py", "--minutes", f"{args.minutes:g}", "--threads", str(args.threads),

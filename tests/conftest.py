@@ -27,8 +27,10 @@ def make_tiny(layout: str = "cls", **overrides) -> torch.nn.Module:
 
 def export_tiny_set(root, budgets, num_classes, mean, std):
     """A real, calibrated engine set of a 2-block 32x32 segmenter (exports in seconds); returns ``root``."""
-    from edgeprune.engine_set import calibrate_engine_set, export_engine_set, load_engine_set
-    from edgeprune.exporters.timm_seg import create_segmenter
+    from edgeprune.measure.calibrate import calibrate_engine_set
+    from edgeprune.export.engine_set import export_engine_set
+    from edgeprune.artifacts.engine_set import load_engine_set
+    from edgeprune.families.timm_seg import create_segmenter
 
     model = create_segmenter("vit_tiny_patch16_224", num_classes, head="linear", img_size=32, patch_size=8, depth=2,
                              embed_dim=32, num_heads=2, mlp_ratio=2.0)
@@ -45,7 +47,7 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 
 @pytest.fixture
 def pixels():
-    from edgeprune.exporters.onnx_export import fresh_seed
+    from edgeprune.export.onnx_export import fresh_seed
 
     def make(batch: int = 2, size: int = 32, chans: int = 3) -> torch.Tensor:
         gen = torch.Generator().manual_seed(fresh_seed())
@@ -58,7 +60,7 @@ def pixels():
 def pytest_runtest_makereport(item, call):
     """A failed test shows the random seeds it drew (fixtures and export parity checks alike);
     ``EDGEPRUNE_SEED=N`` makes every draw use N, to rerun it."""
-    from edgeprune.exporters.onnx_export import RECENT_SEEDS
+    from edgeprune.export.onnx_export import RECENT_SEEDS
 
     if call.when == "setup":
         RECENT_SEEDS.clear()

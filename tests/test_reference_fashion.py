@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import edgeprune
-from edgeprune.loading import load_model
+from edgeprune.families.loading import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_DIR = ROOT / "models" / "fashion_vit"

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 import edgeprune
-from edgeprune.loading import load_model
+from edgeprune.families.loading import load_model
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "mnist_vit"
 
@@ -32,7 +32,7 @@ def test_reference_segmenter_keeps_its_miou_under_merge_unmerge():
     """A real accuracy check: ToMe merging with unmerge before the head, at 0.6 of the MACs, must keep
     the reference segmenter's held-out mIoU (it measured 99.8% on 200 scenes)."""
     from edgeprune.data import HELDOUT_SEEDS, SceneConfig, scene_batch
-    from edgeprune.evaluation import confusion, iou_report, normalize
+    from edgeprune.imaging.evaluation import confusion, iou_report, normalize
 
     model, info = load_model(str(SEG_DIR))
     assert info["source"] == "edgeprune-segmenter"

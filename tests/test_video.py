@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from edgeprune.errors import EdgepruneError
+from edgeprune.core.errors import EdgepruneError
 from edgeprune.video import VideoWriter, open_video
 
 

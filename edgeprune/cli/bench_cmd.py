@@ -11,10 +11,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from edgeprune.cli.common import BatchOpt, ProviderOpt, ThreadsOpt, console, out
-from edgeprune.errors import EdgepruneError
+from edgeprune.core.errors import EdgepruneError
 
 if TYPE_CHECKING:
-    from edgeprune.seg_eval import EvalSet
+    from edgeprune.measure.seg_eval import EvalSet
 
 
 def bench(
@@ -47,7 +47,8 @@ def bench(
 ) -> None:
     """Time artifacts interleaved at a batch size: p50/p90/p99, throughput, speedup, realized vs predicted.
     With --prefill LLAVA_FOLDER: end-to-end time to first token of a LLaVA model with visual-token pruning."""
-    from edgeprune.artifact import load_artifact, write_json_atomic
+    from edgeprune.artifacts.artifact import load_artifact
+    from edgeprune.core.files import write_json_atomic
 
     for target in (json_out, plot):  # before minutes of timing, not after
         if target is not None and not target.resolve().parent.is_dir():
@@ -73,13 +74,13 @@ def bench(
     rounds = 50 if rounds is None else rounds
     warmup = 5 if warmup is None else warmup
     settle = 2 if settle is None else settle
-    from edgeprune.bench import benchmark
+    from edgeprune.measure.bench import benchmark
 
     eval_set = _parse_eval(eval_spec)
     loaded = [load_artifact(a) for a in artifacts]
     acc = _read_accuracy(accuracy)
     if eval_set:
-        from edgeprune.bench import pick_baseline
+        from edgeprune.measure.bench import pick_baseline
 
         base = pick_baseline(loaded, baseline)  # bad --baseline or --batch fail before the evaluation
         for a in loaded:
@@ -128,7 +129,7 @@ def bench(
         write_json_atomic(json_out, data)
         console.print(f"wrote {json_out}")
     if plot:
-        from edgeprune.plotting import plot_bench
+        from edgeprune.measure.plotting import plot_bench
 
         if scores:
             named = {r.name: miou[i] for i, r in enumerate(result.rows)}
@@ -140,7 +141,7 @@ def bench(
 
 def _prefill(folder: Path, tokens: str, method: str, prompt_tokens: int, rounds: int, warmup: int, settle: int,
              threads: int, work: Optional[Path], json_out: Optional[Path]) -> None:
-    from edgeprune.artifact import write_json_atomic
+    from edgeprune.core.files import write_json_atomic
     from edgeprune.cli.common import parse_int_list
     from edgeprune.mllm.llava import load_llava
     from edgeprune.mllm.prefill import check_prefill_args, prefill_bench
@@ -189,14 +190,14 @@ def _read_accuracy(path: Optional[Path]) -> dict[str, float]:
 def _parse_eval(spec: Optional[str]) -> Optional[EvalSet]:
     if spec is None:
         return None
-    from edgeprune.seg_eval import parse_eval_spec
+    from edgeprune.measure.seg_eval import parse_eval_spec
 
     return parse_eval_spec(spec)
 
 
 def _evaluate(loaded: list, eval_set: EvalSet, threads: int, provider: str) -> list[dict]:
     """Scores before timing, so a non-segmentation artifact fails before minutes of rounds."""
-    from edgeprune.seg_eval import eval_size, evaluate_artifact, segmentation_input
+    from edgeprune.measure.seg_eval import eval_size, evaluate_artifact, segmentation_input
 
     infos = [segmentation_input(artifact, eval_set) for artifact in loaded]
     _, h, w = (int(v) for v in infos[0]["size"])

@@ -15,8 +15,8 @@ from edgeprune.cli.common import console, out
 def sources_of(path: Path) -> tuple[Any, list[tuple[str, Any]]]:
     """(engine set or None, [(member name, artifact)]) of an artifact folder or an engine set;
     a single artifact is the one member named ``engine``."""
-    from edgeprune.artifact import load_artifact
-    from edgeprune.engine_set import is_engine_set, load_engine_set
+    from edgeprune.artifacts.artifact import load_artifact
+    from edgeprune.artifacts.engine_set import is_engine_set, load_engine_set
 
     if is_engine_set(path):
         engine_set = load_engine_set(path, verify=True)
@@ -47,11 +47,11 @@ def build(
     Engines are cached by (ONNX sha256, backend, precision, settings, TensorRT version, GPU): a second build
     of the same thing copies the cached engine; a changed ONNX or another GPU builds anew.
     """
-    from edgeprune.artifact import check_target
+    from edgeprune.core.files import check_target
     from edgeprune.engines.build import build_engine, build_set, default_out
     from edgeprune.engines.cache import EngineCache
-    from edgeprune.engines.trt import BuilderSettings
-    from edgeprune.errors import EdgepruneError
+    from edgeprune.backends.trt import BuilderSettings
+    from edgeprune.core.errors import EdgepruneError
 
     started = time.perf_counter()
     if emit_script and import_path is not None:

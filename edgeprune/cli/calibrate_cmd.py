@@ -22,7 +22,8 @@ def calibrate(
 ) -> None:
     """Time every member of an engine set interleaved and store its latency distribution in set.json."""
     from edgeprune.cli.inspect_cmd import print_set
-    from edgeprune.engine_set import calibrate_engine_set, calibration_matches, load_engine_set
+    from edgeprune.measure.calibrate import calibrate_engine_set
+    from edgeprune.artifacts.engine_set import calibration_matches, load_engine_set
 
     engine_set = load_engine_set(engine_set_dir, verify=True)
     previous = engine_set.calibration

@@ -17,7 +17,7 @@ from typing import Any, Optional
 import numpy as np
 
 from edgeprune.cli.common import console
-from edgeprune.errors import EdgepruneError
+from edgeprune.core.errors import EdgepruneError
 
 MAX_TILE_HEIGHT = 360
 
@@ -30,7 +30,7 @@ def tile_size(width: int, height: int) -> tuple[int, int]:
 
 
 def _plot(rows: list[dict[str, Any]], names: list[str], target_ms: float, path: Path, title: str) -> None:
-    from edgeprune.plotting import plot_timeline
+    from edgeprune.measure.plotting import plot_timeline
 
     plot_timeline(path, [r["index"] for r in rows], {n: [r["budgets"][n] for r in rows] for n in names},
                   {"tick (all cameras)": [r["tick_ms"] for r in rows]}, target_ms, title=title, x_label="tick")
@@ -43,9 +43,9 @@ def run_cameras(sources: list[Any], model: Path, out_path: Path, *, pool: Option
     """Run ``sources`` as simultaneous cameras through one engine set and one token pool per tick."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from edgeprune.engine_set import is_engine_set
-    from edgeprune.images import palette_array, resize_rgb
-    from edgeprune.video.frames import labels_fast, overlay_fast
+    from edgeprune.artifacts.engine_set import is_engine_set
+    from edgeprune.imaging.images import palette_array, resize_rgb
+    from edgeprune.imaging.frames import labels_fast, overlay_fast
     from edgeprune.runtime.runtime import Runtime
     from edgeprune.video import VideoWriter, draw_hud
     from edgeprune.video.outputs import all_or_nothing, check_outputs, output_paths, vmrss_mb, write_side_outputs

@@ -7,11 +7,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 
-# Piped output (CI logs, files) gets a wide fixed width so tables are not squeezed to 80 columns.
-console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
-out = Console(width=None if sys.stdout.isatty() else 160)
+from edgeprune.core.console import console, out
 
 # Option groups, reused by every command that runs an engine.
 ThreadsOpt = typer.Option(2, "--threads", min=1, help="Intra-op threads for ONNX Runtime.")
@@ -30,7 +27,7 @@ ImgSizeOpt = typer.Option(None, "--img-size", help="Input size for timm models (
 
 
 def parse_int_list(text: Optional[str], what: str) -> Optional[list[int]]:
-    from edgeprune.errors import EdgepruneError
+    from edgeprune.core.errors import EdgepruneError
 
     if text is None:
         return None

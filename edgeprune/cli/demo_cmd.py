@@ -14,7 +14,7 @@ from typing import Any, Optional
 import typer
 
 from edgeprune.cli.common import ProviderOpt, console, default_model, out
-from edgeprune.errors import EdgepruneError
+from edgeprune.core.errors import EdgepruneError
 from edgeprune.video.demo import run_demo, summary_line
 from edgeprune.video.sources import Source, camera_source, generated_source, video_source
 

@@ -43,10 +43,11 @@ def export(
     force: bool = typer.Option(False, "--force", help="Replace an existing --out directory."),
 ) -> None:
     """Export a ViT with a token-reduction plan baked in, as a static-shape ONNX graph checked against PyTorch."""
-    from edgeprune.artifact import check_target
-    from edgeprune.exporters.onnx_export import export as export_artifact
-    from edgeprune.loading import load_model, parse_model_args
-    from edgeprune.plan import build_plan
+    from edgeprune.core.files import check_target
+    from edgeprune.export.onnx_export import export as export_artifact
+    from edgeprune.families.loading import load_model
+    from edgeprune.families.weights import parse_model_args
+    from edgeprune.plan.token_plan import build_plan
 
     started = time.perf_counter()
     from edgeprune.mllm.llava import MLLM_ONLY_METHODS, looks_like_llava_folder
@@ -62,11 +63,11 @@ def export(
         return
     budget_list = _parse_budget_set(budgets, keep=keep, tokens=tokens, flops=flops, latency=latency)
     if plan_file is not None and (budgets is not None or temporal is not None):
-        from edgeprune.errors import EdgepruneError
+        from edgeprune.core.errors import EdgepruneError
 
         raise EdgepruneError("--plan exports one plan; it does not combine with --budgets or --temporal")
     if plan_file is not None and not plan_file.is_file():
-        from edgeprune.errors import EdgepruneError
+        from edgeprune.core.errors import EdgepruneError
 
         raise EdgepruneError(f"plan file '{plan_file}' does not exist")
     if temporal is not None:
@@ -78,7 +79,7 @@ def export(
     if gsp_alpha is not None:
         options["gsp_alpha"] = gsp_alpha
     if temporal is not None:
-        from edgeprune.exporters.temporal import export_temporal
+        from edgeprune.export.temporal import export_temporal
 
         with console.status("exporting temporal artifact") as status:
             path = export_temporal(net, temporal, out_dir, batch=batch, dynamic_batch=dynamic_batch, opset=opset,
@@ -92,7 +93,7 @@ def export(
     common = dict(prop_attn=prop_attn, options=options, **({"prefix_only_last": True} if prefix_only_last else {}))
     if budget_list is not None:
         from edgeprune.cli.inspect_cmd import print_set
-        from edgeprune.engine_set import export_engine_set
+        from edgeprune.export.engine_set import export_engine_set
 
         with console.status("exporting engine set") as status:
             engine_set = export_engine_set(
@@ -126,9 +127,9 @@ def _read_plan(path: Path, net, **others) -> "TokenPlan":  # noqa: F821 - lazy i
     """A plan file for this very model; any other planning flag given with it is a conflict."""
     import json
 
-    from edgeprune.errors import EdgepruneError
-    from edgeprune.exporters import adapter_for
-    from edgeprune.plan import TokenPlan
+    from edgeprune.core.errors import EdgepruneError
+    from edgeprune.families import adapter_for
+    from edgeprune.plan.token_plan import TokenPlan
 
     given = [f"--{k.replace('_', '-')}" for k, v in others.items() if v is not None]
     if given:
@@ -150,7 +151,7 @@ def _read_plan(path: Path, net, **others) -> "TokenPlan":  # noqa: F821 - lazy i
 
 
 def _check_temporal_flags(method: str, **others: Optional[object]) -> None:
-    from edgeprune.errors import EdgepruneError
+    from edgeprune.core.errors import EdgepruneError
 
     given = [f"--{k}" for k, v in others.items() if v is not None] + (["--method"] if method not in ("tome", "none") else [])
     if given:
@@ -160,8 +161,8 @@ def _check_temporal_flags(method: str, **others: Optional[object]) -> None:
 def _parse_budget_set(budgets: Optional[str], **single: Optional[float]) -> Optional[list[float]]:
     if budgets is None:
         return None
-    from edgeprune.engine_set import parse_budgets
-    from edgeprune.errors import EdgepruneError
+    from edgeprune.artifacts.engine_set import parse_budgets
+    from edgeprune.core.errors import EdgepruneError
 
     given = [f"--{k}" for k, v in single.items() if v is not None]
     if given:
@@ -170,8 +171,9 @@ def _parse_budget_set(budgets: Optional[str], **single: Optional[float]) -> Opti
 
 
 def _latency_plan(net, method, latency, points, schedule, threads, common):
-    from edgeprune.latency import calibrate, search_plan, with_prediction
-    from edgeprune.plan import build_plan
+    from edgeprune.export.block_latency import calibrate
+    from edgeprune.plan.latency import search_plan, with_prediction
+    from edgeprune.plan.token_plan import build_plan
 
     with console.status("calibrating per-block latency (cached after the first run)") as status:
         model = calibrate(net, method, threads=threads, progress=lambda msg: _status_or_warn(status, msg))

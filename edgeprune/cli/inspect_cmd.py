@@ -18,10 +18,10 @@ def inspect(
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Check the ONNX file's sha256 against the manifest."),
 ) -> None:
     """Show an artifact's manifest, its plan block by block, and the graph's op counts."""
-    from edgeprune.artifact import load_artifact
-    from edgeprune.engine_set import is_engine_set, load_engine_set
-    from edgeprune.flops import block_macs
-    from edgeprune.graph import load_graph, op_counts
+    from edgeprune.artifacts.artifact import load_artifact
+    from edgeprune.artifacts.engine_set import is_engine_set, load_engine_set
+    from edgeprune.plan.macs import block_macs
+    from edgeprune.backends.graph import load_graph, op_counts
     from edgeprune.runtime.temporal import is_temporal, load_temporal
 
     from edgeprune.engines.build import ENGINES_FILE, load_engines
@@ -94,7 +94,7 @@ def inspect(
 
 def print_set(engine_set, title: str) -> None:
     """Members (budget, tokens, MACs, parity) and, when calibrated, their latencies and where measured."""
-    from edgeprune.engine_set import calibration_matches
+    from edgeprune.artifacts.engine_set import calibration_matches
 
     cal = engine_set.calibration or {}
     timed = cal.get("members", {})
@@ -143,9 +143,9 @@ def print_temporal(temporal, title: str) -> None:
 
 def _show_visual(folder: Path, as_json: bool, verify: bool) -> None:
     """A multimodal vision artifact: its contract, parity and lint (and the ONNX checksum)."""
-    from edgeprune.artifact import sha256_file
+    from edgeprune.core.files import sha256_file
     from edgeprune.cli.mllm_export import print_visual_summary
-    from edgeprune.errors import EdgepruneError
+    from edgeprune.core.errors import EdgepruneError
     from edgeprune.mllm.runtime import read_visual_manifest
 
     manifest = read_visual_manifest(folder)

@@ -13,9 +13,9 @@ from edgeprune.cli.common import out
 
 def graphs_of(path: Path) -> list[Path]:
     """The ONNX files behind an artifact folder, an engine set, a temporal artifact or a bare .onnx."""
-    from edgeprune.artifact import load_artifact
-    from edgeprune.engine_set import is_engine_set, load_engine_set
-    from edgeprune.errors import EdgepruneError
+    from edgeprune.artifacts.artifact import load_artifact
+    from edgeprune.artifacts.engine_set import is_engine_set, load_engine_set
+    from edgeprune.core.errors import EdgepruneError
     from edgeprune.runtime.temporal import is_temporal, load_temporal
 
     if path.is_file() and path.suffix == ".onnx":
@@ -45,8 +45,8 @@ def lint(
 
     Exit code 0 when no rule reports an error (warnings allowed), 1 when one does, 2 on unreadable input.
     """
-    from edgeprune.engines.trt_lint import lint_model, summarize
-    from edgeprune.graph import load_graph
+    from edgeprune.backends.trt_lint import lint_model, summarize
+    from edgeprune.backends.graph import load_graph
 
     report = {}
     for graph in graphs_of(path):

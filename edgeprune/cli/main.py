@@ -23,7 +23,7 @@ from edgeprune.cli.lint_cmd import lint
 from edgeprune.cli.segment_cmd import segment
 from edgeprune.cli.serve_cmd import serve
 from edgeprune.cli.tune_cmd import tune
-from edgeprune.errors import EdgepruneError
+from edgeprune.core.errors import EdgepruneError
 
 app = typer.Typer(
     name="edgeprune",
@@ -40,7 +40,7 @@ def _root(
     version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
 ) -> None:
     if version:
-        from edgeprune import __version__
+        from edgeprune.core.version import __version__
 
         out.print(f"edgeprune {__version__}")
         raise typer.Exit(0)

@@ -9,14 +9,14 @@ from typing import Any, Optional
 from rich.table import Table
 
 from edgeprune.cli.common import console, out
-from edgeprune.errors import EdgepruneError
+from edgeprune.core.errors import EdgepruneError
 
 
 def export_mllm(folder: Path, out_dir: Path, *, method: str, tokens: Optional[int], query_tower: Optional[Path],
                 crop_tokens: Optional[int], crops: int, option: list[str], batch: int, dynamic_batch: bool, opset: int,
                 tolerance: float, force: bool, unused: dict[str, Any], started: float) -> None:
-    from edgeprune.artifact import check_target
-    from edgeprune.loading import parse_model_args
+    from edgeprune.core.files import check_target
+    from edgeprune.families.weights import parse_model_args
     from edgeprune.mllm.graph import QUERY_METHODS, check_options
     from edgeprune.mllm.llava import check_llava_folder
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -14,25 +13,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from edgeprune.cli.common import REAL_MODEL, ProviderOpt, console, default_model, out
-from edgeprune.errors import EdgepruneError
+from edgeprune.core.errors import EdgepruneError
+from edgeprune.video.segmenter import Segmenter, load_segmenter_model, prepare_batch
 
-FAMILY = "timm-vit-seg"
 LABELS_SUFFIX, OVERLAY_SUFFIX = "_labels.png", "_overlay.png"
-
-
-@dataclass
-class Segmenter:
-    """What the command needs from either kind of model: metadata and a batch -> logits function."""
-
-    kind: str  # "pytorch" or "onnxruntime"
-    classes: list[str]
-    palette: np.ndarray
-    mean: list[float]
-    std: list[float]
-    size: tuple[int, int]  # model input (H, W)
-    batch: Optional[int]  # static batch of the graph; None when any batch works
-    run: Callable[[np.ndarray], np.ndarray] = field(repr=False)
-    close: Callable[[], None] = field(repr=False, default=lambda: None)
 
 
 def segment(
@@ -46,7 +30,7 @@ def segment(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the per-image summary as JSON here."),
 ) -> None:
     """Segment images: a class-id label PNG and a colour overlay PNG per image, at its original resolution."""
-    from edgeprune.images import class_fractions, overlay, read_rgb, save_png_atomic, upsample_argmax, write_atomic
+    from edgeprune.imaging.images import class_fractions, overlay, read_rgb, save_png_atomic, upsample_argmax, write_atomic
 
     if model is None:
         model = default_model(real=True)
@@ -59,7 +43,7 @@ def segment(
     with console.status("checking images"):
         for p in paths:  # decode everything up front: a bad file fails the run before anything is written
             read_rgb(p)
-    net = _load(model, threads, provider)
+    net = load_segmenter_model(model, threads, provider)
     try:
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -76,7 +60,7 @@ def segment(
                 bar.update(task, description=chunk[0].name)
                 t0 = time.perf_counter()
                 originals = [read_rgb(p) for p in chunk]
-                pixels = _prepare(originals, net)
+                pixels = prepare_batch(originals, net)
                 t1 = time.perf_counter()
                 logits = net.run(pixels)[: len(chunk)]
                 if logits.shape[1] != len(net.classes):
@@ -153,95 +137,6 @@ def _plan_outputs(paths: list[Path], out_dir: Path, force: bool) -> dict[Path, t
         more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
         raise EdgepruneError(f"{existing[0]} already exists{more}; pass --force to overwrite")
     return targets
-
-
-def _prepare(originals: list[np.ndarray], net: Segmenter) -> np.ndarray:
-    from edgeprune.evaluation import normalize
-    from edgeprune.images import resize_rgb
-
-    batch = np.stack([resize_rgb(im, *net.size) for im in originals])
-    if net.batch and len(batch) < net.batch:  # a static graph takes exactly its batch: repeat the last image
-        batch = np.concatenate([batch, np.repeat(batch[-1:], net.batch - len(batch), 0)])
-    return np.ascontiguousarray(normalize(batch, net.mean, net.std))
-
-
-def _load(folder: Path, threads: int, provider: str) -> Segmenter:
-    if not folder.is_dir():
-        raise EdgepruneError(f"--model {folder}: no such directory")
-    if (folder / "manifest.json").is_file():
-        return _load_artifact(folder, threads, provider)
-    if (folder / "config.json").is_file():
-        return _load_eager(folder, threads, provider)
-    raise EdgepruneError(
-        f"--model {folder} has neither config.json (a segmenter folder) nor manifest.json (an exported artifact)")
-
-
-def _metadata(source: str, info: dict[str, Any], num_classes: int) -> dict[str, Any]:
-    from edgeprune.images import palette_array
-
-    spec = info.get("input") or {}
-    if not (isinstance(spec, dict) and len(spec.get("mean") or []) == 3 and len(spec.get("std") or []) == 3):
-        raise EdgepruneError(f"{source} does not record the input mean/std (input.mean, input.std) needed to normalise images")
-    classes = info.get("classes")
-    if not isinstance(classes, list) or len(classes) != num_classes:
-        classes = [str(k) for k in range(num_classes)]
-    return dict(classes=[str(c) for c in classes], palette=palette_array(info.get("palette"), num_classes),
-                mean=[float(v) for v in spec["mean"]], std=[float(v) for v in spec["std"]])
-
-
-def _check_channels(source: str, channels: Any) -> None:
-    if channels != 3:
-        raise EdgepruneError(f"{source} expects {channels}-channel input; segment handles 3-channel RGB models only")
-
-
-def _load_eager(folder: Path, threads: int, provider: str) -> Segmenter:
-    import torch
-
-    from edgeprune.exporters.timm_seg import load_segmenter, read_segmenter_config
-
-    read_segmenter_config(folder)  # a folder of another family fails here, naming its family
-    if provider.lower() != "cpu":
-        raise EdgepruneError("--provider applies to exported artifacts; a segmenter folder runs in PyTorch on the CPU")
-    with console.status("loading model"):
-        net = load_segmenter(folder)
-    meta = _metadata(f"{folder}/config.json", net.info, net.num_classes)
-    c, h, w = (net.info.get("input") or {}).get("size") or (3, *net.backbone.patch_embed.img_size)
-    _check_channels(str(folder), c)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-
-    def run(pixels: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return net(torch.from_numpy(pixels)).numpy()
-
-    return Segmenter("pytorch", size=(int(h), int(w)), batch=None, run=run,
-                     close=lambda: torch.set_num_threads(previous), **meta)
-
-
-def _load_artifact(folder: Path, threads: int, provider: str) -> Segmenter:
-    from edgeprune.artifact import load_artifact
-    from edgeprune.engines.ort import OrtRunner
-
-    artifact = load_artifact(folder)
-    info = artifact.manifest["model"] if isinstance(artifact.manifest["model"], dict) else {}
-    family = info.get("family")
-    if family != FAMILY:
-        raise EdgepruneError(f"--model {folder} is an artifact of a {family or 'unknown'} model, not a {FAMILY} segmenter")
-    meta = _metadata(f"{folder}/manifest.json", info, int(info.get("num_classes") or len(info.get("classes") or [])))
-    spec = artifact.manifest["inputs"][0]
-    shape = list(spec["shape"])
-    _check_channels(str(folder), shape[1])
-    static = shape[0] if isinstance(shape[0], int) else None
-    runner = OrtRunner(artifact.onnx_path, providers=[provider], threads=threads)
-    with console.status("loading model"):
-        runner.activate()
-    name = spec.get("name", "pixel_values")
-
-    def run(pixels: np.ndarray) -> np.ndarray:
-        return next(iter(runner.infer({name: pixels}).values()))
-
-    return Segmenter("onnxruntime", size=(int(shape[2]), int(shape[3])), batch=static, run=run,
-                     close=runner.deactivate, **meta)
 
 
 def _print_summary(rows: list[dict[str, Any]], net: Segmenter, model: Path) -> None:

@@ -39,10 +39,11 @@ def tune(
     """Search per-block token counts, reduction points and reducer on calibration images under a MACs or latency target; write the plan for `export --plan`."""
     import torch
 
-    from edgeprune.errors import EdgepruneError
-    from edgeprune.exporters import adapter_for
-    from edgeprune.images import write_atomic
-    from edgeprune.loading import load_model, parse_model_args
+    from edgeprune.core.errors import EdgepruneError
+    from edgeprune.families import adapter_for
+    from edgeprune.imaging.images import write_atomic
+    from edgeprune.families.loading import load_model
+    from edgeprune.families.weights import parse_model_args
     from edgeprune.tune import Preprocess, load_calibration
     from edgeprune.tune import tune as run_tune
 
@@ -91,7 +92,7 @@ def tune(
 
 
 def _floats(text: str, flag: str) -> list[float]:
-    from edgeprune.errors import EdgepruneError
+    from edgeprune.core.errors import EdgepruneError
 
     try:
         return [float(v) for v in text.split(",") if v.strip()]
@@ -100,7 +101,7 @@ def _floats(text: str, flag: str) -> list[float]:
 
 
 def _normalisation(mean: Optional[str], std: Optional[str], info: dict, adapter) -> dict:
-    from edgeprune.errors import EdgepruneError
+    from edgeprune.core.errors import EdgepruneError
 
     if (mean is None) != (std is None):
         raise EdgepruneError("give --mean and --std together")

@@ -12,7 +12,7 @@ from typing import Union
 
 import numpy as np
 
-from edgeprune.errors import EdgepruneError
+from edgeprune.core.errors import EdgepruneError
 
 SPLITS = {"train": "train", "test": "t10k"}
 _MAGIC = {3: 0x0803, 1: 0x0801}  # unsigned bytes, with 3 or 1 dimensions

@@ -1,5 +1,5 @@
 """Backends that run exported artifacts. Heavy libraries are imported only when a runner is made."""
 
-from edgeprune.engines.base import Runner
+from edgeprune.backends.base import Runner
 
 __all__ = ["Runner"]

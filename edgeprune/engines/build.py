@@ -10,7 +10,7 @@ Backends:
 
 For ONNX Runtime backends the engine file is the graph after ONNX Runtime's own (portable)
 optimisations, so a session starts without optimising again. Every backend gets the graph in the
-asked precision first (:mod:`edgeprune.engines.precision`: fp16 with the token decisions in fp32),
+asked precision first (:mod:`edgeprune.backends.precision`: fp16 with the token decisions in fp32),
 except TensorRT 10 built with builder flags (``strongly_typed=False``), which lowers the fp32 graph itself.
 
 An engine folder holds the engine file and ``engine.json``: backend, precision, builder settings,
@@ -28,9 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from edgeprune.artifact import Artifact, atomic_directory, read_folder_json, sha256_file, write_json_atomic
+from edgeprune.artifacts.artifact import Artifact
+from edgeprune.core.files import atomic_directory, read_folder_json, sha256_file, write_json_atomic
 from edgeprune.engines.cache import ENGINE_MANIFEST, EngineCache, cache_key, copy_entry
-from edgeprune.errors import EdgepruneError
+from edgeprune.backends.feeds import random_feed
+from edgeprune.core.errors import EdgepruneError
 
 BACKENDS = ("trt", "ort-trt", "ort-cuda", "ort-cpu")
 ENGINE_KIND = "edgeprune-engine"
@@ -50,11 +52,11 @@ def check_backend(backend: str) -> None:
     if backend not in BACKENDS:
         raise EdgepruneError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend == "trt":
-        from edgeprune.engines.trt import require_tensorrt
+        from edgeprune.backends.trt import require_tensorrt
 
         require_tensorrt()
         return
-    from edgeprune.engines.ort import resolve_providers
+    from edgeprune.backends.ort import resolve_providers
 
     resolve_providers([ORT_PROVIDER[backend]])
 
@@ -86,11 +88,11 @@ def recipe_digest() -> str:
 def backend_versions(backend: str) -> dict[str, Optional[str]]:
     import onnxruntime
 
-    from edgeprune import __version__
+    from edgeprune.core.version import __version__
 
     versions: dict[str, Optional[str]] = {"edgeprune": __version__, "onnxruntime": onnxruntime.__version__}
     if backend in ("trt", "ort-trt"):
-        from edgeprune.engines.trt import tensorrt_version
+        from edgeprune.backends.trt import tensorrt_version
 
         versions["tensorrt"] = tensorrt_version()
     return versions
@@ -99,11 +101,11 @@ def backend_versions(backend: str) -> dict[str, Optional[str]]:
 def backend_device(backend: str) -> dict[str, Any]:
     """The device an engine is tied to: GPU name and compute capability, or the CPU fingerprint."""
     if backend == "ort-cpu":
-        from edgeprune.engine_set import machine_fingerprint
+        from edgeprune.core.machine import machine_fingerprint
 
         fp = machine_fingerprint()
         return {"cpu": fp["cpu"], "platform": fp["platform"]}
-    from edgeprune.engines.trt import device_info
+    from edgeprune.backends.trt import device_info
 
     return device_info()
 
@@ -121,8 +123,8 @@ def write_graph(artifact: Artifact, precision: str, target: Path) -> str:
     """Write the artifact's graph in ``precision`` to ``target``; returns its sha256."""
     import onnx
 
-    from edgeprune.engines.precision import convert_precision
-    from edgeprune.graph import load_graph
+    from edgeprune.backends.precision import convert_precision
+    from edgeprune.backends.graph import load_graph
 
     if precision == "fp32":
         data = artifact.onnx_path.read_bytes()
@@ -133,16 +135,8 @@ def write_graph(artifact: Artifact, precision: str, target: Path) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def random_feed(inputs: list[dict[str, Any]], batch: int = 1) -> dict[str, Any]:
-    """Fresh standard-normal inputs (never zeros; export's unpredictable seed) for the manifest's input list."""
-    from edgeprune.exporters.onnx_export import fresh_pixels
-
-    return {spec["name"]: fresh_pixels([d if isinstance(d, int) else batch for d in spec["shape"]]).numpy()
-            for spec in inputs}
-
-
 def ort_options(backend: str, settings: Any, folder: Path, timing_cache: Optional[Path] = None) -> dict[str, dict[str, str]]:
-    from edgeprune.engines.ort import accelerator_options
+    from edgeprune.backends.ort import accelerator_options
 
     provider = ORT_PROVIDER[backend]
     if provider == "cpu":
@@ -162,12 +156,12 @@ def _build_into(tmp: Path, artifact: Artifact, backend: str, settings: Any, timi
     graph_sha = write_graph(artifact, precision, graph_path)
     engine_path = tmp / engine_file_name(backend)
     if backend == "trt":
-        from edgeprune.engines.trt import build_serialized_engine
+        from edgeprune.backends.trt import build_serialized_engine
 
         say(f"{artifact.name}: building the TensorRT engine")
         engine_path.write_bytes(build_serialized_engine(graph_path, settings, timing_cache, log=say))
     else:
-        from edgeprune.engines.ort import OrtRunner, SessionFromOnnx
+        from edgeprune.backends.ort import OrtRunner, SessionFromOnnx
 
         say(f"{artifact.name}: optimising for ONNX Runtime ({ORT_PROVIDER[backend]})")
         loader = SessionFromOnnx(graph_path, [ORT_PROVIDER[backend]], provider_options=ort_options(backend, settings, tmp, timing_cache),
@@ -250,7 +244,7 @@ class BuiltEngine:
         """Why this engine must not run here (another TensorRT or GPU), or None."""
         if self.backend not in ("trt", "ort-trt"):
             return None
-        from edgeprune.engines.trt import device_info, tensorrt_version
+        from edgeprune.backends.trt import device_info, tensorrt_version
 
         built, here = self.manifest.get("versions", {}).get("tensorrt"), tensorrt_version()
         if built and here and built != here and not self.manifest["settings"].get("version_compatible"):
@@ -267,10 +261,10 @@ class BuiltEngine:
         if why:
             raise EdgepruneError(f"{self.path}: stale engine ({why}); rebuild it with `edgeprune build`")
         if self.backend == "trt":
-            from edgeprune.engines.trt import EngineFromPath, TrtRunner
+            from edgeprune.backends.trt import EngineFromPath, TrtRunner
 
             return TrtRunner(EngineFromPath(self.engine_path, allow_host_code=bool(self.manifest["settings"].get("version_compatible"))))
-        from edgeprune.engines.ort import OrtRunner
+        from edgeprune.backends.ort import OrtRunner
 
         settings = _settings_from(self.manifest["settings"])
         return OrtRunner(self.engine_path, [ORT_PROVIDER[self.backend]], threads, spinning,
@@ -278,7 +272,7 @@ class BuiltEngine:
 
 
 def _settings_from(data: dict[str, Any]) -> Any:
-    from edgeprune.engines.trt import BuilderSettings
+    from edgeprune.backends.trt import BuilderSettings
 
     known = BuilderSettings.__dataclass_fields__
     return BuilderSettings(**{k: v for k, v in data.items() if k in known})

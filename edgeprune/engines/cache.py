@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Optional
 
-from edgeprune.artifact import atomic_directory, sha256_file
+from edgeprune.core.files import atomic_directory, sha256_file
 
 CACHE_ENV = "EDGEPRUNE_CACHE_DIR"  # shared with the latency calibration cache
 ENGINE_MANIFEST = "engine.json"

@@ -16,8 +16,8 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from edgeprune.artifact import Artifact
-from edgeprune.errors import EdgepruneError
+from edgeprune.artifacts.artifact import Artifact
+from edgeprune.core.errors import EdgepruneError
 
 FP32_TOLERANCE = 1e-4
 LOW_TOLERANCE = 1e-2
@@ -37,7 +37,7 @@ class BackendSpec:
 def parse_backends(text: str) -> list[BackendSpec]:
     """``"ort-cpu,ort-cpu:fp16,trt:fp16"`` (or engine folder paths) -> specs; at least two."""
     from edgeprune.engines.build import BACKENDS, load_engine
-    from edgeprune.engines.trt import PRECISIONS
+    from edgeprune.backends.trt import PRECISIONS
 
     specs = []
     for item in (t.strip() for t in text.split(",")):
@@ -65,8 +65,8 @@ def open_runner(artifact: Artifact, spec: BackendSpec, workdir: Path, *, cache: 
                 say: Callable[[str], None] = lambda _: None) -> Any:
     """A runner for ``spec``: the exported graph itself for plain ort-cpu fp32, else a built engine."""
     from edgeprune.engines.build import build_engine, load_engine
-    from edgeprune.engines.ort import OrtRunner
-    from edgeprune.engines.trt import BuilderSettings
+    from edgeprune.backends.ort import OrtRunner
+    from edgeprune.backends.trt import BuilderSettings
 
     if spec.engine is not None:
         engine = load_engine(spec.engine)
@@ -130,8 +130,8 @@ def compare_backends(artifact: Artifact, specs: list[BackendSpec], workdir: Path
     from polygraphy.comparator import Comparator, CompareFunc
     from polygraphy.logger import G_LOGGER
 
-    from edgeprune.engines.build import random_feed
-    from edgeprune.exporters.onnx_export import relative_error
+    from edgeprune.backends.feeds import random_feed
+    from edgeprune.backends.feeds import relative_error
 
     # Polygraphy logs every run at INFO and each mismatch at ERROR; the report below says it once
     G_LOGGER.module_severity = G_LOGGER.CRITICAL

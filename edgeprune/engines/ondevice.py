@@ -18,12 +18,13 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from edgeprune.artifact import Artifact, atomic_directory, read_folder_json, sha256_file, write_json_atomic
-from edgeprune import __version__
+from edgeprune.artifacts.artifact import Artifact
+from edgeprune.core.files import atomic_directory, read_folder_json, sha256_file, write_json_atomic
+from edgeprune.core.version import __version__
 from edgeprune.engines.build import (ENGINE_FORMAT, ENGINE_KIND, ENGINES_FILE, BuiltEngine, check_precision, engines_index,
                                      graph_precision, is_engine_build, load_engine, load_engines, source_entry, write_graph)
 from edgeprune.engines.cache import ENGINE_MANIFEST
-from edgeprune.errors import EdgepruneError
+from edgeprune.core.errors import EdgepruneError
 
 SCRIPT = "build_engines.sh"
 
@@ -72,7 +73,7 @@ def emit_script(members: list[tuple[str, Artifact]], settings: Any, out: Path, *
                 force: bool = False, say: Callable[[str], None] = lambda _: None) -> Path:
     """Write the on-device build folder for ``members`` ((name, artifact) pairs; one pair for a single
     artifact, named ``engine``); returns the script's path."""
-    from edgeprune.engines.trt import trtexec_command
+    from edgeprune.backends.trt import trtexec_command
 
     check_precision("trt", settings)
     settings.check_version(trt_version)
@@ -156,7 +157,7 @@ def _engine_folders(path: Path) -> list[tuple[Optional[str], Path]]:
 
 def check_imported(artifact: Artifact, engine_file: Path, manifest: Optional[dict[str, Any]]) -> list[str]:
     """Check an engine built elsewhere against its source artifact; returns what was checked."""
-    from edgeprune.engines.trt import engine_io, tensorrt_version
+    from edgeprune.backends.trt import engine_io, tensorrt_version
 
     checked = []
     data = engine_file.read_bytes()
@@ -223,7 +224,7 @@ def import_engines(members: list[tuple[str, Artifact]], path: Path, out: Path, *
 
 def _bare_manifest(artifact: Artifact, engine_file: Path) -> dict[str, Any]:
     """What can be said of an engine with no manifest after TensorRT deserialized it here."""
-    from edgeprune.engines.trt import BuilderSettings, device_info, tensorrt_version
+    from edgeprune.backends.trt import BuilderSettings, device_info, tensorrt_version
 
     manifest = expected_manifest(artifact, BuilderSettings(), None)
     manifest["precision"] = manifest["graph"]["precision"] = "unknown"

@@ -12,7 +12,7 @@ from typing import Union
 
 import torch
 
-from edgeprune.errors import EdgepruneError
+from edgeprune.core.errors import EdgepruneError
 
 # Llama-2-7B, LLaVA-1.5-7B's language model (vocabulary without LLaVA's added tokens).
 LLAMA2_7B = dict(layers=32, hidden=4096, intermediate=11008, heads=32, vocab=32000)
@@ -33,7 +33,7 @@ def llama_intermediate(hidden: int) -> int:
 def _llava(vision: dict, text: dict, image_token: int, seed: int):
     import transformers
 
-    from edgeprune.exporters.hf_loading import _quiet_transformers
+    from edgeprune.families.hf_loading import _quiet_transformers
 
     cfg = transformers.LlavaConfig(
         vision_config=transformers.CLIPVisionConfig(**vision),
@@ -83,7 +83,7 @@ def save_llava(model: torch.nn.Module, folder: Union[str, os.PathLike]) -> Path:
     """``save_pretrained`` (safetensors) to ``folder``; :func:`edgeprune.mllm.llava.load_llava` reads it back."""
     path = Path(folder)
     path.mkdir(parents=True, exist_ok=True)
-    from edgeprune.exporters.hf_loading import _quiet_transformers
+    from edgeprune.families.hf_loading import _quiet_transformers
 
     with _quiet_transformers():
         model.save_pretrained(path)
@@ -150,7 +150,7 @@ def small_clip_query(folder: Union[str, os.PathLike], vision_width: int = 64, pr
     towers: the text tower turns questions into queries, its ``visual_projection`` maps patches there."""
     import transformers
 
-    from edgeprune.exporters.hf_loading import _quiet_transformers
+    from edgeprune.families.hf_loading import _quiet_transformers
 
     tok = byte_clip_tokenizer()
     text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=len(tok),

@@ -7,7 +7,7 @@ tokenizer, see :mod:`edgeprune.mllm.query`), so the whole path runs without PyTo
 Parity: on fresh random pixels and queries at each batch size, ``visual_tokens`` and
 ``token_sizes`` must agree within the tolerance and ``patch_index`` / ``grid_position`` must be
 identical. A mismatch is re-checked on fresh inputs (a near-tie between two tokens' scores can flip on
-one input, see :func:`edgeprune.exporters.onnx_export.check_parity`) and fails if it repeats.
+one input, see :func:`edgeprune.export.onnx_export.check_parity`) and fails if it repeats.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from edgeprune.artifact import ONNX_FILE, atomic_directory, sha256_file, write_json_atomic
-from edgeprune.errors import EdgepruneError
-from edgeprune.exporters.onnx_export import (
+from edgeprune.artifacts.artifact import ONNX_FILE
+from edgeprune.core.files import atomic_directory, sha256_file, write_json_atomic
+from edgeprune.core.errors import EdgepruneError
+from edgeprune.export.onnx_export import (
     DEFAULT_OPSET,
     DEFAULT_TOLERANCE,
     check_parity,
@@ -31,7 +32,7 @@ from edgeprune.exporters.onnx_export import (
     trace_to_onnx,
     trt_lint_report,
 )
-from edgeprune.graph import load_graph, op_counts, safety_problems
+from edgeprune.backends.graph import load_graph, op_counts, safety_problems
 from edgeprune.mllm.graph import VisualTokenGraph
 from edgeprune.mllm.llava import LlavaParts
 

@@ -20,26 +20,16 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
-from edgeprune.errors import EdgepruneError
-from edgeprune.plan import check_options as check_typed_options
+from edgeprune.core.errors import EdgepruneError
+from edgeprune.plan.methods import SELECTION_METHODS
+from edgeprune.plan.token_plan import check_options as check_typed_options
 from edgeprune.mllm.llava import LlavaParts, joint_space, tower_features
 from edgeprune.mllm.select import Selection, gsp_select, qcsp_select, script_select, visionzip_select
 from edgeprune.reducers.common import gather_tokens
 
-METHODS = ("none", "visionzip", "gsp", "qcsp", "script")
+METHODS = SELECTION_METHODS  # declared in edgeprune.plan.methods (group "selection")
 QUERY_METHODS = ("qcsp", "script")
 OUTPUT_NAMES = ("visual_tokens", "patch_index", "grid_position", "token_sizes")
-# Options per method: name -> (type, allowed values or None), and their ranges (checked by plan.check_options).
-_GSP = {"gsp_alpha": (float, None), "gsp_threshold": (float, None)}
-OPTIONS: dict[str, dict[str, tuple[type, Optional[tuple]]]] = {
-    "none": {},
-    "visionzip": {"dominant": (int, None)},
-    "gsp": _GSP,
-    "qcsp": {"negate_relevance": (bool, None)},
-    "script": {"survivors": (int, None), **_GSP, "negate_relevance": (bool, None)},
-}
-RANGES: dict[str, tuple[Optional[float], Optional[float]]] = {"dominant": (1, None), "survivors": (1, None),
-                                                              "gsp_threshold": (-1.0, 1.0)}
 # VisionZip's released settings keep 54 of 64, 108 of 128 and 162 of 192 tokens as dominant.
 VISIONZIP_DOMINANT_SHARE = 54 / 64
 
@@ -53,7 +43,7 @@ def check_options(method: str, tokens: int, num_patches: int, options: dict[str,
             raise EdgepruneError(f"method none keeps all {num_patches} tokens; --tokens {tokens} needs a pruning method")
     elif not 0 < tokens <= num_patches:
         raise EdgepruneError(f"--tokens {tokens} is not in 1..{num_patches} (the tower's patch tokens)")
-    out = check_typed_options(method, options, OPTIONS[method], RANGES)
+    out = check_typed_options(method, options, group="selection")
     if method == "visionzip":
         out.setdefault("dominant", max(1, round(tokens * VISIONZIP_DOMINANT_SHARE)))
         if out["dominant"] > tokens:

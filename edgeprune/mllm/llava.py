@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from edgeprune.errors import EdgepruneError
-from edgeprune.exporters import adapter_for
-from edgeprune.exporters.base import FamilyAdapter
-from edgeprune.exporters.hf_loading import _one_line, _quiet_transformers, _read_json_object, read_model_config
+from edgeprune.core.errors import EdgepruneError
+from edgeprune.families import adapter_for
+from edgeprune.families.base import FamilyAdapter
+from edgeprune.families.hf_loading import _one_line, _quiet_transformers, _read_json_object, read_model_config
 
 # Methods only multimodal front-ends have: asking for one routes `edgeprune export` to this family.
 MLLM_ONLY_METHODS = ("visionzip", "qcsp", "script")

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgeprune.errors import EdgepruneError
+from edgeprune.core.errors import EdgepruneError
 from edgeprune.mllm.configs import LLAMA2_7B
 
 PAUSE_S = 0.1
@@ -137,7 +137,7 @@ def query_projection(parts: Any, seed: int = PROJECTION_SEED) -> Optional[nn.Mod
 
 def model_fingerprint(model: nn.Module) -> str:
     """The config and every weight: tells a reusable artifact of this model from a stale one."""
-    from edgeprune.loading import model_fingerprint as weights_fingerprint
+    from edgeprune.families.weights import model_fingerprint as weights_fingerprint
 
     config = model.config.to_json_string(use_diff=False)
     return hashlib.sha256(f"{config}{weights_fingerprint(model)}".encode()).hexdigest()[:16]
@@ -203,8 +203,8 @@ def prefill_bench(model_or_folder: Union[nn.Module, str, os.PathLike], tokens: S
     """TTFT of the unpruned LLaVA and of ``method`` at each K in ``tokens``, interleaved; see the module
     docstring. ``work_dir`` keeps the exported vision graphs (reused on a rerun when their manifest
     matches the model). Returns a JSON-able dict: config, rows per variant, fit, 7B prediction."""
-    from edgeprune.engines.ort import OrtRunner
-    from edgeprune.exporters.onnx_export import library_versions
+    from edgeprune.backends.ort import OrtRunner
+    from edgeprune.core.machine import library_versions
     from edgeprune.mllm.graph import QUERY_METHODS
     from edgeprune.mllm.llava import load_llava
     from edgeprune.mllm.splice import expand_image_placeholders, splice_visual_tokens

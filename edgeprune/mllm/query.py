@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 import numpy as np
 
-from edgeprune.errors import EdgepruneError, first_line
+from edgeprune.core.errors import EdgepruneError, first_line
 
 if TYPE_CHECKING:  # torch is only needed to load and export, never to encode with ONNX Runtime
     import torch
@@ -58,7 +58,7 @@ class QueryModel:
 
 def load_query_model(folder: Union[str, Path]) -> QueryModel:
     """Load the text tower of a CLIP/SigLIP ``save_pretrained`` folder, offline, float32, eval mode."""
-    from edgeprune.exporters.hf_loading import _one_line, _quiet_transformers, _read_json_object
+    from edgeprune.families.hf_loading import _one_line, _quiet_transformers, _read_json_object
 
     path = Path(folder)
     if not (path / "config.json").is_file():
@@ -242,10 +242,11 @@ def export_query_tower(folder: Union[str, Path], out_dir: Union[str, Path], *, o
     """
     import torch
 
-    from edgeprune.artifact import MANIFEST, atomic_directory, sha256_file, write_json_atomic
-    from edgeprune.exporters.onnx_export import (DEFAULT_OPSET, check_parity, fresh_seed, library_versions,
+    from edgeprune.artifacts.artifact import MANIFEST
+    from edgeprune.core.files import atomic_directory, sha256_file, write_json_atomic
+    from edgeprune.export.onnx_export import (DEFAULT_OPSET, check_parity, fresh_seed, library_versions,
                                                  trace_to_onnx)
-    from edgeprune.graph import load_graph
+    from edgeprune.backends.graph import load_graph
 
     src = Path(folder)
     model = load_query_model(src)
@@ -304,7 +305,7 @@ class QueryEncoder:
 
     def __init__(self, out_dir: Union[str, Path], *, providers: Sequence[str] = ("cpu",),
                  threads: Optional[int] = None) -> None:
-        from edgeprune.engines.ort import DEFAULT_THREADS, OrtRunner
+        from edgeprune.backends.ort import DEFAULT_THREADS, OrtRunner
 
         self.path = Path(out_dir)
         manifest = self._read_manifest()

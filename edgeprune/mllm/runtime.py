@@ -15,7 +15,7 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from edgeprune.errors import EdgepruneError
+from edgeprune.core.errors import EdgepruneError
 
 KIND = "mllm-visual"
 
@@ -30,7 +30,7 @@ def is_visual_artifact(folder: Union[str, os.PathLike]) -> bool:
 
 def read_visual_manifest(folder: Union[str, os.PathLike]) -> dict[str, Any]:
     """The manifest of an ``mllm-visual`` artifact, or one error line. Read here rather than through
-    :func:`edgeprune.artifact.read_folder_json`, which imports PyTorch: this path runs without it."""
+    :func:`edgeprune.artifacts.artifact.read_folder_json`, which imports PyTorch: this path runs without it."""
     path = Path(folder)
     file = path / "manifest.json"
     if not file.is_file():
@@ -48,7 +48,7 @@ class VisualEncoder:
     """The vision graph (and query tower) of one artifact folder, ready to run."""
 
     def __init__(self, folder: Union[str, os.PathLike], threads: Optional[int] = None) -> None:
-        from edgeprune.engines.ort import OrtRunner
+        from edgeprune.backends.ort import OrtRunner
 
         self.folder = Path(folder)
         self.manifest = read_visual_manifest(self.folder)

@@ -28,14 +28,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from edgeprune.reducers.common import (
-    TOPK_LIMIT,
-    cosine_normalize,
-    descending_order,
-    gather_tokens,
-    in_token_order,
-    one_hot,
-)
+from edgeprune.core.limits import TOPK_LIMIT
+from edgeprune.reducers.common import cosine_normalize, descending_order, gather_tokens, in_token_order, one_hot
 from edgeprune.reducers.gsp import graph_prune_choice
 
 # A DPP step divides by the square root of the chosen token's remaining gain; once the kernel's rank

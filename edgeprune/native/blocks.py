@@ -1,5 +1,5 @@
 """The library's building blocks from Python: the scheduler alone and the pre/post-processing
-kernels, so tests can hold them against :mod:`edgeprune.runtime.policies` and :mod:`edgeprune.images`."""
+kernels, so tests can hold them against :mod:`edgeprune.runtime.policies` and :mod:`edgeprune.imaging.images`."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from edgeprune.errors import EdgepruneError
-from edgeprune.native import _abi, _check, _frame, load_library
+from edgeprune.core.errors import EdgepruneError
+from edgeprune.native import _abi
+from edgeprune.native.library import _check, _frame, load_library
 
 
 class NativePolicy:

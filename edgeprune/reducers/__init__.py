@@ -17,6 +17,7 @@ from typing import Callable
 
 from torch import Tensor
 
+from edgeprune.plan import methods
 from edgeprune.reducers.common import ReductionContext
 from edgeprune.reducers.evit import evit_prune
 from edgeprune.reducers.gsp import gsp_prune
@@ -25,30 +26,9 @@ from edgeprune.reducers.tome import tofu_reduce, tome_merge
 
 Reducer = Callable[[Tensor, Tensor, ReductionContext, int], tuple[Tensor, Tensor, Tensor]]
 
-REDUCERS: dict[str, Reducer] = {
-    "tome": tome_merge,
-    "evit": evit_prune,
-    "gsp": gsp_prune,
-    "tofu": tofu_reduce,
-    "prune-merge": prune_merge,
-}
+# The functions the model families call at a reduction point, as the method registry declares them
+# (dense methods, cluster and pass, are run by the dense adapter itself).
+REDUCERS: dict[str, Reducer] = {name: method.load() for name, method in methods.REGISTRY["tokens"].items()
+                                if method.family == "reducer" and method.function}
 
-METHODS: tuple[str, ...] = ("none", *REDUCERS)
-# Methods that only make sense when every patch gets its token back before a dense head.
-DENSE_METHODS: tuple[str, ...] = ("cluster", "pass")
-ALL_METHODS: tuple[str, ...] = (*METHODS, *DENSE_METHODS)
-
-# Options a plan may carry, per method: name -> (type, allowed values or None).
-OPTIONS: dict[str, dict[str, tuple[type, tuple | None]]] = {
-    "gsp": {"gsp_alpha": (float, None), "gsp_threshold": (float, None)},
-    "tofu": {"prune_until": (int, None)},
-    "prune-merge": {"prune_share": (float, None), "merge_mode": (str, ("mean", "mlerp"))},
-    "cluster": {"cluster_iters": (int, None), "cluster_tau": (float, None), "cluster_window": (int, None),
-                "cluster_topk": (int, None), "cluster_residual": (bool, None)},
-    "pass": {"pass_signal": (str, ("redundancy", "update")), "pass_carry": (bool, None)},
-}
-
-# Numeric options with a valid range: name -> (low, high), None for open.
-RANGES: dict[str, tuple[float | None, float | None]] = {"prune_share": (0.0, 1.0), "prune_until": (0, None)}
-
-__all__ = ["REDUCERS", "RANGES", "METHODS", "DENSE_METHODS", "ALL_METHODS", "OPTIONS", "Reducer", "ReductionContext", "tome_merge", "tofu_reduce", "prune_merge", "evit_prune", "gsp_prune"]
+__all__ = ["REDUCERS", "Reducer", "ReductionContext", "tome_merge", "tofu_reduce", "prune_merge", "evit_prune", "gsp_prune"]

@@ -23,11 +23,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from edgeprune.plan.methods import option_defaults
+from edgeprune.plan.token_counts import center_grid, cluster_macs, feasible_center_counts
 from edgeprune.reducers.common import ReductionContext, split_prefix
 
-DEFAULTS = {"cluster_iters": 3, "cluster_tau": 0.02, "cluster_window": 2, "cluster_topk": 0,
-            "cluster_residual": True}
-MAX_ASPECT_DISTORTION = 1.34
+DEFAULTS = option_defaults("cluster")
 PRIOR_MASS = 2.0  # tokens' worth; 1.0 kept 1% more mIoU but doubled the rounding amplification
 
 
@@ -45,34 +45,6 @@ class Clustering:
         if self.residual:
             return self.tokens + self.weights @ (centers - self.centers)
         return self.weights @ centers
-
-
-def center_grid(k: int, grid: tuple[int, int]) -> tuple[int, int]:
-    """The (rows, cols) layout of ``k`` centers over a ``grid`` of patches: the factor pair of k
-    closest to the grid's aspect ratio; an error when every layout would distort it too much."""
-    gh, gw = grid
-    best = None
-    for rows in range(1, min(k, gh) + 1):
-        if k % rows or k // rows > gw:
-            continue
-        distortion = math.exp(abs(math.log((rows / (k // rows)) / (gh / gw))))
-        if best is None or distortion < best[0]:
-            best = (distortion, (rows, k // rows))
-    if best is None or best[0] > MAX_ASPECT_DISTORTION:
-        raise ValueError(f"{k} centers do not form a grid over {gh}x{gw} patches")
-    return best[1]
-
-
-def feasible_center_counts(grid: tuple[int, int]) -> list[int]:
-    """Every K that :func:`center_grid` accepts for ``grid``, ascending."""
-    counts = []
-    for k in range(1, grid[0] * grid[1] + 1):
-        try:
-            center_grid(k, grid)
-        except ValueError:
-            continue
-        counts.append(k)
-    return counts
 
 
 @lru_cache(maxsize=64)
@@ -145,10 +117,6 @@ def cluster_tokens(x: Tensor, size: Tensor, ctx: ReductionContext, keep: int,
     size_out = torch.cat((s_pre, sizes), dim=1)
     return x_out, size_out, Clustering(weights, x_tok, centers, bool(opts["cluster_residual"]))
 
-
-def cluster_macs(num_patches: int, k: int, dim: int, iters: int) -> int:
-    """Distances and center updates per iteration, plus the final distances."""
-    return (2 * iters + 1) * num_patches * k * dim
 
 
 __all__ = ["Clustering", "DEFAULTS", "center_grid", "cluster_macs", "cluster_tokens", "feasible_center_counts"]

@@ -8,8 +8,8 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-# TensorRT's TopK needs K < 3840; every TopK here runs over one image's tokens.
-TOPK_LIMIT = 3840
+from edgeprune.core.limits import TOPK_LIMIT
+
 
 
 @dataclass
@@ -123,23 +123,6 @@ def alternating_similarity(features: Tensor) -> Tensor:
     unit = cosine_normalize(features)
     return unit[:, ::2] @ unit[:, 1::2].transpose(-1, -2)
 
-
-def check_round(num_tok: int, r: int) -> None:
-    """One bipartite round can remove 1..len(A) tokens, A being the even half."""
-    num_a = (num_tok + 1) // 2
-    if not 0 < r <= num_a:
-        raise ValueError(f"a bipartite round removes 1..{num_a} of {num_tok} tokens, asked for {r}")
-
-
-def round_sizes(num_tok: int, keep: int) -> list[int]:
-    """How many tokens each bipartite round removes to go from ``num_tok`` to ``keep``: a round
-    takes at most half, so big steps at one reduction point run as several rounds."""
-    sizes = []
-    while num_tok > keep:
-        r = min(num_tok - keep, (num_tok + 1) // 2)
-        sizes.append(r)
-        num_tok -= r
-    return sizes
 
 
 def mlerp_rescale(merged: Tensor, dst_norm: Tensor, src_norm: Tensor, assign_t: Tensor) -> Tensor:

@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from edgeprune.plan.methods import option_defaults
+from edgeprune.plan.token_counts import split_removed
 from edgeprune.reducers.common import (
     ReductionContext,
     cosine_normalize,
@@ -31,15 +33,8 @@ from edgeprune.reducers.common import (
     split_prefix,
 )
 
-DEFAULTS = {"prune_share": 0.5, "merge_mode": "mlerp"}
+DEFAULTS = option_defaults("prune-merge")
 
-
-def split_removed(removed: int, prune_share: float) -> tuple[int, int]:
-    """(merged, pruned) counts of ``removed`` tokens; the pruned ones are the least important."""
-    if not 0.0 <= prune_share <= 1.0:
-        raise ValueError(f"prune_share must be in [0, 1], got {prune_share}")
-    pruned = int(round(removed * prune_share))
-    return removed - pruned, pruned
 
 
 def prune_merge(x: Tensor, size: Tensor, ctx: ReductionContext, keep: int) -> tuple[Tensor, Tensor, Tensor]:

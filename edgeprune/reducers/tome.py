@@ -11,10 +11,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from edgeprune.plan.token_counts import check_round, round_sizes
 from edgeprune.reducers.common import (
     ReductionContext,
     alternating_similarity,
-    check_round,
     compose,
     descending_order,
     gather_tokens,
@@ -24,7 +24,6 @@ from edgeprune.reducers.common import (
     mlerp_rescale,
     one_hot,
     rank_among,
-    round_sizes,
     split_prefix,
 )
 

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from edgeprune.errors import EdgepruneError
+from edgeprune.core.errors import EdgepruneError
 
 
 @dataclass(frozen=True)

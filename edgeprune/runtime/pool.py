@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from edgeprune.errors import EdgepruneError
+from edgeprune.core.errors import EdgepruneError
 
 _EPS = 1e-9
 

@@ -1,7 +1,7 @@
 """The runtime: one engine per token budget, one chosen per frame by a policy.
 
 ``Runtime(set, target_ms=..., policy=...)`` loads a calibrated engine set (see
-:mod:`edgeprune.engine_set`), turns its calibration into :class:`EngineProfile` s for the policy,
+:mod:`edgeprune.artifacts.engine_set`), turns its calibration into :class:`EngineProfile` s for the policy,
 and for every frame: computes the cheap content signal, asks the policy for an engine, runs it,
 and tells the policy the measured latency. Several threads may call :meth:`Runtime.infer` at once
 (one per camera, say): the policy and per-stream state sit behind one lock that is held only for
@@ -22,7 +22,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from edgeprune.errors import EdgepruneError
+from edgeprune.core.errors import EdgepruneError
 from edgeprune.runtime.policies import (Decision, EngineProfile, FrameContext, Policy, downscale_gray,
                                         frame_change, frame_complexity, make_policy)
 
@@ -79,8 +79,8 @@ class Runtime:
     def __init__(self, engine_set: Union[str, Path, Any], target_ms: float, policy: Union[str, Policy] = "deadline",
                  *, threads: int = 2, provider: str = "cpu", policy_args: Optional[dict[str, Any]] = None,
                  strict_machine: bool = False, engines: Union[str, Path, None] = None) -> None:
-        from edgeprune.engine_set import calibration_matches, load_engine_set
-        from edgeprune.engines.ort import OrtRunner
+        from edgeprune.artifacts.engine_set import calibration_matches, load_engine_set
+        from edgeprune.backends.ort import OrtRunner
 
         self.set = load_engine_set(engine_set) if isinstance(engine_set, (str, Path)) else engine_set
         calibration = None
@@ -139,8 +139,8 @@ class Runtime:
 
     def preprocess(self, frame: np.ndarray) -> np.ndarray:
         """RGB uint8 [H, W, 3] -> the engine's normalised input [1, 3, h, w] (model input size)."""
-        from edgeprune.evaluation import normalize
-        from edgeprune.images import resize_rgb
+        from edgeprune.imaging.evaluation import normalize
+        from edgeprune.imaging.images import resize_rgb
 
         self._check_frame(frame)
         if "mean" not in self._input:

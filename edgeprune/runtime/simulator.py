@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from edgeprune.errors import EdgepruneError
+from edgeprune.core.errors import EdgepruneError
 from edgeprune.runtime.policies import Decision, EngineProfile, FrameContext, Policy
 
 

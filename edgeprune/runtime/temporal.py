@@ -1,7 +1,7 @@
 """Temporal reuse at run time: per camera stream, recompute the patches that changed and reuse the rest.
 
 A temporal artifact (``edgeprune export MODEL --temporal 0.4``, see
-:mod:`edgeprune.exporters.temporal`) holds two graphs: ``refresh`` recomputes every patch and
+:mod:`edgeprune.export.temporal`) holds two graphs: ``refresh`` recomputes every patch and
 ``update`` a fixed number M of them. For each frame of a stream :class:`TemporalRuntime`
 
 1. measures how far every patch has moved from the pixels it was last computed on (sub-patch
@@ -29,7 +29,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from edgeprune.errors import EdgepruneError
+from edgeprune.artifacts.temporal import GRAPHS, TEMPORAL_FORMAT, TEMPORAL_KIND
+from edgeprune.core.errors import EdgepruneError
 
 DEFAULT_REFRESH_EVERY = 30
 DEFAULT_DRIFT_THRESHOLD = 2.0  # colour levels (0..255), mean over the patches left stale
@@ -72,7 +73,7 @@ class TemporalArtifact:
         return self.manifest["model"]
 
     def verify(self) -> None:
-        from edgeprune.artifact import sha256_file
+        from edgeprune.core.files import sha256_file
 
         for name, graph in self.manifest["graphs"].items():
             if sha256_file(self.onnx_path(name)) != graph["sha256"]:
@@ -81,8 +82,7 @@ class TemporalArtifact:
 
 def is_temporal(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a temporal artifact folder (its manifest says so)."""
-    from edgeprune.artifact import MANIFEST
-    from edgeprune.exporters.temporal import TEMPORAL_KIND
+    from edgeprune.artifacts.artifact import MANIFEST
 
     try:
         return json.loads((Path(path) / MANIFEST).read_text()).get("kind") == TEMPORAL_KIND
@@ -92,8 +92,8 @@ def is_temporal(path: str | os.PathLike) -> bool:
 
 def load_temporal(path: str | os.PathLike, verify: bool = True) -> TemporalArtifact:
     """Read and check a temporal artifact; any defect is one EdgepruneError line."""
-    from edgeprune.artifact import MANIFEST, read_folder_json
-    from edgeprune.exporters.temporal import GRAPHS, TEMPORAL_FORMAT, TEMPORAL_KIND
+    from edgeprune.artifacts.artifact import MANIFEST
+    from edgeprune.core.files import read_folder_json
 
     root = Path(path)
     mpath = root / MANIFEST
@@ -174,7 +174,7 @@ class TemporalRuntime:
 
     def __init__(self, artifact: str | os.PathLike | TemporalArtifact, *, threads: int = 2, provider: str = "cpu",
                  refresh_every: int = DEFAULT_REFRESH_EVERY, drift_threshold: float = DEFAULT_DRIFT_THRESHOLD) -> None:
-        from edgeprune.engines.ort import OrtRunner
+        from edgeprune.backends.ort import OrtRunner
 
         self.artifact = artifact if isinstance(artifact, TemporalArtifact) else load_temporal(artifact)
         if refresh_every < 1:
@@ -205,7 +205,7 @@ class TemporalRuntime:
 
     def model_frame(self, frame: np.ndarray) -> np.ndarray:
         """RGB uint8 [H, W, 3] at any size -> the model's input size."""
-        from edgeprune.images import resize_rgb
+        from edgeprune.imaging.images import resize_rgb
 
         if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
             raise EdgepruneError(f"frames must be RGB uint8 [H, W, 3], got {frame.dtype} {list(frame.shape)}")
@@ -221,7 +221,7 @@ class TemporalRuntime:
                 self._streams.pop(stream, None)
 
     def infer(self, frame: np.ndarray, stream: Hashable = 0) -> TemporalResult:
-        from edgeprune.evaluation import normalize
+        from edgeprune.imaging.evaluation import normalize
 
         start = time.perf_counter()
         if self._closed:

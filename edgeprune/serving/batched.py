@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from edgeprune.errors import EdgepruneError
+from edgeprune.core.errors import EdgepruneError
 
 BATCHED_FILE = "batched.json"
 BATCHED_FORMAT = 1
@@ -42,8 +42,8 @@ def cache_root() -> Path:
 
 def model_from_manifest(info: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """Reload the model an artifact was exported from, refusing one whose weights changed since."""
-    from edgeprune.artifact import sha256_file
-    from edgeprune.loading import load_model
+    from edgeprune.core.files import sha256_file
+    from edgeprune.families.loading import load_model
 
     source = info.get("source")
     if source in ("edgeprune-segmenter", "huggingface"):
@@ -79,8 +79,8 @@ class BatchedMember:
 
 
 def _key(engine_set: Any, sizes: Sequence[int], threads: int) -> str:
-    from edgeprune import __version__
-    from edgeprune.engine_set import machine_fingerprint
+    from edgeprune.core.version import __version__
+    from edgeprune.core.machine import machine_fingerprint
 
     digest = hashlib.sha256(json.dumps({"v": __version__, "sizes": list(sizes), "threads": threads,
                                         "machine": machine_fingerprint(),
@@ -98,10 +98,10 @@ def prepare_batched(engine_set: Any, max_batch: int, *, threads: int = 2, rounds
                     say: Callable[[str], None] = lambda m: None, root: Optional[Path] = None) -> list[BatchedMember]:
     """Batch-N members for every budget and batch size (batch 1 is the set's own member), calibrated;
     made on first use and cached, reused afterwards."""
-    from edgeprune.artifact import atomic_directory, write_json_atomic
-    from edgeprune.bench import benchmark
-    from edgeprune.engine_set import latency_stats
-    from edgeprune.exporters.onnx_export import export
+    from edgeprune.core.files import atomic_directory, write_json_atomic
+    from edgeprune.measure.bench import benchmark
+    from edgeprune.measure.calibrate import latency_stats
+    from edgeprune.export.onnx_export import export
 
     sizes = batch_sizes(max_batch)
     folder = (root or cache_root()) / f"{Path(engine_set.path).resolve().name}-{_key(engine_set, sizes, threads)}"

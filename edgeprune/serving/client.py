@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from edgeprune.errors import EdgepruneError
+from edgeprune.core.errors import EdgepruneError
 
 PROTOCOLS = ("http", "grpc")
 # Statuses that mean "no answer from a working server", as opposed to an answer refusing the request

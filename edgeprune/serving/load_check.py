@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from edgeprune.errors import EdgepruneError, first_line
+from edgeprune.core.errors import EdgepruneError, first_line
 
 
 @dataclass

@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from edgeprune.errors import EdgepruneError
+from edgeprune.core.errors import EdgepruneError
 from edgeprune.serving.service import SERVICE_FILE, ServiceConfig
 
 BACKENDS = ("onnxruntime", "tensorrt")
@@ -116,7 +116,7 @@ def budget_model_name(name: str, member: str) -> str:
 
 def load_calibrated_set(source: str | Path) -> Any:
     """The engine set at ``source`` with its calibration, or one EdgepruneError line saying what is missing."""
-    from edgeprune.engine_set import SET_FILE, is_engine_set, load_engine_set
+    from edgeprune.artifacts.engine_set import SET_FILE, is_engine_set, load_engine_set
     from edgeprune.runtime.runtime import profiles_from_calibration
 
     path = Path(source)
@@ -195,7 +195,7 @@ def _cross_check(set_onnx: Path, onnx: Path, input_name: str, shape: list[int], 
     misses once is re-checked, as the exporter's parity check does)."""
     import onnxruntime as ort
 
-    from edgeprune.exporters.onnx_export import fresh_pixels, relative_error
+    from edgeprune.export.onnx_export import fresh_pixels, relative_error
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
@@ -216,7 +216,7 @@ def _cross_check(set_onnx: Path, onnx: Path, input_name: str, shape: list[int], 
 def trtexec_script(models: Sequence[str], input_name: str, chw: Sequence[int], options: ProductionOptions) -> str:
     """``build_plans.sh``: builds ``<model>/1/model.plan`` from ``<model>/model.onnx`` with trtexec on the target,
     with a dynamic-batch profile (min 1, opt and max = max_batch)."""
-    from edgeprune.engines.trt import BuilderSettings, trtexec_command
+    from edgeprune.backends.trt import BuilderSettings, trtexec_command
 
     settings = BuilderSettings(precision=options.precision, workspace_mb=options.workspace_mb,
                                strongly_typed=options.precision == "fp32")
@@ -239,7 +239,7 @@ def trtexec_script(models: Sequence[str], input_name: str, chw: Sequence[int], o
 def build_plan(onnx: Path, plan: Path, input_name: str, chw: Sequence[int], options: ProductionOptions,
                say: Say = lambda m: None) -> None:
     """Build one dynamic-batch TensorRT plan here (only where ``tensorrt`` and a GPU are present)."""
-    from edgeprune.engines.trt import _make_logger, _parser_error, require_tensorrt
+    from edgeprune.backends.trt import _make_logger, _parser_error, require_tensorrt
 
     trt = require_tensorrt()
     logger = _make_logger(trt, say)
@@ -268,7 +268,7 @@ def build_plan(onnx: Path, plan: Path, input_name: str, chw: Sequence[int], opti
 
 
 def _can_build_plans() -> bool:
-    from edgeprune.engines.trt import device_info, tensorrt_version
+    from edgeprune.backends.trt import device_info, tensorrt_version
 
     return tensorrt_version() is not None and device_info()["gpu"] is not None
 
@@ -276,8 +276,8 @@ def _can_build_plans() -> bool:
 def export_triton(source: str | Path, out: str | Path, options: ProductionOptions = ProductionOptions(), *,
                   force: bool = False, say: Say = lambda m: None) -> ProductionRepository:
     """Write the production Triton repository of the engine set ``source`` to ``out`` (module docstring)."""
-    from edgeprune.artifact import atomic_directory, check_target, write_json_atomic
-    from edgeprune.exporters.onnx_export import DEFAULT_TOLERANCE, export
+    from edgeprune.core.files import atomic_directory, check_target, write_json_atomic
+    from edgeprune.export.onnx_export import DEFAULT_TOLERANCE, export
     from edgeprune.serving.batched import batch_sizes, model_from_manifest
     from edgeprune.serving.repository import check_config, install_python_model, write_config
     from edgeprune.serving.serve import model_config

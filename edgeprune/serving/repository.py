@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from edgeprune.errors import EdgepruneError
+from edgeprune.core.errors import EdgepruneError
 
 CONFIG_FILE = "config.pbtxt"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")

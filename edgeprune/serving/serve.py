@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from edgeprune.errors import EdgepruneError
+from edgeprune.core.errors import EdgepruneError
 from edgeprune.serving.service import SERVICE_FILE, ServiceConfig
 from edgeprune.serving.tritonserver import ServerPorts, TritonProcess, choose_ports, start_server
 
@@ -28,8 +28,8 @@ DEFAULT_TARGET_MS = 1000.0 / 30
 
 def load_set_or_artifact(path: str | Path) -> Any:
     """An engine set, or a one-member set around a single artifact (served at its own budget)."""
-    from edgeprune.artifact import load_artifact
-    from edgeprune.engine_set import SET_FILE, EngineSet, Member, is_engine_set, load_engine_set
+    from edgeprune.artifacts.artifact import load_artifact
+    from edgeprune.artifacts.engine_set import SET_FILE, EngineSet, Member, is_engine_set, load_engine_set
 
     path = Path(path)
     if not path.exists():
@@ -102,7 +102,7 @@ def model_config(name: str, service: ServiceConfig, service_path: Path, instance
 def write_repository(folder: Path, name: str, service: ServiceConfig, instances: int = 1,
                      queue_delay_us: int = 2000) -> Path:
     """A Triton repository in ``folder`` with the one served model; returns the repository path."""
-    from edgeprune.artifact import write_json_atomic
+    from edgeprune.core.files import write_json_atomic
     from edgeprune.serving.repository import check_config, check_name, install_python_model, write_config
 
     check_name(name)

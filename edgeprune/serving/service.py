@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from edgeprune.errors import EdgepruneError
+from edgeprune.core.errors import EdgepruneError
 from edgeprune.runtime.policies import DeadlinePolicy, EngineProfile, FrameContext
 
 PARAMETERS = ("deadline_ms", "budget")
@@ -127,7 +127,7 @@ def queue_totals(stats: dict[str, Any]) -> tuple[int, int]:
 
 def ort_runner(onnx: str, threads: int) -> Callable[[np.ndarray], np.ndarray]:
     """The default engine: an ONNX Runtime session (no spinning, as the calibration ran)."""
-    from edgeprune.engines.ort import OrtRunner
+    from edgeprune.backends.ort import OrtRunner
 
     runner = OrtRunner(onnx, providers=["cpu"], threads=threads, spinning=False)
     runner.activate()
@@ -219,8 +219,8 @@ class Service:
         return Job(rows, deadline, budget_index, started)
 
     def _image_rows(self, image: np.ndarray) -> np.ndarray:
-        from edgeprune.evaluation import normalize
-        from edgeprune.images import resize_rgb
+        from edgeprune.imaging.evaluation import normalize
+        from edgeprune.imaging.images import resize_rgb
 
         if image.dtype != np.uint8:
             raise RequestError(f"image must be uint8, got {image.dtype}")

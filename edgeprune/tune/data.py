@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from edgeprune.data.idx import available_splits, is_idx_folder, load_idx_split
-from edgeprune.errors import EdgepruneError, first_line
+from edgeprune.core.errors import EdgepruneError, first_line
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 FITS = ("resize", "pad")

@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgeprune.errors import EdgepruneError
-from edgeprune.exporters.base import FamilyAdapter, ReducedViT
-from edgeprune.plan import TokenPlan, build_plan
+from edgeprune.core.errors import EdgepruneError
+from edgeprune.families.base import FamilyAdapter, ReducedViT
+from edgeprune.plan.token_plan import TokenPlan, build_plan
 from edgeprune.tune.data import ImageSet
 
 

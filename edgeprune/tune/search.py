@@ -21,10 +21,10 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import nn
 
-from edgeprune.errors import EdgepruneError
-from edgeprune.exporters import adapter_for
-from edgeprune.loading import model_fingerprint
-from edgeprune.plan import TokenPlan
+from edgeprune.core.errors import EdgepruneError
+from edgeprune.families import adapter_for
+from edgeprune.families.weights import model_fingerprint
+from edgeprune.plan.token_plan import TokenPlan
 from edgeprune.tune.data import ImageSet
 from edgeprune.tune.evaluate import Evaluator, ScoreCache, cache_path, first_reduction
 from edgeprune.tune.space import Candidate, Shape, constant_r, fit, screening_variants, shapes, variants
@@ -64,7 +64,7 @@ def _cost_function(model: nn.Module, kind: str, method_names: Sequence[str], thr
                    say: Callable[[str], None]) -> tuple[Callable[[TokenPlan], float], dict[str, Any]]:
     if kind == "flops":
         return (lambda plan: plan.macs_ratio), {}
-    from edgeprune.latency import calibrate
+    from edgeprune.export.block_latency import calibrate
 
     models = {m: calibrate(model, m, threads=threads, progress=say) for m in sorted(set(method_names))}
     return (lambda plan: models[plan.method].ratio(plan)), models

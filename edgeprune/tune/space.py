@@ -15,9 +15,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from edgeprune.errors import EdgepruneError
-from edgeprune.plan import TokenPlan, check_options, min_tokens
-from edgeprune.spec import ViTSpec
+from edgeprune.core.errors import EdgepruneError
+from edgeprune.plan import methods
+from edgeprune.plan.token_plan import TokenPlan, check_options, min_tokens
+from edgeprune.core.spec import ViTSpec
 
 Cost = Callable[[TokenPlan], float]
 SEARCH_METHODS = ("tome", "tofu", "prune-merge", "evit", "gsp")
@@ -83,8 +84,6 @@ def plan_for(spec: ViTSpec, shape: Shape, variant: Variant, removed: int, prefix
              target_record: Optional[dict[str, Any]] = None) -> Optional[TokenPlan]:
     """The plan of this shape and variant that removes ``removed`` patch tokens in total (None when
     the shape has no reduction point on this model)."""
-    from edgeprune.plan import DEFAULT_PROP_ATTN
-
     reducing = spec.depth - 1 if prefix_only_last else spec.depth
     points = shape.points(reducing)
     if not points:
@@ -92,7 +91,7 @@ def plan_for(spec: ViTSpec, shape: Shape, variant: Variant, removed: int, prefix
     options = check_options(variant.method, dict(variant.options))
     if variant.method == "tofu":
         options.setdefault("prune_until", spec.depth // 4)
-    prop = DEFAULT_PROP_ATTN[variant.method] if variant.prop_attn is None else variant.prop_attn
+    prop = methods.get(variant.method).prop_attn if variant.prop_attn is None else variant.prop_attn
     keep = removal_schedule(spec.num_patches, spec.depth, points, removed, shape.gamma, min_tokens(variant.method))
     return TokenPlan(variant.method, spec, keep, prop, options, target=dict(target_record or {}, shape=shape.label,
                      variant=variant.label), prefix_only_last=prefix_only_last)
@@ -169,7 +168,7 @@ def constant_r(spec: ViTSpec, cost: Cost, target: float, prefix_only_last: bool,
                latency_model: Optional[Cost] = None) -> Optional[Candidate]:
     """ToMe's constant-r plan as ``edgeprune export --schedule constant`` builds it: the reference a
     tuned plan must beat at the same cost."""
-    from edgeprune.plan import build_plan
+    from edgeprune.plan.token_plan import build_plan
 
     budget = {target_kind: target}
     try:

@@ -2,6 +2,6 @@
 library speed (:mod:`.frames`), live sources (:mod:`.sources`) and the threaded decode → infer →
 draw/encode pipeline (:mod:`.pipeline`)."""
 
-from edgeprune.video.io import DEFAULT_FPS, VideoReader, VideoWriter, _cv2, draw_hud, open_video
+from edgeprune.video.io import DEFAULT_FPS, VideoReader, VideoWriter, draw_hud, open_video
 
 __all__ = ["DEFAULT_FPS", "VideoReader", "VideoWriter", "draw_hud", "open_video"]

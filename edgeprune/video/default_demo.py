@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeprune.errors import EdgepruneError
+from edgeprune.core.errors import EdgepruneError
 
 BUDGETS = (1.0, 0.75, 0.5, 0.35)
 RECOMPUTE = 0.25
@@ -33,7 +33,7 @@ def cache_root() -> Path:
 
 def _fingerprint(model: Path) -> str:
     """Model files + edgeprune's version: a changed checkpoint or exporter gets fresh artifacts."""
-    from edgeprune import __version__
+    from edgeprune.core.version import __version__
 
     digest = hashlib.sha256(__version__.encode())
     for name in ("config.json", "model.safetensors"):
@@ -45,8 +45,10 @@ def prepare(model: Path, threads: int = 2, say: Callable[[str], None] = lambda m
             temporal: bool = True) -> DefaultModels:
     """The cached engine set (calibrated here) and temporal artifact of ``model``; made when missing
     (the temporal artifact only when ``temporal``)."""
-    from edgeprune.engine_set import calibrate_engine_set, export_engine_set, is_engine_set, load_engine_set
-    from edgeprune.loading import load_model
+    from edgeprune.measure.calibrate import calibrate_engine_set
+    from edgeprune.export.engine_set import export_engine_set
+    from edgeprune.artifacts.engine_set import is_engine_set, load_engine_set
+    from edgeprune.families.loading import load_model
     from edgeprune.runtime.temporal import is_temporal
 
     if not (model / "config.json").is_file():
@@ -71,7 +73,7 @@ def prepare(model: Path, threads: int = 2, say: Callable[[str], None] = lambda m
         say(f"calibrating the engine set on this machine ({CALIBRATION_ROUNDS} rounds)")
         calibrate_engine_set(loaded, rounds=CALIBRATION_ROUNDS, threads=threads)
     if want_temporal and not is_temporal(temporal_dir):
-        from edgeprune.exporters.temporal import export_temporal
+        from edgeprune.export.temporal import export_temporal
 
         shutil.rmtree(temporal_dir, ignore_errors=True)
         say(f"exporting the temporal artifact (recompute {RECOMPUTE:.0%} of the patches)")
@@ -82,7 +84,7 @@ def prepare(model: Path, threads: int = 2, say: Callable[[str], None] = lambda m
 def stepped_target(engine_set: Path, frames: int) -> str:
     """A ``--target-fps`` schedule from the set's calibration: loose enough for the full model in the first
     half, then tight enough that only the smaller budgets fit — a load step the scheduler must follow."""
-    from edgeprune.engine_set import load_engine_set
+    from edgeprune.artifacts.engine_set import load_engine_set
     from edgeprune.runtime.runtime import profiles_from_calibration
 
     profiles = profiles_from_calibration(load_engine_set(engine_set, verify=False))

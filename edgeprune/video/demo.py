@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from edgeprune.errors import EdgepruneError
+from edgeprune.core.errors import EdgepruneError
 from edgeprune.video.engine import FrameEngine, Step
 from edgeprune.video.sources import Source
 
@@ -77,7 +77,7 @@ class _Renderer:
     """Output-thread work: labels at the output size, overlay, HUD, encode; keeps the end-to-end frame rate."""
 
     def __init__(self, writer: Any, palette: np.ndarray, alpha: float, exact: bool, temporal: bool) -> None:
-        from edgeprune.video.frames import labels_exact, labels_fast
+        from edgeprune.imaging.frames import labels_exact, labels_fast
 
         self.writer, self.palette, self.alpha, self.temporal = writer, palette, alpha, temporal
         self.labels = labels_exact if exact else labels_fast
@@ -85,7 +85,7 @@ class _Renderer:
         self.hits = 0
 
     def __call__(self, index: int, frame: np.ndarray, step: Step, target_ms: float) -> _Rendered:
-        from edgeprune.video.frames import overlay_fast
+        from edgeprune.imaging.frames import overlay_fast
         from edgeprune.video.io import draw_hud
 
         h, w = frame.shape[:2]
@@ -133,8 +133,8 @@ def run_demo(sources: list[Source], model: Path, out_path: Path, *, target_fps: 
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from edgeprune.cli.common import console
-    from edgeprune.video.frames import resize_frame
+    from edgeprune.core.console import console
+    from edgeprune.imaging.frames import resize_frame
     from edgeprune.video.io import VideoWriter
     from edgeprune.video.outputs import all_or_nothing, check_outputs, output_paths, vmrss_mb, write_side_outputs
     from edgeprune.video.pipeline import run_pipeline
@@ -225,7 +225,7 @@ def run_demo(sources: list[Source], model: Path, out_path: Path, *, target_fps: 
 
 
 def _plot(rows: list[dict[str, Any]], path: Path, title: str, temporal: bool) -> None:
-    from edgeprune.plotting import plot_timeline
+    from edgeprune.measure.plotting import plot_timeline
 
     plot_timeline(path, [r["index"] for r in rows], {"budget": [r["budget"] for r in rows]},
                   {"frame (pre + scheduler + engine)": [r["total_ms"] for r in rows],

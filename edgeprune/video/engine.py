@@ -12,7 +12,9 @@ from typing import Any, Optional
 
 import numpy as np
 
-from edgeprune.errors import EdgepruneError
+from edgeprune.core.console import console
+from edgeprune.core.errors import EdgepruneError
+from edgeprune.video.segmenter import load_segmenter_model, prepare_batch
 
 
 @dataclass
@@ -31,7 +33,7 @@ class Step:
 
 
 def _palette(info: dict[str, Any]) -> np.ndarray:
-    from edgeprune.images import palette_array
+    from edgeprune.imaging.images import palette_array
 
     k = int(info.get("num_classes") or len(info.get("classes") or []) or 1)
     return palette_array(info.get("palette"), k)
@@ -42,10 +44,9 @@ class FrameEngine:
 
     def __init__(self, model: Path, target_ms: float, policy: str, threads: int, provider: str,
                  engines: Optional[Path] = None, native: bool = False) -> None:
-        from edgeprune.engine_set import is_engine_set
+        from edgeprune.artifacts.engine_set import is_engine_set
         from edgeprune.runtime.temporal import is_temporal
 
-        from edgeprune.cli.common import console
 
         self._runtime: Any = None
         self._temporal: Any = None
@@ -68,7 +69,7 @@ class FrameEngine:
 
                 self.kind, info = "temporal reuse", load_temporal(model, verify=False).model
             else:
-                from edgeprune.engine_set import load_engine_set
+                from edgeprune.artifacts.engine_set import load_engine_set
 
                 self.kind = f"engine set, policy {policy}, native"
                 info = load_engine_set(model, verify=False).manifest.get("model") or {}
@@ -94,9 +95,7 @@ class FrameEngine:
             self.palette = _palette(self._runtime.set.manifest.get("model") or {})
             self.budgets = self._runtime.budgets
         else:
-            from edgeprune.cli.segment_cmd import _load
-
-            self._net = _load(model, threads, provider)
+            self._net = load_segmenter_model(model, threads, provider)
             self.kind, self.palette = self._net.kind, self._net.palette
             self.budgets = [_budget_of(model)]
             self._name = model.name
@@ -121,10 +120,8 @@ class FrameEngine:
             pre = max(0.0, r.total_ms - r.engine_ms - r.scheduler_ms)
             return Step(r.engine, r.budget, r.outputs["logits"][0], r.engine_ms, r.total_ms, pre, r.scheduler_ms,
                         self._runtime.provider_name, r.decision.reason)
-        from edgeprune.cli.segment_cmd import _prepare
-
         t0 = time.perf_counter()
-        pixels = _prepare([frame], self._net)
+        pixels = prepare_batch([frame], self._net)
         t1 = time.perf_counter()
         logits = self._net.run(pixels)[0]
         t2 = time.perf_counter()

@@ -15,20 +15,10 @@ from typing import Any, Optional
 
 import numpy as np
 
-from edgeprune.errors import EdgepruneError
+from edgeprune.imaging.frames import load_cv2
+from edgeprune.core.errors import EdgepruneError
 
 DEFAULT_FPS = 30.0
-
-
-def _cv2() -> Any:
-    # FFmpeg and OpenCV otherwise print their own multi-line complaints next to our one-line error.
-    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
-    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
-    try:
-        import cv2
-    except ImportError:
-        raise EdgepruneError("video needs OpenCV: pip install opencv-python-headless") from None
-    return cv2
 
 
 class VideoReader:
@@ -44,7 +34,7 @@ class VideoReader:
         self._first: Optional[np.ndarray] = first
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        cv2 = _cv2()
+        cv2 = load_cv2()
         if self._first is None:
             raise EdgepruneError(f"video {self.path} was already read")
         first, self._first = self._first, None
@@ -70,7 +60,7 @@ class VideoReader:
 
 def open_video(path: str | os.PathLike) -> VideoReader:
     """Open ``path`` and decode its first frame, so every defect shows up here as one error line."""
-    cv2 = _cv2()
+    cv2 = load_cv2()
     path = Path(path)
     if not path.exists():
         raise EdgepruneError(f"cannot read video {path}: no such file")
@@ -110,7 +100,7 @@ class VideoWriter:
         self._writer: Optional[Any] = None
 
     def __enter__(self) -> "VideoWriter":
-        cv2 = _cv2()
+        cv2 = load_cv2()
         w, h = self.size
         if w < 2 or h < 2:
             raise EdgepruneError(f"cannot write video {self.path}: frame size {w}x{h} is too small")
@@ -127,7 +117,7 @@ class VideoWriter:
 
     def write(self, frame_rgb: np.ndarray) -> None:
         """Append one RGB uint8 [H, W, 3] frame of exactly the writer's size."""
-        cv2 = _cv2()
+        cv2 = load_cv2()
         w, h = self.size
         if frame_rgb.shape != (h, w, 3) or frame_rgb.dtype != np.uint8:
             raise ValueError(f"expected uint8 [{h}, {w}, 3], got {frame_rgb.dtype} {list(frame_rgb.shape)}")
@@ -165,7 +155,7 @@ class VideoWriter:
 
 def draw_hud(image: np.ndarray, lines: list[tuple[str, tuple[int, int, int]]]) -> None:
     """A dark box with text lines at the top left, drawn in place (RGB colours)."""
-    cv2 = _cv2()
+    cv2 = load_cv2()
     h = image.shape[0]
     scale = max(0.35, h / 600)
     thick = 1 if scale < 0.8 else 2

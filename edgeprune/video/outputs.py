@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Callable, Optional
 
-from edgeprune.errors import EdgepruneError
+from edgeprune.core.errors import EdgepruneError
 
 
 def vmrss_mb() -> Optional[float]:
@@ -66,7 +66,7 @@ def all_or_nothing(out_path: Path) -> Iterator[list[Path]]:
 
 def write_side_outputs(created: list[Path], out_path: Path, text: str, plot: Callable[[Path], None]) -> None:
     """The metrics JSON (atomically) and the plot beside ``out_path``, recorded in ``created``."""
-    from edgeprune.images import write_atomic
+    from edgeprune.imaging.images import write_atomic
 
     _, metrics_path, plot_path = output_paths(out_path)
     created.append(metrics_path)

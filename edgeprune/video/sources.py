@@ -17,8 +17,9 @@ from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
 
-from edgeprune.errors import EdgepruneError
-from edgeprune.video.io import DEFAULT_FPS, _cv2
+from edgeprune.core.errors import EdgepruneError
+from edgeprune.imaging.frames import load_cv2
+from edgeprune.video.io import DEFAULT_FPS
 
 
 @dataclass
@@ -44,7 +45,7 @@ def video_source(path: Path) -> Source:
 def generated_source(seed: int = 0, frames: int = 300, size: int = 256) -> Source:
     """A synthetic scene clip (rendered at 128x128, upscaled to ``size``), so the demo needs no video file."""
     from edgeprune.data.scenes import SceneConfig, make_clip
-    from edgeprune.video.frames import resize_frame
+    from edgeprune.imaging.frames import resize_frame
 
     def gen() -> Iterator[np.ndarray]:
         clip, _ = make_clip(seed, frames, SceneConfig(height=128, width=128))
@@ -60,7 +61,7 @@ def camera_source(spec: str) -> Source:
     The first frame is read here, so a source that cannot be opened is one error line before any
     output is created.
     """
-    cv2 = _cv2()
+    cv2 = load_cv2()
     spec = str(spec).strip()
     if not spec:
         raise EdgepruneError("--camera needs a camera index, device path or URL")

@@ -15,7 +15,7 @@ REFERENCE = Path(__file__).resolve().parents[2] / "models" / "scene_seg"
 def artifacts(tmp_path_factory):
     """The reference segmenter unreduced and with ToMe at 0.6 MACs, plus a tiny classifier."""
     import edgeprune
-    from edgeprune.exporters.timm_seg import load_segmenter
+    from edgeprune.families.timm_seg import load_segmenter
     from tests.conftest import make_tiny
 
     root = tmp_path_factory.mktemp("seg")
@@ -43,9 +43,9 @@ def test_bench_eval_reports_miou(artifacts, tmp_path, capsys):
 
 
 def test_onnx_and_eager_scores_agree(artifacts):
-    from edgeprune.artifact import load_artifact
-    from edgeprune.exporters.timm_seg import load_segmenter
-    from edgeprune.seg_eval import evaluate_artifact, evaluate_module
+    from edgeprune.artifacts.artifact import load_artifact
+    from edgeprune.families.timm_seg import load_segmenter
+    from edgeprune.measure.seg_eval import evaluate_artifact, evaluate_module
 
     artifact = load_artifact(artifacts / "none")
     onnx_score = evaluate_artifact(artifact, 20)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from edgeprune.cli.main import main
-from edgeprune.engines.trt import tensorrt_version
+from edgeprune.backends.trt import tensorrt_version
 from tests.cli.test_cli import TINY_ARGS, error_line, run
 
 

@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from edgeprune.cli.main import main
-from edgeprune.engine_set import calibration_matches, load_engine_set
+from edgeprune.artifacts.engine_set import calibration_matches, load_engine_set
 from tests.cli.test_cli import error_line, run
 
 SMALL = dict(img_size=32, patch_size=8, depth=2, embed_dim=32, num_heads=2)

@@ -12,8 +12,9 @@ from tests.cli.test_cli import error_line, run
 
 @pytest.fixture(scope="module")
 def engine_set(tmp_path_factory):
-    from edgeprune.engine_set import calibrate_engine_set, export_engine_set
-    from edgeprune.exporters.timm_seg import create_segmenter
+    from edgeprune.measure.calibrate import calibrate_engine_set
+    from edgeprune.export.engine_set import export_engine_set
+    from edgeprune.families.timm_seg import create_segmenter
 
     model = create_segmenter("vit_tiny_patch16_224", 4, head="linear", img_size=32, patch_size=8, depth=2,
                              embed_dim=32, num_heads=2, mlp_ratio=2.0)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from edgeprune.cli.main import main
-from edgeprune.plan import TokenPlan
+from edgeprune.plan.token_plan import TokenPlan
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = ROOT / "specs" / "mnist_vit_mit.json"

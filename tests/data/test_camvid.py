@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from edgeprune.data import camvid
-from edgeprune.errors import EdgepruneError
+from edgeprune.core.errors import EdgepruneError
 
 pytestmark = pytest.mark.skipif(not camvid.default_root().is_dir(), reason="needs ../shared/data/camvid")
 
@@ -43,9 +43,9 @@ def test_errors(tmp_path, monkeypatch):
 
 def test_onnx_and_eager_scores_agree_and_ignore_unlabelled(tmp_path):
     import edgeprune
-    from edgeprune.evaluation import confusion, iou_report
-    from edgeprune.exporters.timm_seg import create_segmenter
-    from edgeprune.seg_eval import EvalSet, evaluate_artifact, evaluate_module
+    from edgeprune.imaging.evaluation import confusion, iou_report
+    from edgeprune.families.timm_seg import create_segmenter
+    from edgeprune.measure.seg_eval import EvalSet, evaluate_artifact, evaluate_module
 
     torch.manual_seed(0)
     # Input 90x120: frames are resized to it and predictions back to the 180x240 labels.

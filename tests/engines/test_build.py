@@ -9,10 +9,10 @@ import pytest
 
 from edgeprune.engines.build import build_engine, build_set, load_engine, load_engines, random_feed
 from edgeprune.engines.cache import EngineCache, cache_key
-from edgeprune.engines.ort import OrtRunner
-from edgeprune.engines.trt import BuilderSettings, tensorrt_version
-from edgeprune.errors import EdgepruneError
-from edgeprune.exporters.onnx_export import relative_error
+from edgeprune.backends.ort import OrtRunner
+from edgeprune.backends.trt import BuilderSettings, tensorrt_version
+from edgeprune.core.errors import EdgepruneError
+from edgeprune.backends.feeds import relative_error
 from tests.conftest import make_tiny
 
 HAS_TRT = tensorrt_version() is not None
@@ -22,8 +22,8 @@ BACKENDS = ["ort-cpu", pytest.param("trt", marks=NEEDS_TRT)]
 
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory):
-    from edgeprune.exporters.onnx_export import export
-    from edgeprune.plan import build_plan
+    from edgeprune.export.onnx_export import export
+    from edgeprune import build_plan
 
     root = tmp_path_factory.mktemp("build")
     net = make_tiny("registers")
@@ -101,7 +101,7 @@ def test_cache_key_depends_on_every_field():
 
 
 def test_engine_set_build(tmp_path):
-    from edgeprune.engine_set import export_engine_set
+    from edgeprune.export.engine_set import export_engine_set
 
     net = make_tiny("cls")
     engine_set = export_engine_set(net, "tome", [1.0, 0.6], tmp_path / "set")
@@ -154,8 +154,8 @@ def test_stale_trt_engine_is_refused_when_opened(artifacts, tmp_path, monkeypatc
     engine = build_engine(artifacts["tome"], "ort-cpu", BuilderSettings(), tmp_path / "e")
     manifest = {**engine.manifest, "backend": "trt", "versions": {"tensorrt": "10.0.1"},
                 "device": {"compute_capability": "8.7"}}
-    monkeypatch.setattr("edgeprune.engines.trt.tensorrt_version", lambda: "10.3.0")
-    monkeypatch.setattr("edgeprune.engines.trt.device_info", lambda: {"compute_capability": "8.7"})
+    monkeypatch.setattr("edgeprune.backends.trt.tensorrt_version", lambda: "10.3.0")
+    monkeypatch.setattr("edgeprune.backends.trt.device_info", lambda: {"compute_capability": "8.7"})
     from edgeprune.engines.build import BuiltEngine
 
     stale = BuiltEngine(engine.path, manifest)

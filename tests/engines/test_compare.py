@@ -6,14 +6,14 @@ import pytest
 
 from edgeprune.engines.cache import EngineCache
 from edgeprune.engines.compare import BackendSpec, compare_backends, label_agreement, parse_backends
-from edgeprune.errors import EdgepruneError
+from edgeprune.core.errors import EdgepruneError
 from tests.conftest import make_tiny
 
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
-    from edgeprune.exporters.onnx_export import export
-    from edgeprune.plan import build_plan
+    from edgeprune.export.onnx_export import export
+    from edgeprune import build_plan
 
     net = make_tiny("registers")
     return export(net, build_plan(net, "tome", flops=0.6), tmp_path_factory.mktemp("compare") / "tome")
@@ -44,7 +44,7 @@ def test_fp32_engine_passes_and_verdict_follows_the_tolerance(artifact, tmp_path
 
 def test_a_built_fp32_engine_matches_the_exported_graph(artifact, tmp_path):
     from edgeprune.engines.build import build_engine
-    from edgeprune.engines.trt import BuilderSettings
+    from edgeprune.backends.trt import BuilderSettings
 
     build_engine(artifact, "ort-cpu", BuilderSettings(), tmp_path / "engine")
     specs = parse_backends(f"ort-cpu,{tmp_path / 'engine'}")

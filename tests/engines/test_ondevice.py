@@ -14,8 +14,8 @@ import subprocess
 import pytest
 
 from edgeprune.engines.ondevice import SCRIPT, emit_script, import_engines
-from edgeprune.engines.trt import BuilderSettings, tensorrt_version
-from edgeprune.errors import EdgepruneError
+from edgeprune.backends.trt import BuilderSettings, tensorrt_version
+from edgeprune.core.errors import EdgepruneError
 from tests.conftest import make_tiny
 
 STAND_IN = """#!/usr/bin/env bash
@@ -32,9 +32,9 @@ needs_bash = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("sh
 
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
-    from edgeprune.engine_set import export_engine_set
-    from edgeprune.exporters.onnx_export import export
-    from edgeprune.plan import build_plan
+    from edgeprune.export.engine_set import export_engine_set
+    from edgeprune.export.onnx_export import export
+    from edgeprune import build_plan
 
     root = tmp_path_factory.mktemp("ondevice")
     net = make_tiny("cls")

@@ -15,7 +15,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from edgeprune.errors import EdgepruneError  # noqa: E402
+from edgeprune.core.errors import EdgepruneError  # noqa: E402
 from edgeprune.mllm.export import export_visual  # noqa: E402
 from edgeprune.mllm.graph import METHODS, VisualTokenGraph  # noqa: E402
 from edgeprune.mllm.llava import llava_parts, load_llava  # noqa: E402

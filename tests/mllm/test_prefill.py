@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from edgeprune.cli.main import main
-from edgeprune.engines.ort import OrtRunner
+from edgeprune.backends.ort import OrtRunner
 from edgeprune.mllm.configs import LLAMA2_7B, llava15_shaped, save_llava, tiny_llava
 from edgeprune.mllm.llava import llava_parts, load_llava
 from edgeprune.mllm.prefill import llm_dims, prefill_bench, prefill_inputs, prefill_macs

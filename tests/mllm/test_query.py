@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgeprune.errors import EdgepruneError
+from edgeprune.core.errors import EdgepruneError
 from edgeprune.mllm.query import (QueryEncoder, export_query_tower, load_query_model, query_vector,
                                   tokenize_questions)
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from edgeprune.engines.ort import OrtRunner
-from edgeprune.engines.trt_lint import lint_model
-from edgeprune.exporters.onnx_export import trace_to_onnx
-from edgeprune.graph import load_graph, safety_problems
+from edgeprune.backends.ort import OrtRunner
+from edgeprune.backends.trt_lint import lint_model
+from edgeprune.export.onnx_export import trace_to_onnx
+from edgeprune.backends.graph import load_graph, safety_problems
 from edgeprune.mllm.reference import greedy_map_reference, kernel_reference, relevance_reference
 from edgeprune.mllm.select import (
     Selection,

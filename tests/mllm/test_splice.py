@@ -7,7 +7,7 @@ import pytest
 import torch
 import transformers
 
-from edgeprune.errors import EdgepruneError
+from edgeprune.core.errors import EdgepruneError
 from edgeprune.mllm.configs import small_llava
 from edgeprune.mllm.splice import (
     expand_image_placeholders,

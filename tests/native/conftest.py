@@ -45,8 +45,8 @@ def tiny_set(tmp_path_factory):
 def tiny_temporal(tmp_path_factory):
     import torch
 
-    from edgeprune.exporters.temporal import export_temporal
-    from edgeprune.exporters.timm_seg import create_segmenter
+    from edgeprune.export.temporal import export_temporal
+    from edgeprune.families.timm_seg import create_segmenter
 
     torch.manual_seed(0)
     model = create_segmenter("vit_tiny_patch16_224", 5, head="multilevel", feature_blocks=(1, 3), img_size=32,

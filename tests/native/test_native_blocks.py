@@ -17,7 +17,7 @@ TARGETS = [(128, 128), (32, 32), (64, 48), (37, 53), (224, 224)]
 @pytest.mark.parametrize("source", SOURCES, ids=lambda s: f"{s[1]}x{s[0]}")
 def test_resize_is_bit_exact_with_the_contract(native_lib, source):
     from edgeprune.native import resize_rgb
-    from edgeprune.video.frames import resize_frame
+    from edgeprune.imaging.frames import resize_frame
 
     rng = np.random.default_rng(sum(source))
     frame = rng.integers(0, 256, (*source, 3), dtype=np.uint8)
@@ -27,7 +27,7 @@ def test_resize_is_bit_exact_with_the_contract(native_lib, source):
 
 def test_resize_real_video_frames_and_strided_rows(native_lib):
     from edgeprune.native import resize_rgb
-    from edgeprune.video.frames import resize_frame
+    from edgeprune.imaging.frames import resize_frame
 
     clips = sorted(video_dir().glob("*.mp4"))
     if not clips:
@@ -47,7 +47,7 @@ def test_resize_real_video_frames_and_strided_rows(native_lib):
                                               (3, (16, 24), (16, 24)), (2, (9, 7), (100, 3))])
 def test_upsample_argmax_matches_the_reference(native_lib, classes, size, out):
     from edgeprune.native import upsample_argmax
-    from edgeprune.video.frames import labels_exact
+    from edgeprune.imaging.frames import labels_exact
 
     rng = np.random.default_rng(classes)
     # smooth logits so that uniform cells (the fast path) and boundary cells both occur

@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from edgeprune.errors import EdgepruneError
+from edgeprune.core.errors import EdgepruneError
 
 
 def status_of(lib, status):

@@ -61,7 +61,7 @@ def test_decisions_equal_python_on_the_trace(native_lib, name, kw, deadline_scal
 
 
 def test_bad_policy_parameters_are_one_line_errors(native_lib):
-    from edgeprune.errors import EdgepruneError
+    from edgeprune.core.errors import EdgepruneError
     from edgeprune.native import NativePolicy
 
     _, profiles = load_trace()

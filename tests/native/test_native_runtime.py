@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 import pytest
 
-from edgeprune.errors import EdgepruneError
+from edgeprune.core.errors import EdgepruneError
 
 from tests.native.conftest import moving_clip
 
@@ -21,7 +21,7 @@ def relative(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.mark.parametrize("index", [0, 1, 2])
 def test_every_member_matches_python(native_lib, tiny_set, index):
-    from edgeprune.images import upsample_argmax
+    from edgeprune.imaging.images import upsample_argmax
     from edgeprune.native import NativeRuntime
     from edgeprune.runtime import Runtime
 

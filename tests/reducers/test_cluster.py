@@ -9,13 +9,8 @@ import pytest
 import torch
 
 from edgeprune.reducers import ReductionContext
-from edgeprune.reducers.cluster import (
-    MAX_ASPECT_DISTORTION,
-    Clustering,
-    center_grid,
-    cluster_tokens,
-    feasible_center_counts,
-)
+from edgeprune.plan.token_counts import MAX_ASPECT_DISTORTION, center_grid, feasible_center_counts
+from edgeprune.reducers.cluster import Clustering, cluster_tokens
 
 BATCH, DIM = 3, 16
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from edgeprune.reducers import ReductionContext, prune_merge
-from edgeprune.reducers.prune_merge import split_removed
+from edgeprune.plan.token_counts import split_removed
 
 from tests.reducers.inputs import BATCH, DIM, HEADS, random_inputs, seed_of  # noqa: E402
 SCALE = (DIM // HEADS) ** -0.5
@@ -252,8 +252,8 @@ def test_plan_macs_and_latency_of_prune_merge():
     """Plan defaults (proportional attention, validated options), the reducer's MAC count by hand,
     and the latency model charging one reducer call per point whatever the step."""
     from edgeprune import EdgepruneError, build_plan
-    from edgeprune.flops import reducer_macs
-    from edgeprune.latency import LatencyModel
+    from edgeprune.plan.macs import reducer_macs
+    from edgeprune.plan.latency import LatencyModel
     from tests.test_plan import VIT_B
 
     plan = build_plan(VIT_B, "prune-merge", flops=0.5, options={"prune_share": 0.25, "merge_mode": "mean"})

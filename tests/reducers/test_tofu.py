@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from edgeprune.reducers import ReductionContext, tofu_reduce
-from edgeprune.reducers.common import round_sizes
+from edgeprune.plan.token_counts import round_sizes
 from edgeprune.reducers.tome import COMBINES, bipartite_merge_round, bipartite_reduce, rescale_to_largest_norm
 
 from tests.reducers.inputs import BATCH, DIM, HEADS, random_inputs, seed_of  # noqa: E402
@@ -267,8 +267,8 @@ def test_tofu_plan_defaults_and_block_index_reaches_the_reducer():
     import dataclasses
 
     import edgeprune
-    from edgeprune.exporters import adapter_for
-    from edgeprune.plan import build_plan
+    from edgeprune.families import adapter_for
+    from edgeprune import build_plan
     from tests.conftest import make_tiny
     from tests.test_plan import VIT_B
 

@@ -9,14 +9,8 @@ import pytest
 import torch
 
 from edgeprune.reducers import ReductionContext, evit_prune, gsp_prune, tome_merge
-from edgeprune.reducers.common import (
-    compose,
-    gather_tokens,
-    interleave,
-    membership,
-    rank_among,
-    round_sizes,
-)
+from edgeprune.reducers.common import compose, gather_tokens, interleave, membership, rank_among
+from edgeprune.plan.token_counts import round_sizes
 from tests.reducers.inputs import BATCH, DIM, HEADS, random_inputs, seed_of
 
 PREFIXES = [0, 1, 5]

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from edgeprune.errors import EdgepruneError
+from edgeprune.core.errors import EdgepruneError
 from edgeprune.runtime import (CombinedPolicy, ContentPolicy, DeadlinePolicy, EngineProfile, FixedPolicy, FrameContext,
                                downscale_gray, frame_change, make_policy, simulate, trace_from_profiles)
 

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from edgeprune.errors import EdgepruneError
+from edgeprune.core.errors import EdgepruneError
 from edgeprune.runtime import StreamDemand, allocate
 
 LEVELS = [0.25, 0.35, 0.5, 0.75, 1.0]

@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-from edgeprune.errors import EdgepruneError
+from edgeprune.core.errors import EdgepruneError
 from tests.conftest import export_tiny_set
 
 
@@ -137,10 +137,11 @@ def test_pool_signals(engine_set):
 
 
 def test_runtime_runs_built_engines(engine_set, tmp_path):
-    from edgeprune.engine_set import calibrate_engine_set, load_engine_set
+    from edgeprune.measure.calibrate import calibrate_engine_set
+    from edgeprune.artifacts.engine_set import load_engine_set
     from edgeprune.runtime import Runtime
     from edgeprune.engines.build import build_set
-    from edgeprune.engines.trt import BuilderSettings
+    from edgeprune.backends.trt import BuilderSettings
 
     build_set(load_engine_set(engine_set), "ort-cpu", BuilderSettings(), tmp_path / "built")
     frame = np.random.default_rng(3).integers(0, 255, (48, 40, 3), dtype=np.uint8)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgeprune.errors import EdgepruneError
+from edgeprune.core.errors import EdgepruneError
 from edgeprune.runtime import (EngineProfile, FixedPolicy, Trace, load_trace, make_policy, save_trace, simulate,
                                trace_from_profiles)
 

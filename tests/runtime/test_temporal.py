@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgeprune.errors import EdgepruneError
+from edgeprune.core.errors import EdgepruneError
 from edgeprune.runtime.temporal import TemporalRuntime, choose_patches, patch_features
 
 SIZE = 32
@@ -17,8 +17,8 @@ SIZE = 32
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
-    from edgeprune.exporters.temporal import export_temporal
-    from edgeprune.exporters.timm_seg import create_segmenter
+    from edgeprune.export.temporal import export_temporal
+    from edgeprune.families.timm_seg import create_segmenter
 
     torch.manual_seed(0)
     model = create_segmenter("vit_tiny_patch16_224", 5, head="multilevel", feature_blocks=(1, 3), img_size=SIZE,
@@ -114,8 +114,8 @@ def test_frames_of_another_size_are_resized(artifact):
 
 
 def test_batch_two_artifacts_are_refused(tmp_path):
-    from edgeprune.exporters.temporal import export_temporal
-    from edgeprune.exporters.timm_seg import create_segmenter
+    from edgeprune.export.temporal import export_temporal
+    from edgeprune.families.timm_seg import create_segmenter
 
     model = create_segmenter("vit_tiny_patch16_224", 3, img_size=16, patch_size=8, depth=1, embed_dim=16, num_heads=1)
     model.info = {"input": {"mean": [0.5] * 3, "std": [0.25] * 3}}

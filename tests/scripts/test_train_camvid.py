@@ -40,6 +40,6 @@ def test_interrupted_run_resumes(tmp_path):
     assert config["stem"] == {"channels": [32, 64]} and config["classes"] == list(camvid.CLASSES)
     assert config["train"]["steps"] >= 1 and config["eval"]["test"]["n"] == 3
     assert "test mIoU" in (out / "README.md").read_text()
-    from edgeprune.exporters.timm_seg import load_segmenter
+    from edgeprune.families.timm_seg import load_segmenter
 
     assert load_segmenter(out).info["input"]["size"] == [3, 180, 240]

@@ -10,9 +10,11 @@ MEAN, STD = [0.45, 0.45, 0.45], [0.25, 0.25, 0.25]
 
 
 def make_set(root, budgets=(1.0, 0.5)):
-    from edgeprune.engine_set import calibrate_engine_set, export_engine_set, load_engine_set
-    from edgeprune.exporters.timm_seg import create_segmenter, save_segmenter
-    from edgeprune.loading import load_model
+    from edgeprune.measure.calibrate import calibrate_engine_set
+    from edgeprune.export.engine_set import export_engine_set
+    from edgeprune.artifacts.engine_set import load_engine_set
+    from edgeprune.families.timm_seg import create_segmenter, save_segmenter
+    from edgeprune.families.loading import load_model
 
     import torch
 

@@ -15,9 +15,9 @@ from tests.conftest import make_tiny
 def classifier_artifact(tmp_path_factory):
     from safetensors.torch import save_file
 
-    from edgeprune.exporters.onnx_export import export
-    from edgeprune.loading import load_model
-    from edgeprune.plan import build_plan
+    from edgeprune.export.onnx_export import export
+    from edgeprune.families.loading import load_model
+    from edgeprune import build_plan
 
     root = tmp_path_factory.mktemp("classifier")
     model = make_tiny("cls")
@@ -30,7 +30,7 @@ def classifier_artifact(tmp_path_factory):
 
 
 def test_a_classifier_artifact_is_served_with_class_ids(classifier_artifact, tmp_path):
-    from edgeprune.engines.ort import OrtRunner
+    from edgeprune.backends.ort import OrtRunner
 
     one = load_set_or_artifact(classifier_artifact)
     assert len(one.members) == 1 and abs(one.members[0].budget - 0.7) < 0.05

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeprune.errors import EdgepruneError
+from edgeprune.core.errors import EdgepruneError
 from edgeprune.serving.load_check import check_load
 from edgeprune.serving.production import (
     NOT_RUN, SCRIPT_FILE, ProductionOptions, budget_model_config, export_triton, trtexec_script,
@@ -182,7 +182,7 @@ def test_cli_refusals_are_one_line(served_set, tmp_path, capsys):
 @pytest.mark.heavy
 def test_cli_tensorrt_repository_without_tensorrt(served_set, tmp_path, capsys):
     pytest.importorskip("pytriton")
-    from edgeprune.engines.trt import tensorrt_version
+    from edgeprune.backends.trt import tensorrt_version
     from edgeprune.serving.repository import check_config
 
     if tensorrt_version() is not None:

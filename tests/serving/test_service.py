@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgeprune.errors import EdgepruneError
+from edgeprune.core.errors import EdgepruneError
 from edgeprune.runtime.policies import FixedPolicy
 from edgeprune.runtime.runtime import Runtime, profiles_from_calibration
 from edgeprune.serving.batched import batch_sizes, load_batched, model_from_manifest
@@ -19,7 +19,7 @@ def service(service_config):
 
 def local_labels(served_set, budget, frame):
     """What the local Runtime gives for ``frame`` when it runs the member of ``budget``."""
-    from edgeprune.engine_set import load_engine_set
+    from edgeprune.artifacts.engine_set import load_engine_set
 
     engine_set = load_engine_set(served_set, verify=False)
     profiles = profiles_from_calibration(engine_set)
@@ -98,8 +98,8 @@ def test_batched_rows_equal_the_local_runtime(service, served_set, frames):
 
 
 def test_pixels_input_equals_image_input(service, frames):
-    from edgeprune.evaluation import normalize
-    from edgeprune.images import resize_rgb
+    from edgeprune.imaging.evaluation import normalize
+    from edgeprune.imaging.images import resize_rgb
 
     image = frames(1, 32, 32)[0]
     cfg = service.config
@@ -117,7 +117,7 @@ def test_the_policy_picks_smaller_budgets_for_tight_deadlines(service_config, fr
 
 
 def test_a_changed_model_is_not_re_exported(tmp_path, served_set):
-    from edgeprune.engine_set import load_engine_set
+    from edgeprune.artifacts.engine_set import load_engine_set
 
     info = dict(load_engine_set(served_set, verify=False).members[0].artifact.manifest["model"])
     info["checkpoint_sha256"] = "0" * 64

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from edgeprune.errors import EdgepruneError
+from edgeprune.core.errors import EdgepruneError
 from edgeprune.tune.data import ImageSet, Preprocess, load_calibration
 
 

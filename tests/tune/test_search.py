@@ -8,10 +8,12 @@ import pytest
 import torch
 
 import edgeprune
-from edgeprune.errors import EdgepruneError
-from edgeprune.exporters import adapter_for
-from edgeprune.loading import load_model, model_fingerprint
-from edgeprune.plan import TokenPlan, build_plan, min_tokens
+from edgeprune.core.errors import EdgepruneError
+from edgeprune.families import adapter_for
+from edgeprune.families.loading import load_model
+from edgeprune.families.weights import model_fingerprint
+from edgeprune.plan.token_plan import TokenPlan, min_tokens
+from edgeprune import build_plan
 from edgeprune.tune import Preprocess, load_calibration, tune
 from edgeprune.tune.data import ImageSet
 from edgeprune.tune.evaluate import Evaluator, ScoreCache, cache_path, first_reduction

@@ -1,0 +1,199 @@
+"""Measure this machine's latency curves for a model's blocks (the data of
+:class:`edgeprune.plan.latency.LatencyModel`).
+
+:func:`calibrate` exports the model's first blocks as two small ONNX graphs with a symbolic token
+axis (attention sub-layers; MLP sub-layers) plus the method's reducer at a few static sizes, times
+them in ONNX Runtime at a grid of token counts, and caches the curves as JSON keyed by the model's
+block dimensions, the method and the machine/runtime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgeprune.backends.ort import SessionFromOnnx
+from edgeprune.core.errors import EdgepruneError
+from edgeprune.export.onnx_export import trace_to_onnx
+from edgeprune.families import adapter_for
+from edgeprune.plan import methods
+from edgeprune.plan.latency import BLOCK_DIMS, CALIBRATION_FORMAT, LatencyModel
+from edgeprune.plan.token_plan import min_tokens
+from edgeprune.reducers import ReductionContext
+
+
+def machine_info(threads: int, providers: Sequence[str]) -> dict[str, Any]:
+    """What the timings depend on besides the model: CPU, runtime versions, threads, providers."""
+    import onnxruntime as ort
+
+    cpu = platform.processor()
+    try:
+        cpu = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "machine": platform.machine(), "system": platform.system(), "onnxruntime": ort.__version__,
+            "torch": torch.__version__.split("+")[0], "providers": [p.lower() for p in providers], "threads": threads}
+
+
+class _Chain(nn.Module):
+    """``attention`` (norm1, qkv, SDPA, proj, ls1, residual) or ``mlp`` sub-layers of the first
+    blocks in a row, so that one timed call holds several and ONNX Runtime's per-call costs, which a
+    whole model pays once, are shared out as they are in the real graph."""
+
+    def __init__(self, views: list[Any], part: str, num_prefix: int = 0) -> None:
+        super().__init__()
+        self.views, self.part, self.num_prefix = views, part, num_prefix
+        self.parts = nn.ModuleList(m for v in views for m in vars(v).values() if isinstance(m, nn.Module))  # export sees weights
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.part == "prefix_attention":  # each sub-layer reads every token and writes the prefix only
+            p = self.num_prefix
+            outs = [x[:, :p] + v.ls1(v.attn_out(F.scaled_dot_product_attention(*v.prefix_query_qkv(v.norm1(x), p), scale=v.scale)))
+                    for v in self.views]
+            return torch.stack(outs).sum(dim=0)
+        for v in self.views:
+            if self.part == "mlp":
+                x = x + v.ls2(v.mlp(v.norm2(x)))
+            else:
+                x = x + v.ls1(v.attn_out(F.scaled_dot_product_attention(*v.qkv(v.norm1(x)), scale=v.scale)))
+        return x
+
+
+class _Reduce(nn.Module):
+    """The reducer alone, ``repeat`` times on separate random inputs (x, size, q, k each), so that
+    no copy is merged away; the cost does not depend on the values."""
+
+    def __init__(self, method: str, scale: float, num_prefix: int, keep: int) -> None:
+        super().__init__()
+        self.fn, self.scale, self.num_prefix, self.keep = methods.get(method).load(), scale, num_prefix, keep
+
+    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outs: list[torch.Tensor] = []
+        for x, size, q, k in zip(args[::4], args[1::4], args[2::4], args[3::4]):
+            outs += self.fn(x, size, ReductionContext(q, k, self.scale, self.num_prefix, None, {}), self.keep)[:2]
+        return tuple(outs)
+
+
+def _export(module: nn.Module, args: tuple, path: Path, dynamic: bool = False) -> None:
+    shapes = ({1: torch.export.Dim("tokens", min=2, max=max(4096, args[0].shape[1]))},) if dynamic else None
+    trace_to_onnx(module, args, path, input_names=[f"in{i}" for i in range(len(args))], dynamic_shapes=shapes)
+
+
+def _measure(adapter: Any, method: str, threads: int, providers: Sequence[str], grid_points: int,
+             reducer_points: int, repeat: int, runs: int, warmup: int, say: Callable[[str], None]) -> LatencyModel:
+    spec, views = adapter.spec, adapter.blocks()
+    views = [views[i % len(views)] for i in range(repeat)]  # the first blocks (weights do not matter)
+    c, h, p, n_max = spec.embed_dim, spec.num_heads, spec.num_prefix, spec.num_tokens
+    grid = sorted({int(round(v)) for v in np.linspace(min(8, n_max), n_max, max(2, grid_points))})
+    sizes = sorted({max(4, round(spec.num_patches / f)) for f in np.geomspace(1, 6, max(1, reducer_points))}) if method != "none" else []
+    rng = np.random.default_rng(0)
+    rnd = lambda *shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
+    jobs = []  # (curve, tokens, session, feed)
+    with tempfile.TemporaryDirectory(prefix="edgeprune-latency-") as tmp:
+        def session(name: str, module: nn.Module, args: tuple, dynamic: bool = False) -> Any:
+            _export(module, args, Path(tmp) / f"{name}.onnx", dynamic)
+            return SessionFromOnnx(Path(tmp) / f"{name}.onnx", providers, threads)()
+
+        parts = ("attention", "mlp", "prefix_attention") if spec.prefix_head and p > 0 else ("attention", "mlp")
+        steps = len(parts) + len(sizes)
+        for i, part in enumerate(parts):
+            say(f"latency calibration: exporting the {part.replace('_', ' ')} sub-layer ({i + 1}/{steps})")
+            sess = session(part, _Chain(views, part, p), (torch.randn(1, n_max, c),), dynamic=True)
+            jobs += [(part, n, sess, {"in0": rnd(1, n, c)}) for n in grid if n > p]
+        for i, n_tok in enumerate(sizes):
+            say(f"latency calibration: exporting the {method} reducer at {n_tok} tokens ({i + len(parts) + 1}/{steps})")
+            n, keep = p + n_tok, max(min_tokens(method), n_tok // 2)
+            args = [a for _ in range(repeat) for a in (rnd(1, n, c), np.ones((1, n, 1), np.float32), rnd(1, h, n, spec.head_dim), rnd(1, h, n, spec.head_dim))]
+            sess = session(f"reducer{n}", _Reduce(method, views[0].scale, p, keep), tuple(map(torch.from_numpy, args)))
+            jobs.append(("reducer", n, sess, {f"in{j}": a for j, a in enumerate(args)}))
+        say(f"latency calibration: timing {len(jobs)} shapes x {runs} runs")
+        medians = _time(jobs, runs, warmup)
+    pick = lambda curve: [m / repeat for (name, _, _, _), m in zip(jobs, medians) if name == curve]  # noqa: E731
+    return LatencyModel(method, {k: getattr(spec, k) for k in BLOCK_DIMS}, [n for n in grid if n > p], pick("attention"),
+                        pick("mlp"), [p + s for s in sizes], pick("reducer"), prefix_attention_ms=pick("prefix_attention"))
+
+
+def _time(jobs: list, runs: int, warmup: int, per_visit: int = 5, settle_s: float = 0.1) -> list[float]:
+    """Median ms per job. Every session has its own thread pool, and right after another session ran,
+    its first calls are slow (ViT-B at 2 threads: up to 1.7x for ~0.1 s) while a deployed model's
+    one session stays hot. So sessions take turns in shuffled visits, each visit runs untimed for
+    ``settle_s`` first, then times each of its jobs ``per_visit`` times, shuffled: drift between
+    visits and along the token grid hits all points alike."""
+    sessions: dict[int, list[int]] = {}
+    for i, (_, _, session, _) in enumerate(jobs):
+        sessions.setdefault(id(session), []).append(i)
+    runs, times = max(1, runs), [[] for _ in jobs]
+    shuffler, visits = random.Random(0), list(sessions.values())
+    for visit in range(-(-runs // per_visit)):
+        shuffler.shuffle(visits)
+        for group in visits:
+            session, calls, start = jobs[group[0]][2], 0, time.perf_counter()
+            while calls < max(warmup * len(group) if visit == 0 else 0, 3) or time.perf_counter() - start < settle_s:
+                session.run(None, jobs[group[calls % len(group)]][3])
+                calls += 1
+            for _ in range(min(per_visit, runs - visit * per_visit)):
+                for i in shuffler.sample(group, len(group)):
+                    start = time.perf_counter()
+                    session.run(None, jobs[i][3])
+                    times[i].append((time.perf_counter() - start) * 1e3)
+    return [float(np.median(t)) for t in times]
+
+
+def calibrate(model: nn.Module, method: str, *, threads: int = 2, providers: Sequence[str] = ("cpu",),
+              cache_dir: Optional[Path] = None, refresh: bool = False, progress: Optional[Callable[[str], None]] = None,
+              grid_points: int = 8, reducer_points: int = 3, repeat: int = 3, runs: int = 20, warmup: int = 3) -> LatencyModel:
+    """This machine's latency model for ``model``'s blocks under ``method``: measured once (about
+    30 s for ViT-B on 2 cores), then read from the cache. A cache file that cannot be read is
+    re-measured with a warning through ``progress``; ``refresh`` forces a re-measure."""
+    say = progress or (lambda _msg: None)
+    method = method.lower()
+    if methods.get(method).family != "reducer":
+        raise EdgepruneError(f"latency calibration covers the reducers ({', '.join(methods.REDUCER_METHODS)}), not '{method}'")
+    adapter = adapter_for(model)
+    info = machine_info(threads, providers)
+    material = dict(info, format=CALIBRATION_FORMAT, family=adapter.family, method=method, grid_points=grid_points,
+                    reducer_points=reducer_points, repeat=repeat, dims={k: getattr(adapter.spec, k) for k in BLOCK_DIMS})
+    key = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+    root = Path(os.environ.get("EDGEPRUNE_CACHE_DIR") or Path.home() / ".cache" / "edgeprune").expanduser() / "latency"
+    path = Path(cache_dir or root) / f"{adapter.family}-{method}-{key[:16]}.json"
+    if path.exists() and not refresh:
+        try:
+            cached = LatencyModel.from_dict(json.loads(path.read_text()))
+            if cached.info.get("key") != key or cached.method != method:
+                raise EdgepruneError("cache key mismatch")
+            say(f"latency calibration: using cached {path}")
+            return cached
+        except Exception as exc:  # any unreadable cache is only a reason to measure again
+            say(f"warning: ignoring unreadable latency cache {path} ({type(exc).__name__}: {exc}); re-measuring")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if load > (os.cpu_count() or 1):
+        say(f"warning: this machine looks busy (load {load:.1f} on {os.cpu_count()} cores); the timings will include "
+            "the contention: calibrate again with refresh when it is idle")
+    started = time.perf_counter()
+    lm = _measure(adapter, method, threads, providers, grid_points, reducer_points, max(1, repeat), runs, warmup, say)
+    lm.info = dict(info, key=key, family=adapter.family, runs=runs, repeat=repeat, load_average=round(load, 2), calibration_seconds=round(time.perf_counter() - started, 1),
+                   created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(lm.to_dict(), f, indent=1)
+        os.replace(tmp, path)
+        say(f"latency calibration: {lm.info['calibration_seconds']} s, cached at {path}")
+    except OSError as exc:
+        say(f"warning: could not cache the latency model at {path}: {exc}")
+    return lm
+
+

@@ -1,0 +1,153 @@
+"""Interleaved latency benchmark of artifacts: every round runs each artifact once, in shuffled order,
+so machine noise hits all of them alike; speedups are medians of per-round ratios."""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from edgeprune.artifacts.artifact import Artifact
+from edgeprune.core.errors import EdgepruneError
+
+
+@dataclass
+class BenchRow:
+    name: str
+    path: str
+    method: str
+    macs: int
+    macs_ratio: float
+    final_tokens: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    throughput: float  # images per second at p50
+    speedup: float  # median over rounds of baseline time / this time
+    predicted_speedup: float  # from MACs
+    realized_vs_predicted: float
+    latency_model_speedup: Optional[float]  # what the calibrated latency model predicted, if planned with one
+    samples_ms: list[float] = field(default_factory=list, repr=False)
+
+
+@dataclass
+class BenchResult:
+    batch: int
+    threads: int
+    providers: list[str]
+    rounds: int
+    baseline: str
+    rows: list[BenchRow]
+
+    def to_dict(self, samples: bool = False) -> dict:
+        d = asdict(self)
+        if not samples:
+            for row in d["rows"]:
+                row.pop("samples_ms")
+        return d
+
+
+def pick_baseline(artifacts: Sequence[Artifact], baseline: Optional[str]) -> int:
+    if baseline is not None:
+        for i, a in enumerate(artifacts):
+            if baseline in (str(a.path), a.name):
+                return i
+        raise EdgepruneError(f"--baseline {baseline} is not among the benchmarked artifacts")
+    for i, a in enumerate(artifacts):
+        if a.method == "none":
+            return i
+    return max(range(len(artifacts)), key=lambda i: artifacts[i].macs)
+
+
+def benchmark(
+    artifacts: Sequence[Artifact],
+    *,
+    batch: int = 1,
+    rounds: int = 50,
+    warmup: int = 5,
+    threads: int = 2,
+    providers: Sequence[str] = ("cpu",),
+    baseline: Optional[str] = None,
+    seed: int = 0,
+    settle: int = 2,
+    progress: Optional[Callable[[int, int], None]] = None,
+    pause: float = 0.05,
+    spinning: bool = True,
+    runners: Optional[Sequence[Any]] = None,
+) -> BenchResult:
+    """Time ``artifacts`` interleaved; ``runners`` (one per artifact, not yet active) replace the
+    default ONNX Runtime sessions of their graphs, e.g. the engines ``edgeprune build`` wrote."""
+    from edgeprune.backends.ort import OrtRunner
+
+    if not artifacts:
+        raise EdgepruneError("nothing to benchmark")
+    if rounds < 1 or warmup < 0 or settle < 0 or pause < 0:
+        raise EdgepruneError("--rounds must be >= 1, --warmup, --settle and pause >= 0")
+    base = pick_baseline(artifacts, baseline)
+    if len({tuple(a.input_shape(batch)) for a in artifacts}) > 1:
+        raise EdgepruneError("artifacts take different input shapes; benchmark models of one configuration together")
+    rng = np.random.default_rng(seed)
+    feeds = [{a.manifest["inputs"][0]["name"]: rng.standard_normal(a.input_shape(batch)).astype(np.float32)} for a in artifacts]
+    if runners is not None and len(runners) != len(artifacts):
+        raise EdgepruneError(f"{len(runners)} runners for {len(artifacts)} artifacts")
+    runners = [r.activate() for r in runners] if runners is not None else \
+        [OrtRunner(a.onnx_path, providers, threads, spinning=spinning).activate() for a in artifacts]
+    try:
+        for runner, feed in zip(runners, feeds):
+            for _ in range(warmup):
+                runner.run_raw(feed)
+        times = np.zeros((rounds, len(artifacts)))
+        order = list(range(len(artifacts)))
+        shuffler = random.Random(seed)
+        for r in range(rounds):
+            shuffler.shuffle(order)
+            for i in order:
+                # Each session's thread pool keeps spinning for tens of ms after its run and steals the
+                # cores from the next session (seen as 2x p50s and per-round ratios all over the place),
+                # so every artifact first idles for `pause` seconds, then runs a few untimed calls.
+                time.sleep(pause)
+                for _ in range(settle):
+                    runners[i].run_raw(feeds[i])
+                start = time.perf_counter()
+                runners[i].run_raw(feeds[i])
+                times[r, i] = (time.perf_counter() - start) * 1e3
+            if progress:
+                progress(r + 1, rounds)
+    finally:
+        for runner in runners:
+            runner.deactivate()
+
+    rows = []
+    for i, a in enumerate(artifacts):
+        t = times[:, i]
+        speedup = float(np.median(times[:, base] / t))
+        predicted = artifacts[base].macs / a.macs
+        p50 = float(np.percentile(t, 50))
+        rows.append(
+            BenchRow(
+                name=a.name,
+                path=str(a.path),
+                method=a.method,
+                macs=a.macs,
+                macs_ratio=a.macs / artifacts[base].macs,
+                final_tokens=a.plan.final_tokens,
+                p50_ms=p50,
+                p90_ms=float(np.percentile(t, 90)),
+                p99_ms=float(np.percentile(t, 99)),
+                throughput=batch * 1e3 / p50,
+                speedup=speedup,
+                predicted_speedup=predicted,
+                realized_vs_predicted=speedup / predicted,
+                latency_model_speedup=_latency_model_speedup(a),
+                samples_ms=t.tolist(),
+            )
+        )
+    return BenchResult(batch, threads, list(providers), rounds, artifacts[base].name, rows)
+
+
+def _latency_model_speedup(artifact: Artifact) -> Optional[float]:
+    ratio = artifact.manifest["plan"].get("target", {}).get("predicted_latency_ratio")
+    return 1.0 / ratio if ratio else None

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from edgeprune.core.spec import ViTSpec
-    from edgeprune.export.onnx_export import export
+    from edgeprune.exporting.onnx_export import export
     from edgeprune.plan.token_plan import TokenPlan
 
 
@@ -46,7 +46,7 @@ def reduce_model(model: "nn.Module", plan: "TokenPlan") -> "nn.Module":
 _LAZY = {
     "TokenPlan": "edgeprune.plan.token_plan",
     "ViTSpec": "edgeprune.core.spec",
-    "export": "edgeprune.export.onnx_export",
+    "export": "edgeprune.exporting.onnx_export",
 }
 
 

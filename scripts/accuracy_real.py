@@ -69,6 +69,7 @@ def correct(model, images) -> torch.Tensor:
 
 def plans_for(model, calib, targets, budget_minutes, say) -> list[tuple[str, Any]]:
     import edgeprune
+    from edgeprune.core.progress import messages
     from edgeprune.tune import tune
 
     rows: list[tuple[str, Any]] = [("unreduced", edgeprune.build_plan(model, "none")),
@@ -81,7 +82,7 @@ def plans_for(model, calib, targets, budget_minutes, say) -> list[tuple[str, Any
                 except edgeprune.EdgepruneError as exc:
                     say(f"  skip {method} {schedule} @{target}: {exc}")
         say(f"  tuning at flops {target}")
-        result = tune(model, calib, flops=target, budget_minutes=budget_minutes, progress=lambda m: say("    " + m))
+        result = tune(model, calib, flops=target, budget_minutes=budget_minutes, progress=messages(lambda m: say("    " + m)))
         rows.append((f"tuned @{target}", result.plan))
         say(f"    tuned: {result.plan.method} {result.plan.options} keep {list(result.plan.keep)} ({result.info['seconds']} s)")
     return rows
@@ -89,7 +90,7 @@ def plans_for(model, calib, targets, budget_minutes, say) -> list[tuple[str, Any
 
 def measure(model, rows, rounds: int, say) -> dict[str, dict[str, float]]:
     from edgeprune.measure.bench import benchmark
-    from edgeprune.export.onnx_export import export
+    from edgeprune.exporting.onnx_export import export
 
     with tempfile.TemporaryDirectory(prefix="edgeprune-acc-") as tmp:
         artifacts = []
@@ -105,17 +106,18 @@ def measure(model, rows, rounds: int, say) -> dict[str, dict[str, float]]:
 def latency_check(model, calib, target: float, rounds: int, say) -> dict[str, Any]:
     """tune --latency: the measured speedup against the one asked for (1 / target)."""
     import edgeprune
+    from edgeprune.core.progress import messages
     from edgeprune.tune import tune
 
     try:
-        result = tune(model, calib, latency=target, budget_minutes=6, progress=lambda m: say("    " + m))
+        result = tune(model, calib, latency=target, budget_minutes=6, progress=messages(lambda m: say("    " + m)))
     except edgeprune.EdgepruneError as exc:  # a small model at batch 1 may not reach the target at all
         found = re.search(r"smallest reachable is ([0-9.]+)", str(exc))
         if not found:
             raise
         target = round((1 + float(found.group(1))) / 2, 2)
         say(f"    {exc}; asking for {target} instead")
-        result = tune(model, calib, latency=target, budget_minutes=6, progress=lambda m: say("    " + m))
+        result = tune(model, calib, latency=target, budget_minutes=6, progress=messages(lambda m: say("    " + m)))
     timing = measure(model, [("unreduced", edgeprune.build_plan(model, "none")), ("latency-tuned", result.plan)], rounds, say)
     measured = timing["latency-tuned"]["speedup"]
     return {"target_latency_ratio": target, "asked_speedup": 1 / target, "predicted_latency_ratio": result.plan.target.get("predicted_latency_ratio"),

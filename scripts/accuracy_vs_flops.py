@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,10 +19,8 @@ import timm
 import torch
 from safetensors.torch import load_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _mnist  # noqa: E402
-
-import edgeprune  # noqa: E402
+import edgeprune
+from edgeprune.train import mnist as _mnist
 
 DEFAULT_METHODS = ("tome", "evit", "gsp")
 DEFAULT_TARGETS = (0.8, 0.7, 0.6, 0.5, 0.4)

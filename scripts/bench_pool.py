@@ -123,8 +123,8 @@ def threads_scaling(engines, cams, args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    sys.path.insert(0, str(REPO / "scripts"))
-    from bench_runtime import engine_set
+    from edgeprune.core.progress import messages
+    from edgeprune.train.engine_sets import reference_engine_set as engine_set
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=Path("out/pool_bench"))
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
 
-    engines = engine_set(args.work, args.threads, args.model)
+    engines = engine_set(args.work, args.threads, args.model, progress=messages(lambda m: print(m, flush=True)))
     args.size = tuple(engines.members[0].artifact.input_shape()[-2:])
     cams = camera_frames(args)
     print(f"{len(cams)} cameras x {args.ticks} ticks; pool {args.pool:g} per tick, minimum {args.minimum:g}", flush=True)

@@ -20,9 +20,9 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 
 def model_folder(work: Path, small: bool, layers: int, hidden: int, seed: int) -> Path:
@@ -79,12 +79,15 @@ def main() -> None:
               "small": args.small, "results": {}}
     started = time.perf_counter()
     for method in methods:
-        def progress(done: int, total: int, method: str = method) -> None:
-            print(f"  {method}: round {done}/{total}", flush=True)
+        def progress(done: int, total: Optional[int], message: str = "", method: str = method) -> None:
+            if total is not None:
+                print(f"  {method}: round {done}/{total}", flush=True)
+            elif message:
+                print(f"  {message}", flush=True)
 
         result = prefill_bench(folder, tokens, method, args.prompt_tokens, args.rounds, args.threads,
                                work_dir=args.work / f"artifacts-{folder.name}", warmup=args.warmup, settle=args.settle,
-                               seed=args.seed, progress=progress, log=lambda msg: print(f"  {msg}", flush=True))
+                               seed=args.seed, progress=progress)
         report["results"][method] = result
         print_table(result)
     report["seconds"] = round(time.perf_counter() - started, 1)

@@ -65,21 +65,10 @@ class LoadStep:
 
 
 def engine_set(work: Path, threads: int, model_dir: Path = REPO / "models" / "scene_seg"):
-    from edgeprune.measure.calibrate import calibrate_engine_set
-    from edgeprune.artifacts.engine_set import calibration_matches, is_engine_set, load_engine_set
-    from edgeprune.export.engine_set import export_engine_set
-    from edgeprune.families.timm_seg import load_segmenter
+    from edgeprune.core.progress import messages
+    from edgeprune.train.engine_sets import reference_engine_set
 
-    root = work / "set"
-    if not is_engine_set(root):
-        print(f"exporting the engine set to {root} ...", flush=True)
-        export_engine_set(load_segmenter(model_dir), "tome", list(BUDGETS), root)
-    engines = load_engine_set(root)
-    cal = engines.calibration or {}
-    if not calibration_matches(engines)[0] or cal.get("threads") != threads or cal.get("spinning") is not False:
-        print("calibrating ...", flush=True)
-        calibrate_engine_set(engines, rounds=40, threads=threads)
-    return engines
+    return reference_engine_set(work, threads, model_dir, BUDGETS, progress=messages(lambda m: print(m, flush=True)))
 
 
 def camvid_frames(n: int) -> list[np.ndarray]:

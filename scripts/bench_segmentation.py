@@ -28,8 +28,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
-from _seg_overlays import overlay_inputs, overlays  # noqa: E402
+
+from edgeprune.measure.seg_overlays import overlay_inputs, overlays
 METHODS = ("tome", "gsp", "evit", "cluster", "pass")
 RETENTION, MACS_CAP, DROP = 0.98, 0.6, 0.95
 SPEEDUP = {"scenes": 1.4, "camvid": 1.3}  # the acceptance bar each data set's issue set

@@ -18,7 +18,8 @@ import edgeprune
 from edgeprune.artifacts.artifact import load_artifact
 from edgeprune.measure.bench import benchmark
 from edgeprune.core.errors import EdgepruneError
-from edgeprune.export.onnx_export import export
+from edgeprune.core.progress import messages
+from edgeprune.exporting.onnx_export import export
 from edgeprune.families.loading import load_model
 
 # name -> (method, build_plan kwargs); every reduced plan sits at <= 0.50 of the baseline MACs.
@@ -75,11 +76,11 @@ def main() -> int:
         artifacts.append(export(model, plan, path, model_info=info, overwrite=True))
         print(f"exported {name}: keep={list(plan.keep)} MACs={plan.macs_ratio:.3f} in {time.perf_counter() - start:.1f}s", flush=True)
     if args.latency:
-        from edgeprune.export.block_latency import calibrate
+        from edgeprune.exporting.block_latency import calibrate
         from edgeprune.families import spec_of
         from edgeprune.plan.latency import search_plan
 
-        lm = calibrate(model, "tome", threads=args.threads, progress=lambda m: print(m, flush=True))
+        lm = calibrate(model, "tome", threads=args.threads, progress=messages(lambda m: print(m, flush=True)))
         plan = search_plan(spec_of(model), "tome", args.latency, lm)
         name = f"tome_latency_{args.latency}"
         artifacts.append(export(model, plan, args.out / name, model_info=info, overwrite=True))

@@ -60,8 +60,8 @@ class FullModel:
 
 def artifacts(work: Path, share: float, model_dir: Path):
     from edgeprune.artifacts.artifact import load_artifact
-    from edgeprune.export.onnx_export import export
-    from edgeprune.export.temporal import export_temporal
+    from edgeprune.exporting.onnx_export import export
+    from edgeprune.exporting.temporal import export_temporal
     from edgeprune.families.timm_seg import load_segmenter
     from edgeprune import build_plan
     from edgeprune.runtime.temporal import is_temporal, load_temporal

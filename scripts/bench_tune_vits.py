@@ -93,7 +93,7 @@ def measure(work: Path, latency: float, rounds: int = 40) -> dict:
 
     from edgeprune.artifacts.artifact import load_artifact
     from edgeprune.measure.bench import benchmark
-    from edgeprune.export.onnx_export import export
+    from edgeprune.exporting.onnx_export import export
     from edgeprune.plan.token_plan import TokenPlan
     from edgeprune import build_plan
 

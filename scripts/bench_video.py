@@ -75,6 +75,7 @@ def main() -> int:
 
     from edgeprune.artifacts.engine_set import load_engine_set
     from edgeprune.backends.ort import OrtRunner
+    from edgeprune.core.progress import messages
     from edgeprune.imaging.evaluation import normalize
     from edgeprune.video import default_demo, open_video
     from edgeprune.video.demo import run_demo
@@ -89,7 +90,7 @@ def main() -> int:
     except Exception as exc:  # noqa: BLE001 - the Python figures stand on their own
         print(f"native library unavailable ({exc}); its columns are left out")
         native = None
-    models = default_demo.prepare(ROOT / "models" / "scene_seg", threads=args.threads, say=print)
+    models = default_demo.prepare(ROOT / "models" / "scene_seg", threads=args.threads, progress=messages(print))
     engine_set = load_engine_set(models.engine_set)
     member = engine_set.member(1.0)
     info = member.artifact.manifest["model"]["input"]

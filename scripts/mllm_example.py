@@ -15,8 +15,6 @@ from typing import Optional, Sequence
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

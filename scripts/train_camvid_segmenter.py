@@ -12,7 +12,6 @@ The unlabelled class is ignored. Writes ``model.safetensors``, ``config.json`` a
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from edgeprune.data import camvid
 from edgeprune.imaging.evaluation import confusion, iou_report
 from edgeprune.imaging.images import write_atomic
 from edgeprune.families.timm_seg import create_segmenter, read_segmenter_config, save_segmenter
+from edgeprune.train.schedule import save_checkpoint, warmup_cosine
 
 BACKBONE = "vit_tiny_patch16_224"
 HEIGHT, WIDTH = 180, 240
@@ -105,10 +105,6 @@ def evaluate(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, mea
         pred = model(x).argmax(1).numpy()
         conf += confusion(labels[i:i + batch], pred, k)  # the unlabelled id (11 = k) is skipped
     return {**iou_report(conf, camvid.CLASSES), "n": len(images)}
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    write_atomic(path, lambda tmp: torch.save(state, tmp))
 
 
 def stage_command(train: dict, out: Path) -> str:
@@ -270,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         frac = elapsed / budget
         if frac >= 1.0:
             break
-        lr = args.lr * min(1.0, (step + 1) / args.warmup) * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * frac)))
+        lr = warmup_cosine(args.lr, step, args.warmup, frac)
         for g in opt.param_groups:
             g["lr"] = lr
         idx = torch.randint(0, len(xs), (args.batch_size,), generator=gen)

@@ -28,8 +28,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = (REPO_ROOT / ".." / "shared" / "data" / "fashion-mnist").resolve()
 DEFAULT_OUT = REPO_ROOT / "models" / "fashion_vit"
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _mnist  # noqa: E402  (the narrow ViT and the learning-rate schedule both scripts use)
+from edgeprune.train import mnist as _mnist  # the narrow ViT both ViT scripts use
+from edgeprune.train.schedule import lr_at
 
 TIMM_NAME = "vit_tiny_patch16_224"
 IMG_SIZE = 28
@@ -216,7 +216,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             idx = perm[b * args.batch_size : (b + 1) * args.batch_size]
             xb = augment(x_tr[idx], args.shift, args.flip, bg, gen)
             yb = y_tr[idx]
-            lr = _mnist.lr_at(step, total, warmup, args.lr, args.lr * 0.01)
+            lr = lr_at(step, total, warmup, args.lr, args.lr * 0.01)
             for g in opt.param_groups:
                 g["lr"] = lr
             logits = model(xb)
@@ -391,7 +391,6 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[list[str]] = None) -> int:
     try:
         args = parse_args(argv)
-        sys.path.insert(0, str(REPO_ROOT))  # run from a checkout without installing
         result = train(args)
     except UsageError as exc:
         print(f"{Path(sys.argv[0]).name}: error: {exc}", file=sys.stderr)

@@ -15,7 +15,6 @@ import argparse
 import json
 import math
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -25,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _mnist  # noqa: E402
+from edgeprune.train import mnist as _mnist
+from edgeprune.train.schedule import lr_at
 
 TIMM_NAME = "vit_tiny_patch16_224"
 
@@ -94,7 +93,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             xb = random_shift(x_tr[idx], args.shift, gen)
             yb = y_tr[idx]
             for g in opt.param_groups:
-                g["lr"] = _mnist.lr_at(step, total_steps, warmup, args.lr, args.lr * 0.01)
+                g["lr"] = lr_at(step, total_steps, warmup, args.lr, args.lr * 0.01)
             logits = model(xb)
             loss = F.cross_entropy(logits, yb, label_smoothing=args.label_smoothing)
             opt.zero_grad(set_to_none=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import os
 import sys
 import tempfile
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 
 from edgeprune.data import CLASSES, HELDOUT_SEEDS, PALETTE, TRAIN_SEEDS, SceneConfig, scene_batch
 from edgeprune.families.timm_seg import create_segmenter, save_segmenter
+from edgeprune.train.schedule import warmup_cosine
 
 BACKBONE = "vit_tiny_patch16_224"
 N_EVAL = 200
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         frac = step / args.steps if args.steps else elapsed / budget
         if frac >= 1.0:
             break
-        lr = args.lr * min(1.0, (step + 1) / args.warmup) * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * frac)))
+        lr = warmup_cosine(args.lr, step, args.warmup, frac)
         for g in opt.param_groups:
             g["lr"] = lr
         seeds = rng.integers(TRAIN_SEEDS.start, TRAIN_SEEDS.stop, args.batch_size)

@@ -28,7 +28,7 @@ def make_tiny(layout: str = "cls", **overrides) -> torch.nn.Module:
 def export_tiny_set(root, budgets, num_classes, mean, std):
     """A real, calibrated engine set of a 2-block 32x32 segmenter (exports in seconds); returns ``root``."""
     from edgeprune.measure.calibrate import calibrate_engine_set
-    from edgeprune.export.engine_set import export_engine_set
+    from edgeprune.exporting.engine_set import export_engine_set
     from edgeprune.artifacts.engine_set import load_engine_set
     from edgeprune.families.timm_seg import create_segmenter
 
@@ -47,7 +47,7 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 
 @pytest.fixture
 def pixels():
-    from edgeprune.export.onnx_export import fresh_seed
+    from edgeprune.exporting.onnx_export import fresh_seed
 
     def make(batch: int = 2, size: int = 32, chans: int = 3) -> torch.Tensor:
         gen = torch.Generator().manual_seed(fresh_seed())
@@ -60,7 +60,7 @@ def pixels():
 def pytest_runtest_makereport(item, call):
     """A failed test shows the random seeds it drew (fixtures and export parity checks alike);
     ``EDGEPRUNE_SEED=N`` makes every draw use N, to rerun it."""
-    from edgeprune.export.onnx_export import RECENT_SEEDS
+    from edgeprune.exporting.onnx_export import RECENT_SEEDS
 
     if call.when == "setup":
         RECENT_SEEDS.clear()

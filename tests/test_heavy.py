@@ -5,8 +5,6 @@ Run with ``python -m pytest -m heavy`` (CI runs them after the fast suite when t
 """
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,15 +13,6 @@ from edgeprune.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.heavy
-
-
-def test_parity_matrix_full_size():
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "parity_matrix.py")], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    # 5 classifiers/encoders x 4 methods + 3 segmenters x 6 methods (cluster and pass are dense-only)
-    assert "38 exports x 2 batch sizes" in proc.stdout
-    for name in ("siglip", "scene_seg", "seg_vits_regs_multilevel"):
-        assert name in proc.stdout
 
 
 def test_vit_base_export_and_inspect(tmp_path):

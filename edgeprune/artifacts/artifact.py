@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeprune.core.errors import EdgepruneError
+from edgeprune.artifacts.schema import check_manifest
 from edgeprune.core.files import read_folder_json, sha256_file
 from edgeprune.plan.token_plan import TokenPlan
 
@@ -79,6 +80,7 @@ def load_artifact(path: str | os.PathLike, verify: bool = True) -> Artifact:
         raise EdgepruneError(f"{mpath}: manifest lacks required keys {', '.join(REQUIRED_KEYS)}")
     if manifest["format"] != MANIFEST_FORMAT:
         raise EdgepruneError(f"{mpath}: unsupported manifest format {manifest['format']!r}")
+    check_manifest("artifact", manifest, mpath)
     artifact = Artifact(root, manifest)
     artifact.plan  # validates the plan
     if not artifact.onnx_path.is_file():

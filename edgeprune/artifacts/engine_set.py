@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from edgeprune.artifacts.artifact import Artifact, load_artifact
+from edgeprune.artifacts.schema import check_manifest
 from edgeprune.core.files import atomic_directory, read_folder_json, write_json_atomic
 from edgeprune.core.errors import EdgepruneError
 from edgeprune.core.machine import machine_fingerprint
@@ -94,6 +95,7 @@ def load_engine_set(path: str | os.PathLike, verify: bool = True) -> EngineSet:
         raise EdgepruneError(f"{spath}: not an edgeprune engine set (kind is not '{SET_KIND}')")
     if manifest.get("format") != SET_FORMAT:
         raise EdgepruneError(f"{spath}: unsupported engine set format {manifest.get('format')!r}")
+    check_manifest("engine-set", manifest, spath)
     members = []
     try:
         for m in manifest["members"]:

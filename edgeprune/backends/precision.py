@@ -32,7 +32,7 @@ proportional-attention bias log(size) added to fp16 logits (measured: no systema
 remains is fp16 weight rounding upstream of a decision: a ranking whose margin is below it can
 still flip. On random-weight ViT-S/B that happens on one random input in ten to twenty for ToMe and
 GSP, the same rate as an fp32 graph whose weights alone are rounded to fp16, and one flip moves the
-logits by ~1e-2 relative (see scripts/fp16_check.py).
+logits by ~1e-2 relative (see tests/backends/test_fp16_check.py).
 
 Graph inputs and outputs stay fp32, so a runner feeds and reads the same arrays as before.
 """

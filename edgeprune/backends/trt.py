@@ -19,6 +19,7 @@ import numpy as np
 
 from edgeprune.backends.base import Runner
 from edgeprune.core.errors import EdgepruneError, first_line
+from edgeprune.core.files import write_bytes_atomic
 
 TRT_INSTALL_HINT = ("install it with `pip install tensorrt` (x86_64 with an NVIDIA driver and CUDA), on Jetson use "
                     "JetPack's python3-libnvinfer, or run `edgeprune build --emit-script` to build on the target")
@@ -179,10 +180,7 @@ def _save_timing_cache(config, timing_cache: Path) -> None:
     if cache is None:
         return
     data = bytes(memoryview(cache.serialize()))
-    timing_cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = timing_cache.with_name(f".{timing_cache.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, timing_cache)  # concurrent builds never see half a cache
+    write_bytes_atomic(timing_cache, data, mkdir=True)  # concurrent builds never see half a cache
 
 
 def build_serialized_engine(onnx_path: Path, settings: BuilderSettings, timing_cache: Optional[Path] = None,

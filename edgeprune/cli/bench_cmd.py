@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -12,6 +11,8 @@ from rich.table import Table
 
 from edgeprune.cli.common import BatchOpt, ProviderOpt, ThreadsOpt, console, out
 from edgeprune.core.errors import EdgepruneError
+from edgeprune.core.files import read_json
+from edgeprune.core.progress import rich_bar
 
 if TYPE_CHECKING:
     from edgeprune.measure.seg_eval import EvalSet
@@ -50,6 +51,11 @@ def bench(
     from edgeprune.artifacts.artifact import load_artifact
     from edgeprune.core.files import write_json_atomic
 
+    if plot is not None:
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:
+            raise EdgepruneError("--plot needs matplotlib (in the 'export' extra): pip install matplotlib")
     for target in (json_out, plot):  # before minutes of timing, not after
         if target is not None and not target.resolve().parent.is_dir():
             raise EdgepruneError(f"cannot write {target}: folder {target.parent} does not exist")
@@ -92,7 +98,7 @@ def bench(
         task = bar.add_task("rounds", total=rounds)
         result = benchmark(
             loaded, batch=batch, rounds=rounds, warmup=warmup, threads=threads, providers=[provider],
-            baseline=baseline, settle=settle, progress=lambda done, _total: bar.update(task, completed=done),
+            baseline=baseline, settle=settle, progress=rich_bar(bar, task),
         )
     table = Table(title=f"batch {batch}, {threads} threads, {provider}, {rounds} interleaved rounds; baseline {result.baseline}")
     columns = ["artifact", "method", "tokens", "MACs", "p50 ms", "p90 ms", "p99 ms", "img/s", "speedup", "predicted", "realized/pred"]
@@ -141,6 +147,9 @@ def bench(
 
 def _prefill(folder: Path, tokens: str, method: str, prompt_tokens: int, rounds: int, warmup: int, settle: int,
              threads: int, work: Optional[Path], json_out: Optional[Path]) -> None:
+    from edgeprune.core.extras import require_extra
+
+    require_extra("export", "bench --prefill (LLaVA in PyTorch)")
     from edgeprune.core.files import write_json_atomic
     from edgeprune.cli.common import parse_int_list
     from edgeprune.mllm.llava import load_llava
@@ -156,8 +165,7 @@ def _prefill(folder: Path, tokens: str, method: str, prompt_tokens: int, rounds:
                   console=console, transient=True) as bar:
         task = bar.add_task("preparing", total=rounds)
         result = prefill_bench(model, ks, method, prompt_tokens, rounds, threads, work_dir=work, warmup=warmup,
-                               settle=settle, source=str(folder), log=lambda msg: bar.update(task, description=msg),
-                               progress=lambda done, _n: bar.update(task, completed=done, description="timing rounds"))
+                               settle=settle, source=str(folder), progress=rich_bar(bar, task))
     cfg = result["config"]
     table = Table(title=f"time to first token, {cfg['patch_tokens']} patch tokens, {prompt_tokens} text tokens, "
                         f"LLM {cfg['llm']['layers']}x{cfg['llm']['hidden']}; {result['threads']['torch']} threads, {rounds} interleaved rounds")
@@ -181,7 +189,7 @@ def _read_accuracy(path: Optional[Path]) -> dict[str, float]:
     if path is None:
         return {}
     try:
-        data = json.loads(path.read_text())
+        data = read_json(path)
         return {str(k): float(v) for k, v in data.items()}
     except (OSError, ValueError, AttributeError, TypeError) as exc:
         raise EdgepruneError(f"--accuracy {path}: expected a JSON object {{artifact name: number}} ({exc})") from None
@@ -209,7 +217,7 @@ def _evaluate(loaded: list, eval_set: EvalSet, threads: int, provider: str) -> l
         for i, artifact in enumerate(loaded):
             bar.update(task, description=f"mIoU {artifact.name}")
             scores.append(evaluate_artifact(artifact, eval_set, threads, providers=[provider],
-                                            progress=lambda done, _n, i=i: bar.update(task, completed=i * scenes + done)))
+                                            progress=rich_bar(bar, task, offset=i * scenes)))
     return scores
 
 

@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from edgeprune.cli.common import console, out
+from edgeprune.core.progress import rich_status
 
 
 def sources_of(path: Path) -> tuple[Any, list[tuple[str, Any]]]:
@@ -73,7 +74,7 @@ def build(
 
         with console.status("writing the on-device build folder") as status:
             script = write_script(members, settings, target, trt_version=target_trt, force=force,
-                                  say=lambda m: status.update(m))
+                                  progress=rich_status(status))
         out.print(f"wrote {script} ({len(members)} engine(s), TensorRT {target_trt} flags); copy {target} to the device, "
                   f"run ./{script.name} there, copy engines/ back and run: edgeprune build {source} --import "
                   f"{target / 'engines'}", highlight=False, soft_wrap=True)
@@ -82,18 +83,18 @@ def build(
         from edgeprune.engines.ondevice import import_engines
 
         with console.status("checking engines") as status:
-            engines = import_engines(members, import_path, target, force=force, say=lambda m: status.update(m))
+            engines = import_engines(members, import_path, target, force=force, progress=rich_status(status))
         print_engines(engines, f"imported {len(engines)} engine(s) into {target} in {time.perf_counter() - started:.1f} s")
         return
     engine_cache = None if no_cache else EngineCache(cache)
     with console.status(f"building for {backend}") as status:
-        progress = status.update
+        progress = rich_status(status)
         if engine_set is not None:
             engines = build_set(engine_set, backend, settings, target, cache=engine_cache, timing_cache=timing_cache,
-                                force=force, say=progress)
+                                force=force, progress=progress)
         else:
             engines = [build_engine(members[0][1], backend, settings, target, cache=engine_cache,
-                                    timing_cache=timing_cache, force=force, say=progress)]
+                                    timing_cache=timing_cache, force=force, progress=progress)]
     print_engines(engines, f"built {len(engines)} engine(s) into {target} in {time.perf_counter() - started:.1f} s")
 
 

@@ -9,6 +9,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from edgeprune.cli.common import ProviderOpt, ThreadsOpt, console, out
+from edgeprune.core.progress import rich_bar
 
 
 def calibrate(
@@ -40,7 +41,7 @@ def calibrate(
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task("rounds", total=rounds)
         calibration = calibrate_engine_set(engine_set, rounds=rounds, warmup=warmup, threads=threads, provider=provider,
-                                           progress=lambda done, _total: bar.update(task, completed=done), engines=engines)
+                                           progress=rich_bar(bar, task), engines=engines)
     if engines is not None:
         rows = ", ".join(f"{name} p50 {s['p50_ms']:.2f} ms" for name, s in calibration["members"].items())
         out.print(f"calibrated the {calibration['engines']['backend']} {calibration['engines']['precision']} engines in "

@@ -30,6 +30,12 @@ def tile_size(width: int, height: int) -> tuple[int, int]:
 
 
 def _plot(rows: list[dict[str, Any]], names: list[str], target_ms: float, path: Path, title: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:  # the runtime install: video and metrics, no plot
+        console.print(f"note: matplotlib is not installed, so no plot ({path.name}): pip install matplotlib", highlight=False)
+        path.unlink(missing_ok=True)
+        return
     from edgeprune.measure.plotting import plot_timeline
 
     plot_timeline(path, [r["index"] for r in rows], {n: [r["budgets"][n] for r in rows] for n in names},

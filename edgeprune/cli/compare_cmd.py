@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from edgeprune.cli.common import ThreadsOpt, console, out
+from edgeprune.core.progress import rich_status
 
 
 def compare(
@@ -42,7 +43,8 @@ def compare(
     with tempfile.TemporaryDirectory(prefix="edgeprune-compare-") as work, console.status("comparing") as status:
         for name, artifact in members:
             reports.append(compare_backends(artifact, specs, Path(work) / name, inputs=inputs, batch=batch,
-                                            tolerance=tolerance, cache=engine_cache, threads=threads, say=status.update))
+                                            tolerance=tolerance, cache=engine_cache, threads=threads,
+                                            progress=rich_status(status)))
     passed = all(r["passed"] for r in reports)
     if as_json:
         out.print_json(json.dumps({"passed": passed, "artifacts": reports}))

@@ -15,6 +15,7 @@ import typer
 
 from edgeprune.cli.common import ProviderOpt, console, default_model, out
 from edgeprune.core.errors import EdgepruneError
+from edgeprune.core.progress import messages
 from edgeprune.video.demo import run_demo, summary_line
 from edgeprune.video.sources import Source, camera_source, generated_source, video_source
 
@@ -24,7 +25,7 @@ def _real_engine_set(threads: int) -> Path:
 
     with console.status("preparing the CamVid engine set") as status:
         models = default_demo.prepare(default_model(real=True), threads=threads, temporal=False,
-                                      say=lambda m: (status.update(m), console.print(m, highlight=False)))
+                                      progress=messages(lambda m: (status.update(m), console.print(m, highlight=False))))
     return models.engine_set
 
 
@@ -35,7 +36,8 @@ def _print_outputs(summary: dict[str, Any], out_path: Path) -> None:
     from edgeprune.video.outputs import output_paths
 
     for p in output_paths(out_path):
-        out.print(f"wrote {p}", highlight=False)
+        if p.exists():  # the plot is skipped without matplotlib
+            out.print(f"wrote {p}", highlight=False)
 
 
 def demo(
@@ -111,7 +113,7 @@ def _run_default(out_path: Path, target_fps: Optional[str], clip_frames: int, se
     check_outputs(temporal_out, [], options["force"])
     with console.status("preparing the reference engine set") as status:
         models = default_demo.prepare(default_model(real=False), threads=options["threads"],
-                                      say=lambda m: (status.update(m), console.print(m, highlight=False)))
+                                      progress=messages(lambda m: (status.update(m), console.print(m, highlight=False))))
     frames = min(clip_frames, options["max_frames"] or clip_frames)
     schedule = target_fps or default_demo.stepped_target(models.engine_set, frames)
     console.print(f"engine set {models.engine_set}, target {schedule} fps (FPS@FRAME: the deadline tightens there)",
@@ -146,4 +148,5 @@ def _run_cameras(videos: list[Path], model: Optional[Path], out_path: Path, pool
     from edgeprune.video.outputs import output_paths
 
     for p in output_paths(out_path):
-        out.print(f"wrote {p}", highlight=False)
+        if p.exists():  # the plot is skipped without matplotlib
+            out.print(f"wrote {p}", highlight=False)

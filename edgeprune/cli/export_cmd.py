@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from edgeprune.cli.common import CheckpointOpt, ImgSizeOpt, MODEL_HELP, ModelArgOpt, ThreadsOpt, console, out, parse_int_list
+from edgeprune.core.progress import rich_status
 
 
 def export(
@@ -43,11 +44,14 @@ def export(
     force: bool = typer.Option(False, "--force", help="Replace an existing --out directory."),
 ) -> None:
     """Export a ViT with a token-reduction plan baked in, as a static-shape ONNX graph checked against PyTorch."""
+    from edgeprune.core.extras import require_extra
+
+    require_extra("export", "edgeprune export")
     from edgeprune.core.files import check_target
-    from edgeprune.export.onnx_export import export as export_artifact
+    from edgeprune.exporting.onnx_export import export as export_artifact
     from edgeprune.families.loading import load_model
     from edgeprune.families.weights import parse_model_args
-    from edgeprune.plan.token_plan import build_plan
+    from edgeprune import build_plan
 
     started = time.perf_counter()
     from edgeprune.mllm.llava import MLLM_ONLY_METHODS, looks_like_llava_folder
@@ -79,11 +83,11 @@ def export(
     if gsp_alpha is not None:
         options["gsp_alpha"] = gsp_alpha
     if temporal is not None:
-        from edgeprune.export.temporal import export_temporal
+        from edgeprune.exporting.temporal import export_temporal
 
         with console.status("exporting temporal artifact") as status:
             path = export_temporal(net, temporal, out_dir, batch=batch, dynamic_batch=dynamic_batch, opset=opset,
-                                   tolerance=tolerance, model_info=info, overwrite=force, progress=status.update)
+                                   tolerance=tolerance, model_info=info, overwrite=force, progress=rich_status(status))
         from edgeprune.cli.inspect_cmd import print_temporal
         from edgeprune.runtime.temporal import load_temporal
 
@@ -93,12 +97,12 @@ def export(
     common = dict(prop_attn=prop_attn, options=options, **({"prefix_only_last": True} if prefix_only_last else {}))
     if budget_list is not None:
         from edgeprune.cli.inspect_cmd import print_set
-        from edgeprune.export.engine_set import export_engine_set
+        from edgeprune.exporting.engine_set import export_engine_set
 
         with console.status("exporting engine set") as status:
             engine_set = export_engine_set(
                 net, method, budget_list, out_dir, batch=batch, dynamic_batch=dynamic_batch, opset=opset,
-                tolerance=tolerance, model_info=info, overwrite=force, progress=status.update,
+                tolerance=tolerance, model_info=info, overwrite=force, progress=rich_status(status),
                 points=point_list, schedule=schedule, **common,
             )
         print_set(engine_set, f"exported engine set {out_dir} in {time.perf_counter() - started:.1f} s")
@@ -118,16 +122,15 @@ def export(
     with console.status("exporting") as status:
         artifact = export_artifact(
             net, plan, out_dir, batch=batch, dynamic_batch=dynamic_batch, opset=opset,
-            tolerance=tolerance, model_info=info, overwrite=force, progress=status.update,
+            tolerance=tolerance, model_info=info, overwrite=force, progress=rich_status(status),
         )
     _print_summary(artifact.path, artifact.manifest, time.perf_counter() - started)
 
 
 def _read_plan(path: Path, net, **others) -> "TokenPlan":  # noqa: F821 - lazy import below
     """A plan file for this very model; any other planning flag given with it is a conflict."""
-    import json
-
     from edgeprune.core.errors import EdgepruneError
+    from edgeprune.core.files import read_json
     from edgeprune.families import adapter_for
     from edgeprune.plan.token_plan import TokenPlan
 
@@ -135,7 +138,7 @@ def _read_plan(path: Path, net, **others) -> "TokenPlan":  # noqa: F821 - lazy i
     if given:
         raise EdgepruneError(f"--plan carries the whole plan; drop {', '.join(given)}")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json(path)
     except FileNotFoundError:
         raise EdgepruneError(f"plan file '{path}' does not exist") from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:
@@ -171,14 +174,16 @@ def _parse_budget_set(budgets: Optional[str], **single: Optional[float]) -> Opti
 
 
 def _latency_plan(net, method, latency, points, schedule, threads, common):
-    from edgeprune.export.block_latency import calibrate
+    from edgeprune.core.progress import messages
+    from edgeprune.exporting.block_latency import calibrate
+    from edgeprune import build_plan
+    from edgeprune.families import spec_of
     from edgeprune.plan.latency import search_plan, with_prediction
-    from edgeprune.plan.token_plan import build_plan
 
     with console.status("calibrating per-block latency (cached after the first run)") as status:
-        model = calibrate(net, method, threads=threads, progress=lambda msg: _status_or_warn(status, msg))
+        model = calibrate(net, method, threads=threads, progress=messages(lambda msg: _status_or_warn(status, msg)))
     if points is None and schedule == "points":
-        return search_plan(net, method, latency, model, **common)
+        return search_plan(spec_of(net), method, latency, model, **common)
     plan = build_plan(net, method, latency=latency, points=points, schedule=schedule, latency_model=model.ratio, **common)
     return with_prediction(plan, model)
 

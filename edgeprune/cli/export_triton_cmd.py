@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from edgeprune.cli.common import console, out
+from edgeprune.core.progress import rich_status
 
 
 def export_triton(
@@ -38,6 +39,9 @@ def export_triton(
     parameters `deadline_ms` or `budget`. The repository's README.md says how to start Triton on it.
     See docs/export-triton.md.
     """
+    from edgeprune.core.extras import require_extra
+
+    require_extra("export", "export-triton (re-exports the set's model at batch sizes 1..--max-batch)")
     from edgeprune.serving.load_check import check_load as load_check
     from edgeprune.serving.production import ProductionOptions, export_triton as write
 
@@ -48,7 +52,7 @@ def export_triton(
                                 workspace_mb=workspace_mb, trt_cache=trt_cache, execution_env=execution_env)
     options.validate()  # every bad option is one line before the slow model load
     with console.status("exporting the Triton repository") as status:
-        repo = write(source, out_dir, options, force=force, say=status.update)
+        repo = write(source, out_dir, options, force=force, progress=rich_status(status))
     table = Table(title=f"Triton repository {out_dir} ({time.perf_counter() - started:.1f} s)", title_justify="left")
     for column in ("model", "member", "budget", "p50 ms (here, batch 1)"):
         table.add_column(column)

@@ -1,5 +1,5 @@
 """Entry point: ``edgeprune export | tune | build | compare | bench | inspect | lint | segment | calibrate | demo |
-serve | export-triton``.
+serve | export-triton | load-test``.
 
 User errors (:class:`EdgepruneError`) print one line and exit with code 2; usage errors exit 2 too.
 """
@@ -20,6 +20,7 @@ from edgeprune.cli.export_cmd import export
 from edgeprune.cli.export_triton_cmd import export_triton
 from edgeprune.cli.inspect_cmd import inspect
 from edgeprune.cli.lint_cmd import lint
+from edgeprune.cli.load_test_cmd import load_test
 from edgeprune.cli.segment_cmd import segment
 from edgeprune.cli.serve_cmd import serve
 from edgeprune.cli.tune_cmd import tune
@@ -61,6 +62,7 @@ app.command(help=demo.__doc__)(demo)
 app.command(help=tune.__doc__)(tune)
 app.command(help=serve.__doc__)(serve)
 app.command(name="export-triton", help=export_triton.__doc__)(export_triton)
+app.command(name="load-test", help=load_test.__doc__)(load_test)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,9 +72,14 @@ def main(argv: list[str] | None = None) -> int:
         app(args=argv, standalone_mode=True)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except EdgepruneError as exc:
+    except (EdgepruneError, ModuleNotFoundError) as exc:
         from rich.markup import escape
 
+        if isinstance(exc, ModuleNotFoundError):  # safety net behind require_extra: a missing extra is one line too
+            from edgeprune.core.extras import extra_for_missing
+
+            if (exc := extra_for_missing(exc)) is None:
+                raise
         # The message is text, not markup: "[1, 4]" or "[bold]" in it must print as written.
         console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 2

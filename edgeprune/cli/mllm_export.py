@@ -39,6 +39,7 @@ def export_mllm(folder: Path, out_dir: Path, *, method: str, tokens: Optional[in
     with console.status("loading model"):
         parts = llava_parts(load_llava(folder))
     check_options(method, tokens if tokens is not None else parts.num_patches, parts.num_patches, dict(options))
+    from edgeprune.core.progress import rich_status
     from edgeprune.mllm.export import export_visual
 
     pieces = crops + 1 if parts.family == "llava_next" else 1
@@ -46,14 +47,14 @@ def export_mllm(folder: Path, out_dir: Path, *, method: str, tokens: Optional[in
         path = export_visual(parts, method, out_dir, tokens=tokens, crop_tokens=crop_tokens, pieces=pieces, options=options,
                              query_folder=query_tower if method in QUERY_METHODS else None, batch=batch,
                              dynamic_batch=dynamic_batch, opset=opset, tolerance=tolerance,
-                             model_info={"path": str(folder)}, overwrite=force, progress=status.update)
+                             model_info={"path": str(folder)}, overwrite=force, progress=rich_status(status))
     print_visual_summary(path, time.perf_counter() - started)
 
 
 def print_visual_summary(path: Path, seconds: float) -> None:
-    import json
+    from edgeprune.core.files import read_json
 
-    manifest = json.loads((path / "manifest.json").read_text())
+    manifest = read_json(path / "manifest.json")
     table = Table(title=f"exported {manifest['model'].get('path', '')} ({manifest['method']})", show_header=False)
     table.add_row("artifact", str(path / manifest["onnx"]["file"]))
     table.add_row("visual tokens", f"{manifest['patch_tokens']} patches -> {manifest['visual_tokens']} tokens for the LLM")

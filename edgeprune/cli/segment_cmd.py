@@ -30,7 +30,8 @@ def segment(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the per-image summary as JSON here."),
 ) -> None:
     """Segment images: a class-id label PNG and a colour overlay PNG per image, at its original resolution."""
-    from edgeprune.imaging.images import class_fractions, overlay, read_rgb, save_png_atomic, upsample_argmax, write_atomic
+    from edgeprune.core.files import write_text_atomic
+    from edgeprune.imaging.images import class_fractions, overlay, read_rgb, save_png_atomic, upsample_argmax
 
     if model is None:
         model = default_model(real=True)
@@ -90,7 +91,7 @@ def segment(
         data = {"model": str(model), "engine": net.kind, "provider": provider if net.kind == "onnxruntime" else "cpu",
                 "threads": threads, "input_size": list(net.size), "classes": net.classes, "alpha": alpha, "images": rows}
         text = json.dumps(data, indent=2) + "\n"
-        _save(lambda p, t: write_atomic(p, lambda tmp: Path(tmp).write_text(t)), json_out, text)
+        _save(write_text_atomic, json_out, text)
         console.print(f"wrote {json_out}", highlight=False)
 
 

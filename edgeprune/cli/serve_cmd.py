@@ -31,6 +31,7 @@ def serve(
 
     Responses: `labels`, `logits`, `budget`, `engine`, `timings_ms`, `batch_size`. See docs/serving.md.
     """
+    from edgeprune.core.progress import rich_status
     from edgeprune.serving.serve import default_threads, prepare_service, serve_until_signalled, start
     from edgeprune.serving.tritonserver import choose_ports
 
@@ -39,7 +40,7 @@ def serve(
     with console.status("preparing the engines (batch-N exports and calibration are made once, then cached)") as status:
         service = prepare_service(source, max_batch=max_batch, target_ms=deadline,
                                   threads=threads or default_threads(instances), max_side=max_side,
-                                  say=lambda m: status.update(m))
+                                  progress=rich_status(status))
         status.update(f"starting Triton: {instances} instance(s), batches up to {max_batch}")
         server = start(service, name=name, instances=instances, queue_delay_us=queue_delay_us,
                        http=ports.http, grpc=ports.grpc, metrics=ports.metrics, host=host)

@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from edgeprune.cli.common import MODEL_HELP, CheckpointOpt, ImgSizeOpt, ModelArgOpt, ThreadsOpt, console, out
+from edgeprune.core.progress import rich_bar, rich_status
 
 
 def tune(
@@ -37,11 +38,14 @@ def tune(
     force: bool = typer.Option(False, "--force", help="Replace an existing --out file."),
 ) -> None:
     """Search per-block token counts, reduction points and reducer on calibration images under a MACs or latency target; write the plan for `export --plan`."""
+    from edgeprune.core.extras import require_extra
+
+    require_extra("export", "edgeprune tune")
     import torch
 
     from edgeprune.core.errors import EdgepruneError
     from edgeprune.families import adapter_for
-    from edgeprune.imaging.images import write_atomic
+    from edgeprune.core.files import write_text_atomic
     from edgeprune.families.loading import load_model
     from edgeprune.families.weights import parse_model_args
     from edgeprune.tune import Preprocess, load_calibration
@@ -73,21 +77,23 @@ def tune(
     norm = _normalisation(mean, std, info, adapter)
     pre = Preprocess(tuple(spec.img_size), spec.in_chans, tuple(norm["mean"]), tuple(norm["std"]), fit)
     with console.status("reading calibration images") as status:
-        calib_set, holdout = load_calibration(calib, pre, calib_count, holdout_count, progress=status.update)
+        calib_set, holdout = load_calibration(calib, pre, calib_count, holdout_count, progress=rich_status(status))
     console.print(f"calibration: {calib_set.description}; normalisation from {norm['source']}", highlight=False)
 
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=True) as bar:
         task = bar.add_task("tuning", total=None)
 
-        def step(what: str, done: int, total: int) -> None:
-            bar.update(task, description=what[:70], completed=done, total=total)
+        report = rich_bar(bar, task, set_total=True, log=lambda m: bar.console.print(m, highlight=False))
+
+        def progress(done: int, total: Optional[int], message: str = "") -> None:
+            report(done, total, message[:70] if total is not None else message)  # a step's name fits the bar
 
         result = run_tune(net, calib_set, flops=flops, latency=latency, methods=method_list, prefix_only_last=prefix_only,
                           holdout=holdout, budget_minutes=budget_minutes, batch_size=batch_size, threads=threads,
-                          cache_dir=cache_dir, progress=lambda m: bar.console.print(m, highlight=False), step=step)
+                          cache_dir=cache_dir, progress=progress)
     document = dict(result.plan.to_dict(), tune=dict(result.to_dict(), model=info, normalisation=norm))
-    write_atomic(out_file, lambda tmp: Path(tmp).write_text(json.dumps(document, indent=1, default=str)))
+    write_text_atomic(out_file, json.dumps(document, indent=1, default=str))
     _print_result(result, out_file, time.perf_counter() - started)
 
 

@@ -9,10 +9,12 @@ from edgeprune.core.errors import EdgepruneError
 
 # extra -> the import names it must provide (the first missing one is named in the error)
 EXTRAS: dict[str, tuple[str, ...]] = {
-    "export": ("torch", "timm", "transformers", "onnx", "onnxscript", "safetensors"),
+    "export": ("torch", "torchvision", "timm", "transformers", "onnx", "onnxscript", "safetensors"),
     "serve": ("pytriton", "tritonclient"),
     "openvino": ("openvino",),
 }
+# import names an extra brings besides those it is checked by (the CLI's safety net names the extra for them too)
+ALSO_IN: dict[str, str] = {"matplotlib": "export", "polygraphy": "export"}
 
 
 def missing_modules(extra: str) -> list[str]:
@@ -29,3 +31,12 @@ def require_extra(extra: str, what: str) -> None:
     if missing:
         raise EdgepruneError(f"{what} needs the '{extra}' extra ({', '.join(missing)} not installed): "
                              f"pip install \"edgeprune[{extra}]\"")
+
+
+def extra_for_missing(exc: ModuleNotFoundError) -> EdgepruneError | None:
+    """The one-line error for a module an extra provides (the CLI's safety net behind ``require_extra``)."""
+    top = (exc.name or "").split(".")[0]
+    extra = ALSO_IN.get(top) or next((e for e, names in EXTRAS.items() if top in names), None)
+    if extra is None:
+        return None
+    return EdgepruneError(f"this command needs the '{extra}' extra ({top} not installed): pip install \"edgeprune[{extra}]\"")

@@ -17,13 +17,13 @@ temporal-reuse experiments where most patches do not change between frames.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 from PIL import Image
 
+from edgeprune.core.files import write_atomic
 from edgeprune.data import _draw
 from edgeprune.data._draw import SceneObject
 
@@ -241,15 +241,7 @@ def colorize(label: np.ndarray) -> np.ndarray:
 
 
 def save_preview(path: str | os.PathLike[str], image: np.ndarray, label: np.ndarray) -> None:
-    """Write ``image | colour label`` side by side as a PNG, atomically (temp file + os.replace)
+    """Write ``image | colour label`` side by side as a PNG, atomically (:func:`edgeprune.core.files.write_atomic`)
     so a concurrent reader never sees a half-written file."""
     sheet = np.concatenate([image, np.full((image.shape[0], 2, 3), 255, np.uint8), colorize(label)], 1)
-    path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(sheet).save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_atomic(path, lambda tmp: Image.fromarray(sheet).save(tmp, format="PNG"))

@@ -26,13 +26,15 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from edgeprune.artifacts.artifact import Artifact
+from edgeprune.artifacts.schema import check_manifest
 from edgeprune.core.files import atomic_directory, read_folder_json, sha256_file, write_json_atomic
 from edgeprune.engines.cache import ENGINE_MANIFEST, EngineCache, cache_key, copy_entry
 from edgeprune.backends.feeds import random_feed
 from edgeprune.core.errors import EdgepruneError
+from edgeprune.core.progress import Progress, say
 
 BACKENDS = ("trt", "ort-trt", "ort-cuda", "ort-cpu")
 ENGINE_KIND = "edgeprune-engine"
@@ -80,7 +82,7 @@ def graph_precision(backend: str, settings: Any) -> str:
 
 def recipe_digest() -> str:
     """Changes when the precision conversion changes, so cached engines of old conversions are rebuilt."""
-    from edgeprune.engines import precision
+    from edgeprune.backends import precision
 
     return hashlib.sha256(Path(precision.__file__).read_bytes()).hexdigest()[:16]
 
@@ -148,22 +150,23 @@ def ort_options(backend: str, settings: Any, folder: Path, timing_cache: Optiona
 
 
 def _build_into(tmp: Path, artifact: Artifact, backend: str, settings: Any, timing_cache: Optional[Path],
-                say: Callable[[str], None]) -> dict[str, Any]:
+                progress: Optional[Progress] = None) -> dict[str, Any]:
     """Build the engine file into ``tmp``; returns the manifest's graph and engine entries."""
     precision = graph_precision(backend, settings)
     graph_path = tmp / ("graph.onnx" if backend == "trt" else "source.onnx")
-    say(f"{artifact.name}: writing the {precision} graph")
+    say(progress, f"{artifact.name}: writing the {precision} graph")
     graph_sha = write_graph(artifact, precision, graph_path)
     engine_path = tmp / engine_file_name(backend)
     if backend == "trt":
         from edgeprune.backends.trt import build_serialized_engine
 
-        say(f"{artifact.name}: building the TensorRT engine")
-        engine_path.write_bytes(build_serialized_engine(graph_path, settings, timing_cache, log=say))
+        say(progress, f"{artifact.name}: building the TensorRT engine")
+        engine_path.write_bytes(build_serialized_engine(graph_path, settings, timing_cache,
+                                                        log=lambda m: say(progress, m)))  # TensorRT's logger lines
     else:
         from edgeprune.backends.ort import OrtRunner, SessionFromOnnx
 
-        say(f"{artifact.name}: optimising for ONNX Runtime ({ORT_PROVIDER[backend]})")
+        say(progress, f"{artifact.name}: optimising for ONNX Runtime ({ORT_PROVIDER[backend]})")
         loader = SessionFromOnnx(graph_path, [ORT_PROVIDER[backend]], provider_options=ort_options(backend, settings, tmp, timing_cache),
                                  optimized_path=engine_path)
         with OrtRunner(loader) as runner:  # the first run builds the TensorRT EP's engines into trt_cache/
@@ -195,7 +198,7 @@ def engine_manifest(artifact: Artifact, backend: str, settings: Any, built: dict
 
 def build_engine(artifact: Artifact, backend: str, settings: Any, out: Path, *, cache: Optional[EngineCache] = None,
                  timing_cache: Optional[Path] = None, force: bool = False,
-                 say: Callable[[str], None] = lambda _: None) -> "BuiltEngine":
+                 progress: Optional[Progress] = None) -> "BuiltEngine":
     """Build (or take from ``cache``) the engine of one artifact into the folder ``out``."""
     check_precision(backend, settings)
     check_backend(backend)
@@ -205,13 +208,13 @@ def build_engine(artifact: Artifact, backend: str, settings: Any, out: Path, *, 
     entry = cache.lookup(key) if cache is not None else None
     with atomic_directory(out, overwrite=force) as tmp:
         if entry is not None:
-            say(f"{artifact.name}: engine found in the cache ({entry})")
+            say(progress, f"{artifact.name}: engine found in the cache ({entry})")
             copy_entry(entry, tmp)
             manifest = read_folder_json(tmp, ENGINE_MANIFEST, "engine")
             manifest["built"]["how"] = "cache"
             manifest["source"]["artifact"] = str(artifact.path.resolve())
         else:
-            built = _build_into(tmp, artifact, backend, settings, timing_cache, say)
+            built = _build_into(tmp, artifact, backend, settings, timing_cache, progress)
             manifest = engine_manifest(artifact, backend, settings, built, key, versions, device, time.perf_counter() - start)
         write_json_atomic(tmp / ENGINE_MANIFEST, manifest)
         if cache is not None and entry is None:
@@ -289,6 +292,7 @@ def load_engine(path: str | os.PathLike, verify: bool = True) -> BuiltEngine:
     for key in ("backend", "settings", "source", "engine"):
         if key not in manifest:
             raise EdgepruneError(f"{root / ENGINE_MANIFEST}: lacks '{key}'")
+    check_manifest("engine", manifest, root / ENGINE_MANIFEST)
     engine = BuiltEngine(root, manifest)
     if not engine.engine_path.is_file():
         raise EdgepruneError(f"{root}: {engine.engine_path.name} is missing")
@@ -309,6 +313,7 @@ def load_engines(path: str | os.PathLike, verify: bool = True) -> list[BuiltEngi
     index = read_folder_json(root, ENGINES_FILE, "engine build")
     if not isinstance(index, dict) or index.get("kind") != ENGINES_KIND:
         raise EdgepruneError(f"{root / ENGINES_FILE}: not an edgeprune engine build (kind is not '{ENGINES_KIND}')")
+    check_manifest("engine-build", index, root / ENGINES_FILE)
     try:
         members = [(str(m["path"]), str(m["engine_sha256"])) for m in index["members"]]
     except (KeyError, TypeError) as exc:
@@ -332,12 +337,12 @@ def engines_index(backend: str, precision: str, source: Optional[str], members: 
 
 def build_set(engine_set: Any, backend: str, settings: Any, out: Path, *, cache: Optional[EngineCache] = None,
               timing_cache: Optional[Path] = None, force: bool = False,
-              say: Callable[[str], None] = lambda _: None) -> list[BuiltEngine]:
+              progress: Optional[Progress] = None) -> list[BuiltEngine]:
     """One engine per member of an engine set, in one folder published at once."""
     check_precision(backend, settings)
     check_backend(backend)
     with atomic_directory(out, overwrite=force) as tmp:
-        built = [build_engine(m.artifact, backend, settings, tmp / m.path, cache=cache, timing_cache=timing_cache, say=say)
+        built = [build_engine(m.artifact, backend, settings, tmp / m.path, cache=cache, timing_cache=timing_cache, progress=progress)
                  for m in engine_set.members]
         write_json_atomic(tmp / ENGINES_FILE, engines_index(
             backend, settings.precision, str(engine_set.path.resolve()),

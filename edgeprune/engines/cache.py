@@ -12,25 +12,24 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any, Optional
 
-from edgeprune.core.files import atomic_directory, sha256_file
+from edgeprune.core.cache import CACHE_ENV, cache_dir
+from edgeprune.core.files import atomic_directory, read_json, sha256_file
 
-CACHE_ENV = "EDGEPRUNE_CACHE_DIR"  # shared with the latency calibration cache
 ENGINE_MANIFEST = "engine.json"
 
 
 def cache_base() -> Path:
-    """``$EDGEPRUNE_CACHE_DIR``, else ``~/.cache/edgeprune``: the parent of every edgeprune cache."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "edgeprune").expanduser()
+    """The parent of every edgeprune cache (:func:`edgeprune.core.cache.cache_dir`)."""
+    return cache_dir()
 
 
 def default_cache_dir() -> Path:
-    """``$EDGEPRUNE_CACHE_DIR/engines``, else ``~/.cache/edgeprune/engines``."""
-    return cache_base() / "engines"
+    """``cache_dir("engines")``: ``$EDGEPRUNE_CACHE_DIR/engines``, else the user cache folder's."""
+    return cache_dir("engines")
 
 
 def cache_key(fields: dict[str, Any]) -> str:
@@ -70,7 +69,7 @@ class EngineCache:
 def entry_problem(folder: Path, key: str) -> Optional[str]:
     """Why a cache entry cannot be used for ``key``, or None when it can."""
     try:
-        manifest = json.loads((folder / ENGINE_MANIFEST).read_text())
+        manifest = read_json(folder / ENGINE_MANIFEST)
     except (OSError, ValueError):
         return "no readable engine.json"
     if not isinstance(manifest, dict) or manifest.get("cache_key") != key:

@@ -12,12 +12,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 
 from edgeprune.artifacts.artifact import Artifact
 from edgeprune.core.errors import EdgepruneError
+from edgeprune.core.progress import Progress, say
 
 FP32_TOLERANCE = 1e-4
 LOW_TOLERANCE = 1e-2
@@ -62,7 +63,7 @@ def parse_backends(text: str) -> list[BackendSpec]:
 
 
 def open_runner(artifact: Artifact, spec: BackendSpec, workdir: Path, *, cache: Any = None, threads: int = 2,
-                say: Callable[[str], None] = lambda _: None) -> Any:
+                progress: Optional[Progress] = None) -> Any:
     """A runner for ``spec``: the exported graph itself for plain ort-cpu fp32, else a built engine."""
     from edgeprune.engines.build import build_engine, load_engine
     from edgeprune.backends.ort import OrtRunner
@@ -77,7 +78,7 @@ def open_runner(artifact: Artifact, spec: BackendSpec, workdir: Path, *, cache: 
         return OrtRunner(artifact.onnx_path, ["cpu"], threads)
     folder = workdir / spec.label.replace(":", "-")
     engine = build_engine(artifact, spec.backend, BuilderSettings(precision=spec.precision), folder, cache=cache,
-                          force=True, say=say)
+                          force=True, progress=progress)
     return engine.runner(threads)
 
 
@@ -125,7 +126,7 @@ def label_agreement(reference: list[Any], got: list[Any], output: str = "logits"
 
 def compare_backends(artifact: Artifact, specs: list[BackendSpec], workdir: Path, *, inputs: int = 4,
                      batch: Optional[int] = None, tolerance: Optional[float] = None, cache: Any = None,
-                     threads: int = 2, say: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+                     threads: int = 2, progress: Optional[Progress] = None) -> dict[str, Any]:
     """Run ``specs`` on the same ``inputs`` random feeds; every backend is compared with the first."""
     from polygraphy.comparator import Comparator, CompareFunc
     from polygraphy.logger import G_LOGGER
@@ -141,9 +142,10 @@ def compare_backends(artifact: Artifact, specs: list[BackendSpec], workdir: Path
     feeds = [random_feed(artifact.manifest["inputs"], batch or 1) for _ in range(inputs)]
     runners = []
     for spec in specs:
-        say(f"{artifact.name}: preparing {spec.label}")
-        runners.append(as_polygraphy(open_runner(artifact, spec, workdir, cache=cache, threads=threads, say=say), spec.label))
-    say(f"{artifact.name}: running {len(specs)} backends on {inputs} inputs")
+        say(progress, f"{artifact.name}: preparing {spec.label}")
+        runners.append(as_polygraphy(open_runner(artifact, spec, workdir, cache=cache, threads=threads, progress=progress),
+                                     spec.label))
+    say(progress, f"{artifact.name}: running {len(specs)} backends on {inputs} inputs")
     results = Comparator.run(runners, data_loader=feeds)
     reference = results[0][1]
     outputs = list(reference[0].keys())

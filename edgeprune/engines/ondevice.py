@@ -16,7 +16,7 @@ import json
 import shlex
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from edgeprune.artifacts.artifact import Artifact
 from edgeprune.core.files import atomic_directory, read_folder_json, sha256_file, write_json_atomic
@@ -25,6 +25,7 @@ from edgeprune.engines.build import (ENGINE_FORMAT, ENGINE_KIND, ENGINES_FILE, B
                                      graph_precision, is_engine_build, load_engine, load_engines, source_entry, write_graph)
 from edgeprune.engines.cache import ENGINE_MANIFEST
 from edgeprune.core.errors import EdgepruneError
+from edgeprune.core.progress import Progress, say
 
 SCRIPT = "build_engines.sh"
 
@@ -70,7 +71,7 @@ def member_budget(name: str) -> Optional[float]:
 
 
 def emit_script(members: list[tuple[str, Artifact]], settings: Any, out: Path, *, trt_version: str = "10",
-                force: bool = False, say: Callable[[str], None] = lambda _: None) -> Path:
+                force: bool = False, progress: Optional[Progress] = None) -> Path:
     """Write the on-device build folder for ``members`` ((name, artifact) pairs; one pair for a single
     artifact, named ``engine``); returns the script's path."""
     from edgeprune.backends.trt import trtexec_command
@@ -84,7 +85,7 @@ def emit_script(members: list[tuple[str, Artifact]], settings: Any, out: Path, *
         sums, commands = [], []
         precision = graph_precision("trt", settings)
         for name, artifact in members:
-            say(f"{name}: writing the {precision} graph")
+            say(progress, f"{name}: writing the {precision} graph")
             sha = write_graph(artifact, precision, tmp / "graphs" / f"{name}.onnx")
             sums.append(f"{sha}  graphs/{name}.onnx")
             (tmp / "expected" / f"{name}.json").write_text(json.dumps(expected_manifest(artifact, settings, sha), indent=2) + "\n")
@@ -189,7 +190,7 @@ def check_imported(artifact: Artifact, engine_file: Path, manifest: Optional[dic
 
 
 def import_engines(members: list[tuple[str, Artifact]], path: Path, out: Path, *, force: bool = False,
-                   say: Callable[[str], None] = lambda _: None) -> list[BuiltEngine]:
+                   progress: Optional[Progress] = None) -> list[BuiltEngine]:
     """Check and register engines built elsewhere for ``members`` ((name, artifact) pairs) into ``out``."""
     found = _engine_folders(path)
     by_name = {name: where for name, where in found}
@@ -207,7 +208,7 @@ def import_engines(members: list[tuple[str, Artifact]], path: Path, out: Path, *
             if where.is_dir() and not engine_file.is_file():
                 raise EdgepruneError(f"{where}: model.engine is missing")
             checked = check_imported(artifact, engine_file, manifest)
-            say(f"{name}: checked {', '.join(checked)}")
+            say(progress, f"{name}: checked {', '.join(checked)}")
             target = tmp if single else tmp / name
             target.mkdir(exist_ok=True)
             shutil.copy2(engine_file, target / "model.engine")

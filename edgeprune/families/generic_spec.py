@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Union
 
 from edgeprune.core.errors import EdgepruneError
+from edgeprune.core.files import loads_strict
 
 SPEC_FORMAT = 1
 SPEC_KIND = "edgeprune-vit-spec"
@@ -127,7 +128,7 @@ def read_spec(spec: Union[str, Path, Mapping[str, Any]]) -> GenericSpec:
     except (OSError, UnicodeDecodeError) as exc:
         raise EdgepruneError(f"spec {path} cannot be read: {exc.strerror or exc}") from None
     try:
-        data = json.loads(text)
+        data = loads_strict(text)
     except ValueError as exc:
         raise EdgepruneError(f"spec {path} is not JSON: {exc}") from None
     return parse_spec(data, str(path))

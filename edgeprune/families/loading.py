@@ -13,17 +13,15 @@ from torch import nn
 
 from edgeprune.families.weights import apply_state_dict, create_timm_model, read_state_dict
 from edgeprune.core.errors import EdgepruneError
-from edgeprune.core.files import sha256_file
+from edgeprune.core.files import read_json, sha256_file
 
 def _is_segmenter_folder(path: Path) -> bool:
     """A folder whose config.json names the edgeprune segmenter family (HF folders have other keys)."""
-    import json
-
     config = path / "config.json"
     if not config.is_file():
         return False
     try:
-        return json.loads(config.read_text()).get("family") == "timm-vit-seg"
+        return read_json(config).get("family") == "timm-vit-seg"
     except (ValueError, UnicodeDecodeError, AttributeError):
         return False
 

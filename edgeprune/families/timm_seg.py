@@ -9,8 +9,6 @@ Nothing in this module reduces tokens; it defines the reference family and its f
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
@@ -21,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edgeprune.core.errors import EdgepruneError
+from edgeprune.core.files import loads_strict, write_atomic, write_text_atomic
 from edgeprune.families.base import BlockView, FamilyAdapter
 from edgeprune.families.weights import apply_state_dict, create_timm_model, read_state_dict
 from edgeprune.core.spec import ViTSpec
@@ -262,20 +261,6 @@ def create_segmenter(backbone: str, num_classes: int, head: str = "linear",
     return ViTSegmenter(net, head_mod, blocks, num_classes, spec).eval()
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write via a temp file in the same folder + os.replace, so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; shipped files should be world-readable
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_segmenter(model: ViTSegmenter, folder: str | Path, extra: Optional[Mapping[str, Any]] = None) -> Path:
     """Write ``model.safetensors`` (fp32) and ``config.json`` (``model.spec`` + ``extra``)."""
     from safetensors.torch import save_file
@@ -284,10 +269,10 @@ def save_segmenter(model: ViTSegmenter, folder: str | Path, extra: Optional[Mapp
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().float().contiguous().cpu() if v.is_floating_point() else v.contiguous().cpu()
              for k, v in model.state_dict().items()}
-    _atomic_write(folder / WEIGHTS_FILE, lambda p: save_file(state, p))
+    write_atomic(folder / WEIGHTS_FILE, lambda p: save_file(state, p))
     config = {**model.spec, **dict(extra or {})}
     text = json.dumps(config, indent=2) + "\n"
-    _atomic_write(folder / CONFIG_FILE, lambda p: Path(p).write_text(text))
+    write_text_atomic(folder / CONFIG_FILE, text)
     return folder
 
 
@@ -298,8 +283,8 @@ def read_segmenter_config(folder_or_config: str | Path) -> tuple[dict[str, Any],
     if not config_path.is_file():
         raise EdgepruneError(f"segmenter config {config_path} does not exist")
     try:
-        config = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        config = loads_strict(config_path.read_text())
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, a duplicate key or NaN
         raise EdgepruneError(f"segmenter config {config_path} is not valid JSON ({exc})") from None
     if not isinstance(config, dict) or config.get("family") != FAMILY:
         got = config.get("family") if isinstance(config, dict) else None

@@ -16,15 +16,13 @@ EXIF orientation is applied, so outputs line up with the image as viewers show i
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Callable
-
 import numpy as np
 from PIL import Image, ImageOps
 
 from edgeprune.core.errors import EdgepruneError, first_line
+from edgeprune.core.files import write_atomic
 
 _CONVERT_TO_RGB = ("RGBX", "YCbCr")
 _ALPHA_MODES = ("RGBA", "RGBa", "PA")
@@ -135,21 +133,6 @@ def class_fractions(labels: np.ndarray, num_classes: int) -> np.ndarray:
     """Fraction of pixels per class id, [num_classes] float64."""
     counts = np.bincount(labels.ravel(), minlength=num_classes)[:num_classes]
     return counts / max(1, labels.size)
-
-
-def write_atomic(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Write through a temp file in the same folder + os.replace: readers never see half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs should be readable like any other file
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_png_atomic(path: str | os.PathLike, array: np.ndarray) -> None:

@@ -3,15 +3,15 @@ so machine noise hits all of them alike; speedups are medians of per-round ratio
 
 from __future__ import annotations
 
-import random
-import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from edgeprune.artifacts.artifact import Artifact
 from edgeprune.core.errors import EdgepruneError
+from edgeprune.core.progress import Progress
+from edgeprune.core.timing import interleaved_times
 
 
 @dataclass
@@ -73,13 +73,14 @@ def benchmark(
     baseline: Optional[str] = None,
     seed: int = 0,
     settle: int = 2,
-    progress: Optional[Callable[[int, int], None]] = None,
+    progress: Optional[Progress] = None,
     pause: float = 0.05,
     spinning: bool = True,
     runners: Optional[Sequence[Any]] = None,
 ) -> BenchResult:
     """Time ``artifacts`` interleaved; ``runners`` (one per artifact, not yet active) replace the
-    default ONNX Runtime sessions of their graphs, e.g. the engines ``edgeprune build`` wrote."""
+    default ONNX Runtime sessions of their graphs, e.g. the engines ``edgeprune build`` wrote.
+    ``progress`` is told ``(rounds done, rounds)``."""
     from edgeprune.backends.ort import OrtRunner
 
     if not artifacts:
@@ -96,26 +97,13 @@ def benchmark(
     runners = [r.activate() for r in runners] if runners is not None else \
         [OrtRunner(a.onnx_path, providers, threads, spinning=spinning).activate() for a in artifacts]
     try:
-        for runner, feed in zip(runners, feeds):
-            for _ in range(warmup):
-                runner.run_raw(feed)
-        times = np.zeros((rounds, len(artifacts)))
-        order = list(range(len(artifacts)))
-        shuffler = random.Random(seed)
-        for r in range(rounds):
-            shuffler.shuffle(order)
-            for i in order:
-                # Each session's thread pool keeps spinning for tens of ms after its run and steals the
-                # cores from the next session (seen as 2x p50s and per-round ratios all over the place),
-                # so every artifact first idles for `pause` seconds, then runs a few untimed calls.
-                time.sleep(pause)
-                for _ in range(settle):
-                    runners[i].run_raw(feeds[i])
-                start = time.perf_counter()
-                runners[i].run_raw(feeds[i])
-                times[r, i] = (time.perf_counter() - start) * 1e3
-            if progress:
-                progress(r + 1, rounds)
+        # Each session's thread pool keeps spinning for tens of ms after its run and steals the cores
+        # from the next session (seen as 2x p50s and per-round ratios all over the place), so every
+        # artifact first idles for `pause` seconds, then runs `settle` untimed calls (core.timing).
+        calls = [[lambda runner=runner, feed=feed: runner.run_raw(feed)] for runner, feed in zip(runners, feeds)]
+        samples = interleaved_times(calls, runs=rounds, warmup=warmup, settle_calls=settle, pause_s=pause,
+                                    seed=seed, progress=progress)
+        times = np.array([s[0] for s in samples]).T  # [rounds, artifacts]
     finally:
         for runner in runners:
             runner.deactivate()

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import os
 from datetime import datetime, timezone
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from edgeprune.artifacts.engine_set import SET_FILE, EngineSet
 from edgeprune.core.files import write_json_atomic
 from edgeprune.core.machine import library_versions, machine_fingerprint
+from edgeprune.core.progress import Progress
 from edgeprune.engines.build import built_calibration, load_engines, set_runners, store_calibration
 from edgeprune.measure.bench import benchmark
 
@@ -33,7 +34,7 @@ def calibrate_engine_set(
     warmup: int = 5,
     threads: int = 2,
     provider: str = "cpu",
-    progress: Optional[Callable[[int, int], None]] = None,
+    progress: Optional[Progress] = None,
     engines: Optional[str | os.PathLike] = None,
 ) -> dict[str, Any]:
     """Time every member interleaved (bench's shuffled rounds, settle and pause) and store the result

@@ -7,6 +7,7 @@ from pathlib import Path
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Optional
 
+from edgeprune.core.files import write_atomic
 from edgeprune.measure.bench import BenchResult
 from edgeprune.plan import methods
 
@@ -18,14 +19,12 @@ if TYPE_CHECKING:
 def plot_bench(result: BenchResult, path: str | os.PathLike, accuracy: Optional[dict[str, float]] = None,
                accuracy_label: str = "accuracy") -> Path:
     """Write a PNG: p50 latency vs MACs ratio per artifact; a second panel for accuracy when given."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # deferred: matplotlib is needed only for plots
 
     acc = {r.name: accuracy[r.name] for r in result.rows if accuracy and r.name in accuracy}
     ncols = 2 if acc else 1
-    fig, axes = plt.subplots(1, ncols, figsize=(6 * ncols, 4.5), squeeze=False)
+    fig = Figure(figsize=(6 * ncols, 4.5))
+    axes = fig.subplots(1, ncols, squeeze=False)
     ax = axes[0][0]
     for row in result.rows:
         ax.scatter(row.macs_ratio, row.p50_ms, color=methods.color(row.method), label=row.method)
@@ -72,14 +71,12 @@ def plot_tradeoff(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, *,
     budgets as labels, Pareto front drawn: the acceptance region (above the lines, beyond the
     vertical) is visible at a glance. A second panel zooms on kept >= ``zoom`` %, where the
     thresholds are. ``rows`` need method, kept_pct, label and the ``x`` key."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # deferred: matplotlib is needed only for plots
 
     markers = dict(zip(methods.TOKEN_METHODS, "*osD^vP"))
     panels = 2 if zoom is not None else 1
-    fig, axes = plt.subplots(1, panels, figsize=(7.5 * panels, 5), squeeze=False)
+    fig = Figure(figsize=(7.5 * panels, 5))
+    axes = fig.subplots(1, panels, squeeze=False)
     if x not in TRADEOFF_AXES:
         raise ValueError(f"x must be one of {', '.join(TRADEOFF_AXES)}, got {x!r}")
     sign = -1.0 if x == "macs_ratio" else 1.0  # fewer MACs is better: the front runs the other way
@@ -119,15 +116,13 @@ def plot_tradeoff(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, *,
 def plot_panels(panels: Sequence[tuple[str, "np.ndarray"]], path: str | os.PathLike, *, title: str = "",
                 legend: Optional[Sequence[tuple[str, Sequence[int]]]] = None) -> Path:
     """One row of titled RGB images (an input and overlays of several models) with a class legend."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # deferred: matplotlib is needed only for plots
     from matplotlib.patches import Patch
 
     h, w = panels[0][1].shape[:2]
     width = 3.0 * w / max(h, w) + 0.2
-    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), 3.0 * h / max(h, w) + 0.9), squeeze=False)
+    fig = Figure(figsize=(width * len(panels), 3.0 * h / max(h, w) + 0.9))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (name, image) in zip(axes[0], panels):
         ax.imshow(image)
         ax.set_title(name, fontsize=8)
@@ -142,14 +137,11 @@ def plot_panels(panels: Sequence[tuple[str, "np.ndarray"]], path: str | os.PathL
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
-    import matplotlib.pyplot as plt
+    """A PNG of ``fig`` (a bare :class:`matplotlib.figure.Figure`: no pyplot state to close), atomically."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    FigureCanvasAgg(fig)
+    return write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"), suffix=".tmp.png")
 
 
 def plot_timeline(path: str | os.PathLike, x: Sequence[int], budgets: Mapping[str, Sequence[float]],
@@ -157,12 +149,10 @@ def plot_timeline(path: str | os.PathLike, x: Sequence[int], budgets: Mapping[st
                   budget_label: str = "budget (MACs ratio)", x_label: str = "frame") -> None:
     """Two stacked panels over time: budget per series (steps) and latency per series, with the target
     (one value, or one per frame)."""
-    import matplotlib
+    from matplotlib.figure import Figure  # deferred: matplotlib is needed only for plots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 5.5), sharex=True)
+    fig = Figure(figsize=(9, 5.5))
+    ax1, ax2 = fig.subplots(2, 1, sharex=True)
     for label, values in budgets.items():
         ax1.step(x, values, where="post", lw=1, label=label)
     ax1.set_ylabel(budget_label)

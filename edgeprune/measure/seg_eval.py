@@ -14,17 +14,18 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 
 from edgeprune.artifacts.artifact import Artifact
 from edgeprune.core.errors import EdgepruneError
+from edgeprune.core.progress import Progress as CountProgress
 
 SEG_FAMILY = "timm-vit-seg"
 DEFAULT_SCENES = 200
 DYNAMIC_EVAL_BATCH = 25
-Progress = Optional[Callable[[int, int], None]]
+Progress = Optional[CountProgress]  # told (images done, images)
 
 
 @dataclass(frozen=True)

@@ -7,23 +7,23 @@ tokenizer, see :mod:`edgeprune.mllm.query`), so the whole path runs without PyTo
 Parity: on fresh random pixels and queries at each batch size, ``visual_tokens`` and
 ``token_sizes`` must agree within the tolerance and ``patch_index`` / ``grid_position`` must be
 identical. A mismatch is re-checked on fresh inputs (a near-tie between two tokens' scores can flip on
-one input, see :func:`edgeprune.export.onnx_export.check_parity`) and fails if it repeats.
+one input, see :func:`edgeprune.exporting.onnx_export.check_parity`) and fails if it repeats.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 
 from edgeprune.artifacts.artifact import ONNX_FILE
-from edgeprune.core.files import atomic_directory, sha256_file, write_json_atomic
+from edgeprune.core.files import atomic_directory, read_json, sha256_file, write_json_atomic
 from edgeprune.core.errors import EdgepruneError
-from edgeprune.export.onnx_export import (
+from edgeprune.core.progress import Progress, say
+from edgeprune.exporting.onnx_export import (
     DEFAULT_OPSET,
     DEFAULT_TOLERANCE,
     check_parity,
@@ -75,7 +75,7 @@ def export_visual(parts: LlavaParts, method: str, out_dir: str | os.PathLike, *,
                   crop_tokens: Optional[int] = None, pieces: int = 1, options: Optional[dict] = None,
                   query_folder: Optional[str | os.PathLike] = None, projection: Optional[torch.nn.Module] = None, batch: int = 1, dynamic_batch: bool = False,
                   opset: int = DEFAULT_OPSET, tolerance: float = DEFAULT_TOLERANCE, model_info: Optional[dict] = None,
-                  overwrite: bool = False, progress: Optional[Callable[[str], None]] = None) -> Path:
+                  overwrite: bool = False, progress: Optional[Progress] = None) -> Path:
     """Export ``parts``' vision front-end under ``method`` to ``out_dir``; returns the folder.
 
     ``query_folder`` (a CLIP/SigLIP ``save_pretrained`` folder of the same checkpoint as the tower)
@@ -84,14 +84,13 @@ def export_visual(parts: LlavaParts, method: str, out_dir: str | os.PathLike, *,
     ``projection`` for a CLIP tower.
     Nothing is left at ``out_dir`` unless every step succeeds.
     """
-    say = progress or (lambda _msg: None)
     if batch < 1:
         raise EdgepruneError(f"--batch must be >= 1, got {batch}")
     query_model = None
     if query_folder is not None:
         from edgeprune.mllm.query import load_query_model
 
-        say("loading the query tower")
+        say(progress, "loading the query tower")
         query_model = load_query_model(query_folder)
     if query_model is not None and query_model.visual_projection is not None:
         projection = query_model.visual_projection
@@ -106,7 +105,7 @@ def export_visual(parts: LlavaParts, method: str, out_dir: str | os.PathLike, *,
     started = time.perf_counter()
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         onnx_path = tmp / ONNX_FILE
-        say("tracing and converting to ONNX")
+        say(progress, "tracing and converting to ONNX")
         trace_batch = 2 if dynamic_batch else batch
         dims = ({0: torch.export.Dim("batch", min=1, max=1024)},) * len(graph.input_names) if dynamic_batch else None
         trace_to_onnx(graph, fresh_inputs(graph, trace_batch, pieces), onnx_path, input_names=graph.input_names,
@@ -115,15 +114,15 @@ def export_visual(parts: LlavaParts, method: str, out_dir: str | os.PathLike, *,
         problems = safety_problems(onnx_graph)
         if problems:
             raise EdgepruneError(f"exported graph breaks edgeprune's export rules: {problems[0]}")
-        say("checking ONNX Runtime against eager PyTorch")
+        say(progress, "checking ONNX Runtime against eager PyTorch")
         parity = check_visual_parity(graph, onnx_path, [1, 2] if dynamic_batch else [batch], tolerance, pieces)
         query_info = None
         if query_model is not None:
             from edgeprune.mllm.query import export_query_tower
 
-            say("exporting the query tower")
+            say(progress, "exporting the query tower")
             export_query_tower(query_folder, tmp / QUERY_DIR, tolerance=tolerance)
-            query_info = json.loads((tmp / QUERY_DIR / "manifest.json").read_text())
+            query_info = read_json(tmp / QUERY_DIR / "manifest.json")
         shapes = input_shapes(graph, "batch" if dynamic_batch else batch, pieces)  # type: ignore[arg-type]
         k = graph.num_outputs(pieces)
         manifest = {

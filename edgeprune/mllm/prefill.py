@@ -30,18 +30,19 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import json
 import os
 import random
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch import nn
 
 from edgeprune.core.errors import EdgepruneError
+from edgeprune.core.files import read_json
+from edgeprune.core.progress import Progress, advance, prefixed, say
 from edgeprune.mllm.configs import LLAMA2_7B
 
 PAUSE_S = 0.1
@@ -145,7 +146,7 @@ def model_fingerprint(model: nn.Module) -> str:
 
 # ------------------------------------------------------------------------------------------ exports
 def _artifact(parts: Any, method: str, k: int, folder: Path, fingerprint: str, projection: Optional[nn.Module],
-              say: Callable[[str], None]) -> tuple[Path, bool]:
+              progress: Optional[Progress] = None) -> tuple[Path, bool]:
     """The vision artifact at ``folder``: reused when its manifest matches, else (re-)exported."""
     from edgeprune.mllm.export import KIND, export_visual
     from edgeprune.mllm.graph import QUERY_METHODS
@@ -154,16 +155,16 @@ def _artifact(parts: Any, method: str, k: int, folder: Path, fingerprint: str, p
     manifest_file = folder / "manifest.json"
     if manifest_file.is_file():
         try:
-            m = json.loads(manifest_file.read_text())
+            m = read_json(manifest_file)
             if (m.get("kind") == KIND and m.get("method") == method and m.get("tokens") == k
                     and all(m.get("model", {}).get(key) == v for key, v in info.items())
                     and m["inputs"][0]["shape"][0] == 1 and (folder / m["onnx"]["file"]).is_file()):
                 return folder, True
         except (ValueError, KeyError, IndexError, TypeError, AttributeError):
             pass
-    say(f"exporting {method} K={k} to {folder}")
+    say(progress, f"exporting {method} K={k} to {folder}")
     export_visual(parts, method, folder, tokens=k, projection=projection if method in QUERY_METHODS else None,
-                  batch=1, model_info=info, overwrite=True, progress=lambda msg: say(f"{method} K={k}: {msg}"))
+                  batch=1, model_info=info, overwrite=True, progress=prefixed(progress, f"{method} K={k}"))
     return folder, False
 
 
@@ -197,19 +198,19 @@ class _Variant:
 
 def prefill_bench(model_or_folder: Union[nn.Module, str, os.PathLike], tokens: Sequence[int] = (64, 128, 192),
                   method: str = "visionzip", prompt_tokens: int = 32, rounds: int = 10, threads: Optional[int] = None,
-                  *, work_dir: Union[str, os.PathLike], progress: Optional[Callable[[int, int], None]] = None,
-                  log: Optional[Callable[[str], None]] = None, warmup: int = 1, settle: int = 1,
+                  *, work_dir: Union[str, os.PathLike], progress: Optional[Progress] = None,
+                  warmup: int = 1, settle: int = 1,
                   pause: float = PAUSE_S, seed: int = 0, source: Optional[str] = None) -> dict[str, Any]:
     """TTFT of the unpruned LLaVA and of ``method`` at each K in ``tokens``, interleaved; see the module
     docstring. ``work_dir`` keeps the exported vision graphs (reused on a rerun when their manifest
-    matches the model). Returns a JSON-able dict: config, rows per variant, fit, 7B prediction."""
+    matches the model). ``progress`` gets the steps as messages, then each timed round as ``(round, rounds,
+    "timing rounds")``. Returns a JSON-able dict: config, rows per variant, fit, 7B prediction."""
     from edgeprune.backends.ort import OrtRunner
     from edgeprune.core.machine import library_versions
     from edgeprune.mllm.graph import QUERY_METHODS
     from edgeprune.mllm.llava import load_llava
     from edgeprune.mllm.splice import expand_image_placeholders, splice_visual_tokens
 
-    say = log or (lambda _msg: None)
     if prompt_tokens < 1:
         raise EdgepruneError(f"--prompt-tokens must be >= 1, got {prompt_tokens}")
     if rounds < 1 or warmup < 0 or settle < 0 or pause < 0:
@@ -220,7 +221,7 @@ def prefill_bench(model_or_folder: Union[nn.Module, str, os.PathLike], tokens: S
         model = model_or_folder
     else:
         source = str(model_or_folder)
-        say(f"loading {source}")
+        say(progress, f"loading {source}")
         model = load_llava(model_or_folder)
     parts, ks = check_prefill_args(model, tokens, method)
     n = parts.num_patches
@@ -234,7 +235,7 @@ def prefill_bench(model_or_folder: Union[nn.Module, str, os.PathLike], tokens: S
     work.mkdir(parents=True, exist_ok=True)
     variants = []
     for name, meth, k in [("none", "none", n)] + [(f"{method}-{k}", method, k) for k in ks]:
-        path, reused = _artifact(parts, meth, k, work / name, fingerprint, projection, say)
+        path, reused = _artifact(parts, meth, k, work / name, fingerprint, projection, progress)
         variants.append(_Variant(name, meth, k, path, reused))
 
     embed = parts.embed_tokens
@@ -263,7 +264,7 @@ def prefill_bench(model_or_folder: Union[nn.Module, str, os.PathLike], tokens: S
             v.feed = {"pixel_values": inputs["pixel_values"]}
             if v.method in QUERY_METHODS:
                 v.feed["query"] = inputs["query"]
-            say(f"warming up {v.name}")
+            say(progress, f"warming up {v.name}")
             for _ in range(warmup):
                 run(v)
         order = list(range(len(variants)))
@@ -277,8 +278,7 @@ def prefill_bench(model_or_folder: Union[nn.Module, str, os.PathLike], tokens: S
                 for _ in range(settle):
                     run(v)
                 v.times.append(run(v))
-            if progress:
-                progress(r + 1, rounds)
+            advance(progress, r + 1, rounds, "timing rounds")
     finally:
         for v in variants:
             if v.runner is not None:

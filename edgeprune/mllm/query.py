@@ -12,7 +12,6 @@ of the per-segment relevances (Script's rule for long prompts).
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
 from functools import cache
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 import numpy as np
 
 from edgeprune.core.errors import EdgepruneError, first_line
+from edgeprune.core.files import read_json
 
 if TYPE_CHECKING:  # torch is only needed to load and export, never to encode with ONNX Runtime
     import torch
@@ -244,7 +244,7 @@ def export_query_tower(folder: Union[str, Path], out_dir: Union[str, Path], *, o
 
     from edgeprune.artifacts.artifact import MANIFEST
     from edgeprune.core.files import atomic_directory, sha256_file, write_json_atomic
-    from edgeprune.export.onnx_export import (DEFAULT_OPSET, check_parity, fresh_seed, library_versions,
+    from edgeprune.exporting.onnx_export import (DEFAULT_OPSET, check_parity, fresh_seed, library_versions,
                                                  trace_to_onnx)
     from edgeprune.backends.graph import load_graph
 
@@ -321,7 +321,7 @@ class QueryEncoder:
     def _read_manifest(self) -> dict[str, Any]:
         file = self.path / "manifest.json"
         try:
-            manifest = json.loads(file.read_text())
+            manifest = read_json(file)
         except (OSError, ValueError) as exc:
             raise EdgepruneError(f"{self.path}: not a query-tower export ({first_line(exc)})") from None
         if not isinstance(manifest, dict) or manifest.get("kind") != "query-tower":

@@ -16,6 +16,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from edgeprune.core.errors import EdgepruneError
+from edgeprune.core.files import read_json
 
 KIND = "mllm-visual"
 
@@ -23,7 +24,7 @@ KIND = "mllm-visual"
 def is_visual_artifact(folder: Union[str, os.PathLike]) -> bool:
     """True when ``folder`` holds a multimodal vision artifact (manifest kind ``mllm-visual``)."""
     try:
-        return json.loads((Path(folder) / "manifest.json").read_text(encoding="utf-8")).get("kind") == KIND
+        return read_json(Path(folder) / "manifest.json").get("kind") == KIND
     except (OSError, ValueError, AttributeError):
         return False
 
@@ -36,7 +37,7 @@ def read_visual_manifest(folder: Union[str, os.PathLike]) -> dict[str, Any]:
     if not file.is_file():
         raise EdgepruneError(f"'{path}' is not an edgeprune artifact (no manifest.json)")
     try:
-        manifest = json.loads(file.read_text(encoding="utf-8"))
+        manifest = read_json(file)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise EdgepruneError(f"cannot read '{file}': {type(exc).__name__}: {exc}") from None
     if not isinstance(manifest, dict) or manifest.get("kind") != KIND:

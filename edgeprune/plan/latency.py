@@ -1,7 +1,7 @@
 """Latency-calibrated planning: a model of this machine's per-block cost, and the plan search on it.
 
 MACs say little about batch-1 latency on a CPU: small matmuls run far below peak and every
-reduction point has a fixed cost. :func:`edgeprune.export.block_latency.calibrate` measures the
+reduction point has a fixed cost. :func:`edgeprune.exporting.block_latency.calibrate` measures the
 curves once (it exports blocks, so it needs the export extra); :class:`LatencyModel` interpolates
 them to predict a plan's latency ratio, and :func:`search_plan` picks the reduction schedule that
 retains the most information within a target. Pure Python and numpy.
@@ -169,6 +169,8 @@ def search_plan(spec: ViTSpec, method: str, latency: float, latency_model: Laten
     :func:`retained_information`; fewer reduction points on ties), over every set of 1..``max_points`` reduction points among
     blocks 0..depth-2 plus ToMe's constant schedule. Each point costs a fixed reducer time on a
     batch-1 engine, so the best schedule depends on the machine, which is why it is searched."""
+    if not isinstance(spec, ViTSpec):
+        raise EdgepruneError("search_plan takes a ViTSpec (edgeprune.families.spec_of(model) gives a model's)")
     method = method.lower()
     if method == "none" or method != latency_model.method:
         raise EdgepruneError(f"cannot plan '{method}' with a latency model calibrated for '{latency_model.method}'")

@@ -249,7 +249,7 @@ def build_plan(
         target, cost, what = flops, (lambda p: p.macs_ratio), "MACs"
     else:
         if latency_model is None:
-            raise EdgepruneError("a latency budget needs a latency model (edgeprune.export.block_latency.calibrate)")
+            raise EdgepruneError("a latency budget needs a latency model (edgeprune.exporting.block_latency.calibrate)")
         target, cost, what = latency, latency_model, "latency"
     if not 0 < target <= 1:
         raise EdgepruneError(f"the {what} target must be in (0, 1], got {target}")

@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from edgeprune.core.errors import EdgepruneError
+from edgeprune.core.files import read_json
 from edgeprune.runtime.policies import Decision, EngineProfile, FrameContext, Policy
 
 
@@ -169,7 +170,7 @@ def load_trace(path: str | Path) -> Trace:
     path = Path(path)
     try:
         if path.suffix == ".json":
-            data = json.loads(path.read_text())
+            data = read_json(path)
             names = [e["name"] for e in data["engines"]]
             budgets = [float(e["budget"]) for e in data["engines"]]
             ms = np.asarray(data["latency_ms"], dtype=float)

@@ -1,7 +1,7 @@
 """Temporal reuse at run time: per camera stream, recompute the patches that changed and reuse the rest.
 
 A temporal artifact (``edgeprune export MODEL --temporal 0.4``, see
-:mod:`edgeprune.export.temporal`) holds two graphs: ``refresh`` recomputes every patch and
+:mod:`edgeprune.exporting.temporal`) holds two graphs: ``refresh`` recomputes every patch and
 ``update`` a fixed number M of them. For each frame of a stream :class:`TemporalRuntime`
 
 1. measures how far every patch has moved from the pixels it was last computed on (sub-patch
@@ -17,7 +17,6 @@ Every frame gives a full label map. Streams are independent; one runtime serves 
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -29,8 +28,10 @@ from typing import Any, Optional
 
 import numpy as np
 
+from edgeprune.artifacts.schema import check_manifest
 from edgeprune.artifacts.temporal import GRAPHS, TEMPORAL_FORMAT, TEMPORAL_KIND
 from edgeprune.core.errors import EdgepruneError
+from edgeprune.core.files import read_json
 
 DEFAULT_REFRESH_EVERY = 30
 DEFAULT_DRIFT_THRESHOLD = 2.0  # colour levels (0..255), mean over the patches left stale
@@ -85,7 +86,7 @@ def is_temporal(path: str | os.PathLike) -> bool:
     from edgeprune.artifacts.artifact import MANIFEST
 
     try:
-        return json.loads((Path(path) / MANIFEST).read_text()).get("kind") == TEMPORAL_KIND
+        return read_json(Path(path) / MANIFEST).get("kind") == TEMPORAL_KIND
     except (OSError, ValueError, AttributeError):
         return False
 
@@ -102,6 +103,7 @@ def load_temporal(path: str | os.PathLike, verify: bool = True) -> TemporalArtif
         raise EdgepruneError(f"{mpath}: not a temporal artifact (kind is not '{TEMPORAL_KIND}')")
     if manifest.get("format") != TEMPORAL_FORMAT:
         raise EdgepruneError(f"{mpath}: unsupported temporal artifact format {manifest.get('format')!r}")
+    check_manifest("temporal", manifest, mpath)
     try:
         artifact = TemporalArtifact(root, manifest)
         artifact.recompute, artifact.grid, artifact.input_shape, artifact.cache_shapes  # noqa: B018 (validates)

@@ -15,9 +15,10 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from edgeprune.core.errors import EdgepruneError
+from edgeprune.core.progress import Progress, say
 
 BATCHED_FILE = "batched.json"
 BATCHED_FORMAT = 1
@@ -95,13 +96,12 @@ def load_batched(folder: Path) -> list[BatchedMember]:
 
 
 def prepare_batched(engine_set: Any, max_batch: int, *, threads: int = 2, rounds: int = 20,
-                    say: Callable[[str], None] = lambda m: None, root: Optional[Path] = None) -> list[BatchedMember]:
+                    progress: Optional[Progress] = None, root: Optional[Path] = None) -> list[BatchedMember]:
     """Batch-N members for every budget and batch size (batch 1 is the set's own member), calibrated;
     made on first use and cached, reused afterwards."""
     from edgeprune.core.files import atomic_directory, write_json_atomic
     from edgeprune.measure.bench import benchmark
     from edgeprune.measure.calibrate import latency_stats
-    from edgeprune.export.onnx_export import export
 
     sizes = batch_sizes(max_batch)
     folder = (root or cache_root()) / f"{Path(engine_set.path).resolve().name}-{_key(engine_set, sizes, threads)}"
@@ -110,7 +110,10 @@ def prepare_batched(engine_set: Any, max_batch: int, *, threads: int = 2, rounds
     members = sorted(engine_set.members, key=lambda m: -m.budget)
     net = None
     if any(n > 1 for n in sizes):
-        say(f"exporting every budget at batch sizes {', '.join(map(str, sizes[1:]))} (first use; cached in {folder})")
+        from edgeprune.core.extras import require_extra
+
+        require_extra("export", f"serving at --max-batch {max_batch} (first use exports every budget at batch sizes > 1; --max-batch 1 does not)")
+        say(progress, f"exporting every budget at batch sizes {', '.join(map(str, sizes[1:]))} (first use; cached in {folder})")
         net, _info = model_from_manifest(members[0].artifact.manifest["model"])
     shutil.rmtree(folder, ignore_errors=True)  # a half-made folder of an interrupted first run
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -122,11 +125,13 @@ def prepare_batched(engine_set: Any, max_batch: int, *, threads: int = 2, rounds
                 if n == 1 and member.artifact.input_shape()[0] == 1:
                     artifacts[member.path, n] = member.artifact
                     continue
-                say(f"  {member.path} batch {n}: export + parity check")
+                from edgeprune.exporting.onnx_export import export  # the export extra, checked above
+
+                say(progress, f"  {member.path} batch {n}: export + parity check")
                 artifacts[member.path, n] = export(net, member.artifact.plan, tmp / f"{member.path}-n{n}", batch=n,
                                                    model_info=member.artifact.manifest["model"])
         for n in sizes:
-            say(f"  calibrating batch {n} ({rounds} interleaved rounds)")
+            say(progress, f"  calibrating batch {n} ({rounds} interleaved rounds)")
             group = [artifacts[m.path, n] for m in members]
             result = benchmark(group, batch=n, rounds=rounds, warmup=3, threads=threads, providers=["cpu"],
                                spinning=False)

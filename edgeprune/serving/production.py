@@ -20,11 +20,12 @@ import shlex
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from edgeprune.core.errors import EdgepruneError
+from edgeprune.core.progress import Progress, advance, prefixed, say
 from edgeprune.serving.service import SERVICE_FILE, ServiceConfig
 
 BACKENDS = ("onnxruntime", "tensorrt")
@@ -36,7 +37,6 @@ ENGINE_QUEUE_DELAY_US = 100  # budget models get batches already formed by the s
 SCRIPT_FILE = "build_plans.sh"
 README_FILE = "README.md"
 NOT_RUN = "not run on this project's machines yet"
-Say = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -195,7 +195,7 @@ def _cross_check(set_onnx: Path, onnx: Path, input_name: str, shape: list[int], 
     misses once is re-checked, as the exporter's parity check does)."""
     import onnxruntime as ort
 
-    from edgeprune.export.onnx_export import fresh_pixels, relative_error
+    from edgeprune.exporting.onnx_export import fresh_pixels, relative_error
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
@@ -237,12 +237,12 @@ def trtexec_script(models: Sequence[str], input_name: str, chw: Sequence[int], o
 
 
 def build_plan(onnx: Path, plan: Path, input_name: str, chw: Sequence[int], options: ProductionOptions,
-               say: Say = lambda m: None) -> None:
+               progress: Optional[Progress] = None) -> None:
     """Build one dynamic-batch TensorRT plan here (only where ``tensorrt`` and a GPU are present)."""
     from edgeprune.backends.trt import _make_logger, _parser_error, require_tensorrt
 
     trt = require_tensorrt()
-    logger = _make_logger(trt, say)
+    logger = _make_logger(trt, lambda m: say(progress, m))  # TensorRT's warnings and errors, as messages
     builder = trt.Builder(logger)
     network = builder.create_network(0)  # explicit batch: the only mode TensorRT 10+ has
     parser = trt.OnnxParser(network, logger)
@@ -274,10 +274,10 @@ def _can_build_plans() -> bool:
 
 
 def export_triton(source: str | Path, out: str | Path, options: ProductionOptions = ProductionOptions(), *,
-                  force: bool = False, say: Say = lambda m: None) -> ProductionRepository:
+                  force: bool = False, progress: Optional[Progress] = None) -> ProductionRepository:
     """Write the production Triton repository of the engine set ``source`` to ``out`` (module docstring)."""
     from edgeprune.core.files import atomic_directory, check_target, write_json_atomic
-    from edgeprune.export.onnx_export import DEFAULT_TOLERANCE, export
+    from edgeprune.exporting.onnx_export import DEFAULT_TOLERANCE, export
     from edgeprune.serving.batched import batch_sizes, model_from_manifest
     from edgeprune.serving.repository import check_config, install_python_model, write_config
     from edgeprune.serving.serve import model_config
@@ -292,18 +292,19 @@ def export_triton(source: str | Path, out: str | Path, options: ProductionOption
                           float(calibrated[m.path].get("p95_ms", calibrated[m.path]["p50_ms"]))) for m in members]
     service = scheduler_service(engine_set, models, options)
     build = options.backend == "tensorrt" and _can_build_plans()
-    say("loading the set's model (checkpoint checked against its sha256)")
+    say(progress, "loading the set's model (checkpoint checked against its sha256)")
     net, _info = model_from_manifest(members[0].artifact.manifest["model"])
     repo = ProductionRepository(out, options.name, options, models, batch_sizes(options.max_batch), plans_built=build)
     with atomic_directory(out, overwrite=force) as tmp:
         work = tmp / ".work"
         for i, (member, model) in enumerate(zip(members, models)):
             prefix = f"[{i + 1}/{len(members)}] {model.name}"
+            advance(progress, i, len(members))
             artifact = export(net, member.artifact.plan, work / member.path, dynamic_batch=True,
-                              model_info=member.artifact.manifest["model"], progress=lambda m, p=prefix: say(f"{p}: {m}"))
+                              model_info=member.artifact.manifest["model"], progress=prefixed(progress, prefix))
             input_name = artifact.manifest["inputs"][0]["name"]
             chw = _dims(artifact.manifest["inputs"][0])
-            say(f"{prefix}: checking against the set's member at batch 1")
+            say(progress, f"{prefix}: checking against the set's member at batch 1")
             error = _cross_check(member.artifact.onnx_path, artifact.onnx_path, input_name, chw, 2 * DEFAULT_TOLERANCE)
             folder = tmp / model.name
             (folder / "1").mkdir(parents=True)
@@ -312,8 +313,8 @@ def export_triton(source: str | Path, out: str | Path, options: ProductionOption
             if options.backend == "onnxruntime":
                 shutil.move(str(artifact.onnx_path), folder / "1" / "model.onnx")
             elif build:
-                say(f"{prefix}: building the TensorRT plan (batch 1..{options.max_batch})")
-                build_plan(artifact.onnx_path, folder / "1" / "model.plan", input_name, chw, options, say)
+                say(progress, f"{prefix}: building the TensorRT plan (batch 1..{options.max_batch})")
+                build_plan(artifact.onnx_path, folder / "1" / "model.plan", input_name, chw, options, progress)
             else:
                 shutil.move(str(artifact.onnx_path), folder / "model.onnx")
             check_config(write_config(folder, budget_model_config(model.name, artifact.manifest, options)),

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeprune.core.errors import EdgepruneError
+from edgeprune.core.files import write_text_atomic
 
 CONFIG_FILE = "config.pbtxt"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -53,12 +54,7 @@ def config_text(config: dict[str, Any]) -> str:
 
 def write_config(folder: Path, config: dict[str, Any]) -> Path:
     """Write ``folder/config.pbtxt`` (temp file + rename)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / CONFIG_FILE
-    tmp = folder / f".{CONFIG_FILE}.tmp"
-    tmp.write_text(config_text(config))
-    tmp.replace(path)
-    return path
+    return write_text_atomic(folder / CONFIG_FILE, config_text(config), mkdir=True)
 
 
 def check_config(path: str | Path, *, model_files: bool = True) -> Any:

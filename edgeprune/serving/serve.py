@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from edgeprune.core.errors import EdgepruneError
+from edgeprune.core.progress import Progress
 from edgeprune.serving.service import SERVICE_FILE, ServiceConfig
 from edgeprune.serving.tritonserver import ServerPorts, TritonProcess, choose_ports, start_server
 
@@ -46,7 +47,7 @@ def load_set_or_artifact(path: str | Path) -> Any:
 
 
 def prepare_service(source: str | Path, *, max_batch: int = 8, target_ms: float = DEFAULT_TARGET_MS,
-                    threads: int = 1, max_side: int = 8192, say: Callable[[str], None] = lambda m: None,
+                    threads: int = 1, max_side: int = 8192, progress: Optional[Progress] = None,
                     cache: Optional[Path] = None, rounds: int = 20) -> ServiceConfig:
     """Everything a model instance needs, with batch-N members exported and calibrated (cached)."""
     from edgeprune.serving.batched import prepare_batched
@@ -64,7 +65,7 @@ def prepare_service(source: str | Path, *, max_batch: int = 8, target_ms: float 
                              f"this model's first output is {shape}")
     model = first.manifest.get("model", {})
     norm = model.get("input") or {}
-    members = prepare_batched(engine_set, max_batch, threads=threads, say=say, root=cache, rounds=rounds)
+    members = prepare_batched(engine_set, max_batch, threads=threads, progress=progress, root=cache, rounds=rounds)
     c, h, w = first.input_shape()[1:]
     return ServiceConfig(
         members=[{"name": m.name, "budget": m.budget, "batch": m.batch, "engine": str(m.onnx), "p50_ms": m.p50_ms,

@@ -25,6 +25,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from edgeprune.core.errors import EdgepruneError
+from edgeprune.core.files import read_json
 from edgeprune.runtime.policies import DeadlinePolicy, EngineProfile, FrameContext
 
 PARAMETERS = ("deadline_ms", "budget")
@@ -67,7 +68,7 @@ class ServiceConfig:
 
     @classmethod
     def read(cls, path: str | Path) -> "ServiceConfig":
-        return cls.from_json(json.loads(Path(path).read_text()))
+        return cls.from_json(read_json(path))
 
     @property
     def budgets(self) -> list[float]:

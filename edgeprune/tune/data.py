@@ -16,13 +16,14 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from edgeprune.data.idx import available_splits, is_idx_folder, load_idx_split
 from edgeprune.core.errors import EdgepruneError, first_line
+from edgeprune.core.progress import Progress, say
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 FITS = ("resize", "pad")
@@ -135,17 +136,16 @@ def _permutation(n: int) -> np.ndarray:
 
 
 def load_calibration(source: Union[str, Path], preprocess: Preprocess, count: int, holdout: int,
-                     progress: Optional[Callable[[str], None]] = None) -> tuple[ImageSet, Optional[ImageSet]]:
+                     progress: Optional[Progress] = None) -> tuple[ImageSet, Optional[ImageSet]]:
     """``count`` calibration images and up to ``holdout`` disjoint hold-out images (0: none; -1: all
     the rest, or the whole test split of an IDX dataset)."""
-    say = progress or (lambda _m: None)
     folder = Path(source)
     if not folder.is_dir():
         raise EdgepruneError(f"calibration source '{folder}' is not a folder (an image folder or an IDX dataset folder)")
     if count < 1:
         raise EdgepruneError(f"--calib-count must be at least 1, got {count}")
     if is_idx_folder(folder):
-        return _load_idx(folder, preprocess, count, holdout, say)
+        return _load_idx(folder, preprocess, count, holdout, progress)
     paths, labels, kind = _folder_items(folder)
     if not paths:
         raise EdgepruneError(f"calibration folder '{folder}' has no images ({', '.join(IMAGE_SUFFIXES)}) and no IDX files")
@@ -153,7 +153,7 @@ def load_calibration(source: Union[str, Path], preprocess: Preprocess, count: in
     calib_idx = order[:count]
     rest = order[count:]
     hold_idx = rest if holdout < 0 else rest[:holdout]
-    say(f"reading {len(calib_idx) + len(hold_idx)} images from {folder}")
+    say(progress, f"reading {len(calib_idx) + len(hold_idx)} images from {folder}")
 
     def build(indices: Sequence[int], part: str) -> ImageSet:
         images = np.stack([preprocess.fit_image(_read_image(paths[i], preprocess.channels)) for i in indices])
@@ -165,9 +165,9 @@ def load_calibration(source: Union[str, Path], preprocess: Preprocess, count: in
 
 
 def _load_idx(folder: Path, preprocess: Preprocess, count: int, holdout: int,
-              say: Callable[[str], None]) -> tuple[ImageSet, Optional[ImageSet]]:
+              progress: Optional[Progress]) -> tuple[ImageSet, Optional[ImageSet]]:
     splits = available_splits(folder)
-    say(f"reading IDX splits {', '.join(splits)} from {folder}")
+    say(progress, f"reading IDX splits {', '.join(splits)} from {folder}")
 
     def build(images: np.ndarray, labels: np.ndarray, what: str) -> ImageSet:
         fitted = np.stack([preprocess.fit_image(im) for im in images]) if images.shape[1:3] != preprocess.size else images

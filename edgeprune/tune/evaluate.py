@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -21,7 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgeprune.core.cache import cache_dir as core_cache_dir
 from edgeprune.core.errors import EdgepruneError
+from edgeprune.core.files import read_json, write_json_atomic
 from edgeprune.families.base import FamilyAdapter, ReducedViT
 from edgeprune.plan.token_plan import TokenPlan, build_plan
 from edgeprune.tune.data import ImageSet
@@ -112,7 +112,7 @@ class ScoreCache:
         self.data: dict[str, Any] = {}
         if path is not None and path.is_file():
             try:
-                self.data = json.loads(path.read_text())
+                self.data = read_json(path)
             except (OSError, ValueError):
                 self.data = {}  # an unreadable cache only costs a re-measure
 
@@ -124,12 +124,8 @@ class ScoreCache:
         if self.path is None:
             return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.data, f)
-            os.replace(tmp, self.path)
-        except OSError:
+            write_json_atomic(self.path, self.data, indent=None, mkdir=True)
+        except EdgepruneError:
             pass  # caching is a convenience; the search goes on
 
     def __len__(self) -> int:
@@ -138,5 +134,5 @@ class ScoreCache:
 
 def cache_path(cache_dir: Optional[Path], material: dict[str, Any]) -> Path:
     key = hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:20]
-    root = Path(cache_dir) if cache_dir else Path(os.environ.get("EDGEPRUNE_CACHE_DIR") or Path.home() / ".cache" / "edgeprune").expanduser() / "tune"
+    root = Path(cache_dir) if cache_dir else core_cache_dir("tune")
     return root / f"tune-{key}.json"

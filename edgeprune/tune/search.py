@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from edgeprune.core.errors import EdgepruneError
+from edgeprune.core.progress import Progress, advance, say
 from edgeprune.families import adapter_for
 from edgeprune.families.weights import model_fingerprint
 from edgeprune.plan.token_plan import TokenPlan
@@ -31,7 +32,6 @@ from edgeprune.tune.space import Candidate, Shape, constant_r, fit, screening_va
 
 SEARCH_VERSION = 1
 DEFAULT_METHODS = ("tome", "tofu", "prune-merge")
-Step = Callable[[str, int, int], None]  # (what, done, total)
 
 
 @dataclass
@@ -61,24 +61,23 @@ def _rank_key(c: Candidate) -> tuple:
 
 
 def _cost_function(model: nn.Module, kind: str, method_names: Sequence[str], threads: int,
-                   say: Callable[[str], None]) -> tuple[Callable[[TokenPlan], float], dict[str, Any]]:
+                   progress: Optional[Progress]) -> tuple[Callable[[TokenPlan], float], dict[str, Any]]:
     if kind == "flops":
         return (lambda plan: plan.macs_ratio), {}
-    from edgeprune.export.block_latency import calibrate
+    from edgeprune.exporting.block_latency import calibrate
 
-    models = {m: calibrate(model, m, threads=threads, progress=say) for m in sorted(set(method_names))}
+    models = {m: calibrate(model, m, threads=threads, progress=progress) for m in sorted(set(method_names))}
     return (lambda plan: models[plan.method].ratio(plan)), models
 
 
 def tune(model: nn.Module, calib: ImageSet, *, flops: Optional[float] = None, latency: Optional[float] = None,
          methods: Sequence[str] = DEFAULT_METHODS, prefix_only_last: Optional[bool] = None,
          holdout: Optional[ImageSet] = None, budget_minutes: float = 12.0, finalists: int = 3, batch_size: int = 50,
-         threads: int = 2, cache_dir: Optional[Path] = None, progress: Optional[Callable[[str], None]] = None,
-         step: Optional[Step] = None) -> TuneResult:
+         threads: int = 2, cache_dir: Optional[Path] = None, progress: Optional[Progress] = None) -> TuneResult:
     """The plan within the ``flops`` or ``latency`` ratio that keeps the model's predictions closest
-    to the unreduced ones on ``calib`` (see the module doc)."""
-    say = progress or (lambda _m: None)
-    tick = step or (lambda _w, _d, _t: None)
+    to the unreduced ones on ``calib`` (see the module doc). ``progress`` gets the steps as messages and
+    each candidate scored as ``(done, total, "stage: candidate")``; the total grows as the search
+    learns how many candidates its later stages hold."""
     started = time.perf_counter()
     budgets = {k: v for k, v in (("flops", flops), ("latency", latency)) if v is not None}
     if len(budgets) != 1:
@@ -91,7 +90,7 @@ def tune(model: nn.Module, calib: ImageSet, *, flops: Optional[float] = None, la
     if prefix_only_last is None:
         prefix_only_last = spec.prefix_head and spec.num_prefix > 0
     all_variants = variants(spec, list(methods))
-    cost, latency_models = _cost_function(model, kind, [v.method for v in all_variants] + ["tome"], threads, say)
+    cost, latency_models = _cost_function(model, kind, [v.method for v in all_variants] + ["tome"], threads, progress)
     record = {kind: target}
 
     def fitted(shape_list: list[Shape], variant_list: list) -> list[Candidate]:
@@ -105,7 +104,7 @@ def tune(model: nn.Module, calib: ImageSet, *, flops: Optional[float] = None, la
                              f"(the smallest reachable is {_smallest_cost(spec, all_shapes, all_variants, cost, prefix_only_last):.3f})")
     starts = {first_reduction(c.plan) for c in stage_a} | {spec.depth - 1}
     chosen_threads = _pick_threads(model, calib.images[:batch_size], threads)
-    say(f"running the unreduced model on {len(calib)} calibration images ({chosen_threads} torch threads)")
+    say(progress, f"running the unreduced model on {len(calib)} calibration images ({chosen_threads} torch threads)")
     full = Evaluator(adapter, calib, starts, batch_size)
 
     material = {"version": SEARCH_VERSION, "model": model_fingerprint(model), "calib": calib.fingerprint(),
@@ -113,7 +112,7 @@ def tune(model: nn.Module, calib: ImageSet, *, flops: Optional[float] = None, la
     cache = ScoreCache(cache_path(cache_dir, material))
     resumed = len(cache)
     if resumed:
-        say(f"resuming: {resumed} scores cached in {cache.path}")
+        say(progress, f"resuming: {resumed} scores cached in {cache.path}")
 
     # Size the screening subset to the budget: the reference pass just measured the cost per image.
     mean_cost = sum(c.plan.macs_ratio for c in stage_a) / len(stage_a)
@@ -127,7 +126,7 @@ def tune(model: nn.Module, calib: ImageSet, *, flops: Optional[float] = None, la
     # runs), or none of its scores would be reused.
     subset = int(cache.data.setdefault("screen_images", subset))
     screen = full.subset(subset)
-    say(f"screening on {subset} of {len(calib)} images ({full.seconds_per_image * 1e3:.1f} ms per image unreduced)")
+    say(progress, f"screening on {subset} of {len(calib)} images ({full.seconds_per_image * 1e3:.1f} ms per image unreduced)")
     total = [n_screen + finalists + 1]
     done = [0]
 
@@ -135,14 +134,14 @@ def tune(model: nn.Module, calib: ImageSet, *, flops: Optional[float] = None, la
         for c in cands:
             if stage in c.scores:
                 continue
-            tick(f"{stage}: {c.label}", done[0], total[0])
+            advance(progress, done[0], total[0], f"{stage}: {c.label}")
             scores = cache.get(f"{stage}{len(evaluator.images)}", c.key)
             if scores is None:
                 scores = evaluator.score(c.plan)
                 cache.put(f"{stage}{len(evaluator.images)}", c.key, scores)
             c.scores[stage] = scores
             done[0] += 1
-        tick(stage, done[0], total[0])
+        advance(progress, done[0], total[0], stage)
 
     evaluate(stage_a, "screen", screen)
     best_shapes = _top_shapes(stage_a, 2)
@@ -175,7 +174,7 @@ def tune(model: nn.Module, calib: ImageSet, *, flops: Optional[float] = None, la
 
     result = TuneResult(plan, {kind: target}, pool + ([reference] if reference and reference not in pool else []), reference)
     if holdout is not None:
-        say(f"scoring the chosen plan on {len(holdout)} hold-out images")
+        say(progress, f"scoring the chosen plan on {len(holdout)} hold-out images")
         hold = Evaluator(adapter, holdout, {first_reduction(plan), *( [first_reduction(reference.plan)] if reference else [])}, batch_size)
         result.holdout["baseline"] = hold.score_logits(hold.logits)
         result.holdout["tuned"] = hold.score(plan)
@@ -186,7 +185,7 @@ def tune(model: nn.Module, calib: ImageSet, *, flops: Optional[float] = None, la
                    "calibration_images": len(calib), "candidates": len(pool), "resumed_scores": resumed,
                    "cache": str(cache.path), "prefix_only_last": prefix_only_last,
                    "ms_per_image_unreduced": round(full.seconds_per_image * 1e3, 3), "torch_threads": torch.get_num_threads()}
-    tick("done", total[0], total[0])
+    advance(progress, total[0], total[0], "done")
     return result
 
 

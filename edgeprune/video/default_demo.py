@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from edgeprune.core.errors import EdgepruneError
+from edgeprune.core.progress import Progress, say
 
 BUDGETS = (1.0, 0.75, 0.5, 0.35)
 RECOMPUTE = 0.25
@@ -41,14 +42,12 @@ def _fingerprint(model: Path) -> str:
     return digest.hexdigest()[:12]
 
 
-def prepare(model: Path, threads: int = 2, say: Callable[[str], None] = lambda m: None,
+def prepare(model: Path, threads: int = 2, progress: Optional[Progress] = None,
             temporal: bool = True) -> DefaultModels:
     """The cached engine set (calibrated here) and temporal artifact of ``model``; made when missing
     (the temporal artifact only when ``temporal``)."""
     from edgeprune.measure.calibrate import calibrate_engine_set
-    from edgeprune.export.engine_set import export_engine_set
     from edgeprune.artifacts.engine_set import is_engine_set, load_engine_set
-    from edgeprune.families.loading import load_model
     from edgeprune.runtime.temporal import is_temporal
 
     if not (model / "config.json").is_file():
@@ -62,22 +61,29 @@ def prepare(model: Path, threads: int = 2, say: Callable[[str], None] = lambda m
         raise EdgepruneError(f"cannot create the demo cache {folder}: {exc.strerror or exc}") from None
     net = info = None
     if not is_engine_set(engine_set) or (want_temporal and not is_temporal(temporal_dir)):
-        say(f"first run: exporting {model} into {folder} (reused afterwards)")
+        from edgeprune.core.extras import require_extra
+
+        require_extra("export", f"the demo's first-use export of {model} (or pass --model SET)")
+        from edgeprune.families.loading import load_model
+
+        say(progress, f"first run: exporting {model} into {folder} (reused afterwards)")
         net, info = load_model(str(model))
     if not is_engine_set(engine_set):
+        from edgeprune.exporting.engine_set import export_engine_set
+
         shutil.rmtree(engine_set, ignore_errors=True)  # a half-made set from an interrupted first run
-        say(f"exporting the engine set (budgets {', '.join(f'{b:g}' for b in BUDGETS)})")
-        export_engine_set(net, "tome", BUDGETS, engine_set, model_info=info, progress=say)
+        say(progress, f"exporting the engine set (budgets {', '.join(f'{b:g}' for b in BUDGETS)})")
+        export_engine_set(net, "tome", BUDGETS, engine_set, model_info=info, progress=progress)
     loaded = load_engine_set(engine_set, verify=False)
     if not loaded.calibration:
-        say(f"calibrating the engine set on this machine ({CALIBRATION_ROUNDS} rounds)")
+        say(progress, f"calibrating the engine set on this machine ({CALIBRATION_ROUNDS} rounds)")
         calibrate_engine_set(loaded, rounds=CALIBRATION_ROUNDS, threads=threads)
     if want_temporal and not is_temporal(temporal_dir):
-        from edgeprune.export.temporal import export_temporal
+        from edgeprune.exporting.temporal import export_temporal
 
         shutil.rmtree(temporal_dir, ignore_errors=True)
-        say(f"exporting the temporal artifact (recompute {RECOMPUTE:.0%} of the patches)")
-        export_temporal(net, RECOMPUTE, temporal_dir, model_info=info, progress=say)
+        say(progress, f"exporting the temporal artifact (recompute {RECOMPUTE:.0%} of the patches)")
+        export_temporal(net, RECOMPUTE, temporal_dir, model_info=info, progress=progress)
     return DefaultModels(engine_set, temporal_dir)
 
 

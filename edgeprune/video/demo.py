@@ -225,6 +225,14 @@ def run_demo(sources: list[Source], model: Path, out_path: Path, *, target_fps: 
 
 
 def _plot(rows: list[dict[str, Any]], path: Path, title: str, temporal: bool) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:  # the runtime install: video and metrics, no plot
+        from edgeprune.core.console import console
+
+        console.print(f"note: matplotlib is not installed, so no plot ({path.name}): pip install matplotlib", highlight=False)
+        path.unlink(missing_ok=True)  # not a stale one from an earlier run (--force)
+        return
     from edgeprune.measure.plotting import plot_timeline
 
     plot_timeline(path, [r["index"] for r in rows], {"budget": [r["budget"] for r in rows]},

@@ -3,7 +3,6 @@ native library (``--native``) runs it."""
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ import numpy as np
 
 from edgeprune.core.console import console
 from edgeprune.core.errors import EdgepruneError
+from edgeprune.core.files import read_json
 from edgeprune.video.segmenter import load_segmenter_model, prepare_batch
 
 
@@ -137,7 +137,7 @@ class FrameEngine:
 def _budget_of(model: Path) -> float:
     """An artifact's MACs ratio; an eager segmenter folder is the unreduced model (1.0)."""
     try:
-        return float(json.loads((model / "manifest.json").read_text())["flops"]["macs_ratio"])
+        return float(read_json(model / "manifest.json")["flops"]["macs_ratio"])
     except (OSError, ValueError, KeyError, TypeError):
         return 1.0
 

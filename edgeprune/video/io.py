@@ -8,7 +8,6 @@ opened (the first frame is decoded up front), not halfway through a run.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
@@ -17,6 +16,7 @@ import numpy as np
 
 from edgeprune.imaging.frames import load_cv2
 from edgeprune.core.errors import EdgepruneError
+from edgeprune.core.files import commit_temp, temp_path
 
 DEFAULT_FPS = 30.0
 
@@ -105,10 +105,9 @@ class VideoWriter:
         if w < 2 or h < 2:
             raise EdgepruneError(f"cannot write video {self.path}: frame size {w}x{h} is too small")
         try:
-            fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".tmp.mp4", dir=self.path.parent)
-            os.close(fd)
-        except OSError as exc:
-            raise EdgepruneError(f"cannot write video {self.path}: {exc.strerror or exc}") from None
+            self._tmp = str(temp_path(self.path, suffix=".tmp.mp4"))  # streamed into, renamed on success
+        except EdgepruneError as exc:
+            raise EdgepruneError(f"cannot write video {self.path}: {str(exc).rsplit(': ', 1)[-1]}") from None
         self._writer = cv2.VideoWriter(self._tmp, cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (w, h))
         if not self._writer.isOpened():
             self._discard()
@@ -144,13 +143,11 @@ class VideoWriter:
         if self.frames == 0 or os.path.getsize(self._tmp) == 0:
             self._discard()
             raise EdgepruneError(f"cannot write video {self.path}: no frames were written")
+        tmp, self._tmp = self._tmp, None
         try:
-            os.chmod(self._tmp, 0o644)  # mkstemp makes 0600; a video should be readable like any output
-            os.replace(self._tmp, self.path)
-        except OSError as exc:
-            self._discard()
-            raise EdgepruneError(f"cannot write video {self.path}: {exc.strerror or exc}") from None
-        self._tmp = None
+            commit_temp(tmp, self.path)  # fsync, rename, fsync the folder; removes tmp on failure
+        except EdgepruneError as exc:
+            raise EdgepruneError(f"cannot write video {self.path}: {str(exc).rsplit(': ', 1)[-1]}") from None
 
 
 def draw_hud(image: np.ndarray, lines: list[tuple[str, tuple[int, int, int]]]) -> None:

@@ -66,11 +66,11 @@ def all_or_nothing(out_path: Path) -> Iterator[list[Path]]:
 
 def write_side_outputs(created: list[Path], out_path: Path, text: str, plot: Callable[[Path], None]) -> None:
     """The metrics JSON (atomically) and the plot beside ``out_path``, recorded in ``created``."""
-    from edgeprune.imaging.images import write_atomic
+    from edgeprune.core.files import write_text_atomic
 
     _, metrics_path, plot_path = output_paths(out_path)
     created.append(metrics_path)
-    write_atomic(metrics_path, lambda tmp: Path(tmp).write_text(text))
+    write_text_atomic(metrics_path, text)
     created.append(plot_path)
     plot(plot_path)
 

@@ -6,7 +6,7 @@ import pytest
 import edgeprune
 from edgeprune import EdgepruneError
 from edgeprune.artifacts.artifact import load_artifact
-from edgeprune.export.onnx_export import export
+from edgeprune.exporting.onnx_export import export
 from tests.conftest import make_tiny
 
 

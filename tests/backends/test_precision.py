@@ -18,7 +18,7 @@ def exported(tmp_path_factory):
     import timm
     import torch
 
-    from edgeprune.export.onnx_export import export
+    from edgeprune.exporting.onnx_export import export
     from edgeprune import build_plan
 
     torch.manual_seed(0)

@@ -107,7 +107,7 @@ def vit_onnx(tmp_path_factory):
     import timm
     import torch
 
-    from edgeprune.export.onnx_export import export
+    from edgeprune.exporting.onnx_export import export
     from edgeprune import build_plan
 
     torch.manual_seed(0)

@@ -133,7 +133,7 @@ def test_every_rule_is_exercised_by_this_file():
 def test_classifier_exports_are_clean(tmp_path, method, extra):
     import timm
 
-    from edgeprune.export.onnx_export import export
+    from edgeprune.exporting.onnx_export import export
     from edgeprune.backends.graph import load_graph
     from edgeprune import build_plan
 
@@ -147,10 +147,10 @@ def test_classifier_exports_are_clean(tmp_path, method, extra):
 
 @pytest.mark.parametrize("method", ["tome", "cluster", "pass"])
 def test_segmenter_exports_are_clean(tmp_path, method):
-    from edgeprune.export.onnx_export import export
+    from edgeprune.exporting.onnx_export import export
     from edgeprune.families.timm_seg import create_segmenter
     from edgeprune.backends.graph import load_graph
-    from edgeprune.plan.token_plan import build_plan
+    from edgeprune import build_plan
 
     net = create_segmenter("vit_tiny_patch16_224", 4, head="multilevel", feature_blocks=(1, 3), img_size=32, patch_size=8,
                            depth=4, embed_dim=32, num_heads=2).eval()

@@ -13,7 +13,7 @@ from tests.cli.test_cli import error_line, run
 @pytest.fixture(scope="module")
 def engine_set(tmp_path_factory):
     from edgeprune.measure.calibrate import calibrate_engine_set
-    from edgeprune.export.engine_set import export_engine_set
+    from edgeprune.exporting.engine_set import export_engine_set
     from edgeprune.families.timm_seg import create_segmenter
 
     model = create_segmenter("vit_tiny_patch16_224", 4, head="linear", img_size=32, patch_size=8, depth=2,

@@ -19,7 +19,7 @@ FAST = ["--threads", "1"]  # a shared 2-core CI box: one thread avoids spin-wait
 def engine_sets(tmp_path_factory):
     """A tiny tome set of the reference segmenter (budgets 1.0, 0.5): calibrated, and an uncalibrated copy."""
     from edgeprune.measure.calibrate import calibrate_engine_set
-    from edgeprune.export.engine_set import export_engine_set
+    from edgeprune.exporting.engine_set import export_engine_set
     from edgeprune.families.loading import load_model
 
     root = tmp_path_factory.mktemp("demo_sets")

@@ -22,7 +22,7 @@ BACKENDS = ["ort-cpu", pytest.param("trt", marks=NEEDS_TRT)]
 
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory):
-    from edgeprune.export.onnx_export import export
+    from edgeprune.exporting.onnx_export import export
     from edgeprune import build_plan
 
     root = tmp_path_factory.mktemp("build")
@@ -101,7 +101,7 @@ def test_cache_key_depends_on_every_field():
 
 
 def test_engine_set_build(tmp_path):
-    from edgeprune.export.engine_set import export_engine_set
+    from edgeprune.exporting.engine_set import export_engine_set
 
     net = make_tiny("cls")
     engine_set = export_engine_set(net, "tome", [1.0, 0.6], tmp_path / "set")

@@ -12,7 +12,7 @@ from tests.conftest import make_tiny
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
-    from edgeprune.export.onnx_export import export
+    from edgeprune.exporting.onnx_export import export
     from edgeprune import build_plan
 
     net = make_tiny("registers")

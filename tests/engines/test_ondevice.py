@@ -32,8 +32,8 @@ needs_bash = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("sh
 
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
-    from edgeprune.export.engine_set import export_engine_set
-    from edgeprune.export.onnx_export import export
+    from edgeprune.exporting.engine_set import export_engine_set
+    from edgeprune.exporting.onnx_export import export
     from edgeprune import build_plan
 
     root = tmp_path_factory.mktemp("ondevice")

@@ -29,7 +29,7 @@ def stem_model(**overrides) -> torch.nn.Module:
 
 
 def randn(*shape: int) -> torch.Tensor:
-    from edgeprune.export.onnx_export import fresh_seed
+    from edgeprune.exporting.onnx_export import fresh_seed
 
     return torch.randn(*shape, generator=torch.Generator().manual_seed(fresh_seed()))
 
@@ -93,7 +93,7 @@ def test_dense_methods_export_with_parity(method, budget, tmp_path):
 
 
 def test_temporal_reuse_exports_with_parity(tmp_path):
-    from edgeprune.export.temporal import export_temporal
+    from edgeprune.exporting.temporal import export_temporal
 
     out = export_temporal(stem_model(), 0.5, tmp_path / "t")  # checks refresh and update graphs against eager
     assert (out / "manifest.json").is_file()

@@ -2,7 +2,7 @@
 the artifact runs without PyTorch (VisualEncoder) and feeds ``generate``; the CLI's bad inputs.
 
 Tiny random models from configs (tests/mllm/llava_models.py); the full method x family x batch matrix
-is a heavy case (and scripts/parity_mllm.py).
+is a heavy case (and tests/mllm/test_parity_mllm.py).
 """
 
 from __future__ import annotations

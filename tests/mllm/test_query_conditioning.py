@@ -1,25 +1,20 @@
-"""scripts/query_conditioning.py: the class-share bookkeeping on hand-made labels, and the study's core
+"""edgeprune.mllm.query_conditioning: the class-share bookkeeping on hand-made labels, and the study's core
 function on a few held-out scenes of the reference segmenter."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
+from edgeprune.mllm import query_conditioning
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "query_conditioning.py"
 
 
 @pytest.fixture(scope="module")
 def qc():
-    spec = importlib.util.spec_from_file_location("query_conditioning", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return query_conditioning
 
 
 def test_patch_labels_majority_and_ties(qc):

@@ -9,7 +9,7 @@ import torch
 
 from edgeprune.backends.ort import OrtRunner
 from edgeprune.backends.trt_lint import lint_model
-from edgeprune.export.onnx_export import trace_to_onnx
+from edgeprune.exporting.onnx_export import trace_to_onnx
 from edgeprune.backends.graph import load_graph, safety_problems
 from edgeprune.mllm.reference import greedy_map_reference, kernel_reference, relevance_reference
 from edgeprune.mllm.select import (

@@ -45,7 +45,7 @@ def tiny_set(tmp_path_factory):
 def tiny_temporal(tmp_path_factory):
     import torch
 
-    from edgeprune.export.temporal import export_temporal
+    from edgeprune.exporting.temporal import export_temporal
     from edgeprune.families.timm_seg import create_segmenter
 
     torch.manual_seed(0)

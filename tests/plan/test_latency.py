@@ -14,10 +14,12 @@ import torch
 
 timm = pytest.importorskip("timm")
 
-from edgeprune.export.block_latency import calibrate  # noqa: E402
+from edgeprune.exporting import block_latency  # noqa: E402
+from edgeprune.exporting.block_latency import calibrate  # noqa: E402
 from edgeprune.families import spec_of  # noqa: E402
 from edgeprune.plan import latency as L  # noqa: E402
 from edgeprune.core.errors import EdgepruneError  # noqa: E402
+from edgeprune.core.progress import messages as to_messages  # noqa: E402
 from edgeprune import build_plan  # noqa: E402
 
 FAST = dict(grid_points=3, reducer_points=2, repeat=2, runs=3, warmup=1)
@@ -35,7 +37,7 @@ def tiny():
 def calibrated(tiny, tmp_path_factory):
     cache = tmp_path_factory.mktemp("latency")
     messages: list[str] = []
-    lm = calibrate(tiny, "tome", cache_dir=cache, progress=messages.append, **FAST)
+    lm = calibrate(tiny, "tome", cache_dir=cache, progress=to_messages(messages.append), **FAST)
     return lm, cache, messages
 
 
@@ -68,9 +70,9 @@ def test_second_call_hits_the_cache(calibrated, tiny, monkeypatch):
     lm, cache, _ = calibrated
     (path,) = cache.glob("*.json")
     mtime = path.stat().st_mtime_ns
-    monkeypatch.setattr(L, "_measure", lambda *a, **k: pytest.fail("re-measured despite a valid cache"))
+    monkeypatch.setattr(block_latency, "_measure", lambda *a, **k: pytest.fail("re-measured despite a valid cache"))
     messages: list[str] = []
-    again = calibrate(tiny, "tome", cache_dir=cache, progress=messages.append, **FAST)
+    again = calibrate(tiny, "tome", cache_dir=cache, progress=to_messages(messages.append), **FAST)
     assert again == lm and path.stat().st_mtime_ns == mtime
     assert any("using cached" in m for m in messages)
 
@@ -88,9 +90,9 @@ def test_corrupt_cache_is_remeasured(calibrated, tiny, tmp_path, monkeypatch, co
         content = json.dumps(d)
     (tmp_path / good.name).write_text(content)
     calls = []
-    monkeypatch.setattr(L, "_measure", lambda *a, **k: calls.append(1) or L.LatencyModel.from_dict(lm.to_dict()))
+    monkeypatch.setattr(block_latency, "_measure", lambda *a, **k: calls.append(1) or L.LatencyModel.from_dict(lm.to_dict()))
     messages: list[str] = []
-    again = calibrate(tiny, "tome", cache_dir=tmp_path, progress=messages.append, **FAST)
+    again = calibrate(tiny, "tome", cache_dir=tmp_path, progress=to_messages(messages.append), **FAST)
     assert calls == [1] and again.attention_ms == lm.attention_ms
     assert any(m.startswith("warning: ignoring unreadable latency cache") for m in messages)
     assert L.LatencyModel.from_dict(json.loads((tmp_path / good.name).read_text())).mlp_ms == lm.mlp_ms  # rewritten
@@ -100,7 +102,7 @@ def test_corrupt_cache_is_remeasured(calibrated, tiny, tmp_path, monkeypatch, co
 def test_refresh_remeasures(calibrated, tiny, monkeypatch):
     lm, cache, _ = calibrated
     calls = []
-    monkeypatch.setattr(L, "_measure", lambda *a, **k: calls.append(1) or L.LatencyModel.from_dict(lm.to_dict()))
+    monkeypatch.setattr(block_latency, "_measure", lambda *a, **k: calls.append(1) or L.LatencyModel.from_dict(lm.to_dict()))
     calibrate(tiny, "tome", cache_dir=cache, refresh=True, **FAST)
     assert calls == [1]
 

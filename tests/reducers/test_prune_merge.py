@@ -254,7 +254,7 @@ def test_plan_macs_and_latency_of_prune_merge():
     from edgeprune import EdgepruneError, build_plan
     from edgeprune.plan.macs import reducer_macs
     from edgeprune.plan.latency import LatencyModel
-    from tests.test_plan import VIT_B
+    from tests.plan.test_plan import VIT_B
 
     plan = build_plan(VIT_B, "prune-merge", flops=0.5, options={"prune_share": 0.25, "merge_mode": "mean"})
     assert plan.prop_attn and plan.options == {"prune_share": 0.25, "merge_mode": "mean"} and plan.macs_ratio <= 0.5
@@ -291,7 +291,7 @@ def test_plan_refuses_prune_share_outside_unit_interval():
     """A prune_share outside [0, 1] is a bad option value: build_plan should refuse it up front (as it
     does an unknown merge_mode), not hand back a plan whose model raises on its first forward."""
     from edgeprune import EdgepruneError, build_plan
-    from tests.test_plan import VIT_B
+    from tests.plan.test_plan import VIT_B
 
     with pytest.raises(EdgepruneError, match="prune_share"):
         build_plan(VIT_B, "prune-merge", flops=0.5, options={"prune_share": 1.5})

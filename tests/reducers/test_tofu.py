@@ -270,7 +270,7 @@ def test_tofu_plan_defaults_and_block_index_reaches_the_reducer():
     from edgeprune.families import adapter_for
     from edgeprune import build_plan
     from tests.conftest import make_tiny
-    from tests.test_plan import VIT_B
+    from tests.plan.test_plan import VIT_B
 
     plan = build_plan(VIT_B, "tofu", flops=0.5)
     assert plan.options["prune_until"] == 3 and plan.prop_attn

@@ -17,7 +17,7 @@ SIZE = 32
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
-    from edgeprune.export.temporal import export_temporal
+    from edgeprune.exporting.temporal import export_temporal
     from edgeprune.families.timm_seg import create_segmenter
 
     torch.manual_seed(0)
@@ -114,7 +114,7 @@ def test_frames_of_another_size_are_resized(artifact):
 
 
 def test_batch_two_artifacts_are_refused(tmp_path):
-    from edgeprune.export.temporal import export_temporal
+    from edgeprune.exporting.temporal import export_temporal
     from edgeprune.families.timm_seg import create_segmenter
 
     model = create_segmenter("vit_tiny_patch16_224", 3, img_size=16, patch_size=8, depth=1, embed_dim=16, num_heads=1)

@@ -11,7 +11,7 @@ MEAN, STD = [0.45, 0.45, 0.45], [0.25, 0.25, 0.25]
 
 def make_set(root, budgets=(1.0, 0.5)):
     from edgeprune.measure.calibrate import calibrate_engine_set
-    from edgeprune.export.engine_set import export_engine_set
+    from edgeprune.exporting.engine_set import export_engine_set
     from edgeprune.artifacts.engine_set import load_engine_set
     from edgeprune.families.timm_seg import create_segmenter, save_segmenter
     from edgeprune.families.loading import load_model

@@ -15,7 +15,7 @@ from tests.conftest import make_tiny
 def classifier_artifact(tmp_path_factory):
     from safetensors.torch import save_file
 
-    from edgeprune.export.onnx_export import export
+    from edgeprune.exporting.onnx_export import export
     from edgeprune.families.loading import load_model
     from edgeprune import build_plan
 

@@ -9,6 +9,7 @@ import torch
 
 import edgeprune
 from edgeprune.core.errors import EdgepruneError
+from edgeprune.core.progress import messages as to_messages
 from edgeprune.families import adapter_for
 from edgeprune.families.loading import load_model
 from edgeprune.families.weights import model_fingerprint
@@ -54,7 +55,7 @@ def tuned(mnist_vit, digits, tmp_path_factory):
     cache = tmp_path_factory.mktemp("tune_cache")
     messages = []
     result = tune(mnist_vit, calib, flops=0.6, methods=METHODS, holdout=hold, budget_minutes=BUDGET, threads=1,
-                  cache_dir=cache, progress=messages.append)
+                  cache_dir=cache, progress=to_messages(messages.append))
     return result, cache, messages
 
 

@@ -8,7 +8,7 @@ import edgeprune
 from edgeprune import EdgepruneError, ParityError
 from edgeprune.artifacts.artifact import load_artifact
 from edgeprune.backends.ort import OrtRunner
-from edgeprune.export.onnx_export import export, relative_error
+from edgeprune.exporting.onnx_export import export, relative_error
 from edgeprune.backends.graph import safety_problems
 from tests.conftest import LAYOUTS, make_tiny
 
@@ -67,6 +67,23 @@ def test_parity_failure_leaves_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_export_reports_through_the_progress_protocol(tmp_path):
+    """``progress`` is a ``Progress``: called as ``progress(done, total, message)``, never with a bare string."""
+    from edgeprune.exporting.engine_set import export_engine_set
+
+    calls = []
+    model = make_tiny("cls")
+    export(model, edgeprune.build_plan(model, "none"), tmp_path / "a",
+           progress=lambda done, total, message="": calls.append((done, total, message)))
+    assert calls == [(0, None, "tracing and converting to ONNX"), (0, None, "checking ONNX Runtime against eager PyTorch")]
+    calls.clear()
+    export_engine_set(model, "tome", [1.0, 0.6], tmp_path / "set",
+                      progress=lambda done, total, message="": calls.append((done, total, message)))
+    assert [m for _d, _t, m in calls][:2] == ["[1/2] b1.00: tracing and converting to ONNX",
+                                             "[1/2] b1.00: checking ONNX Runtime against eager PyTorch"]
+    assert all(isinstance(d, int) and m.startswith(("[1/2] ", "[2/2] ")) for d, _t, m in calls)
+
+
 def test_existing_output_needs_overwrite(tmp_path):
     model = make_tiny("cls")
     plan = edgeprune.build_plan(model, "none")
@@ -90,7 +107,7 @@ def test_a_single_miss_is_rechecked_on_fresh_inputs(tmp_path):
     import torch
 
     from edgeprune.families import adapter_for
-    from edgeprune.export.onnx_export import PARITY_RECHECKS, check_parity
+    from edgeprune.exporting.onnx_export import PARITY_RECHECKS, check_parity
 
     model = make_tiny("cls")
     plan = edgeprune.build_plan(model, "tome", keep=0.5)

@@ -1,47 +1,70 @@
-#!/usr/bin/env python
 """Simulated cameras against `edgeprune serve`: throughput, latency, budgets, deadline hits, failures.
 
-Each camera is a thread with its own client (HTTP or gRPC) on loopback, sending the frames of a real
-clip (../shared/data/video, resized to --frame-size as a camera would stream them) at --fps with a
-deadline, for --seconds. A camera waits for each answer before sending the next frame; a frame whose
+Each camera is a thread with its own client (HTTP or gRPC) on loopback, sending the frames it was given
+(``edgeprune load-test`` streams real clips, resized as a camera would stream them) at ``fps`` with a
+deadline, for ``seconds``. A camera waits for each answer before sending the next frame; a frame whose
 time slot passed meanwhile is skipped, as a live camera drops it (counted, never sent). Every frame
 that was sent ends as answered or failed (with the reason); "lost" counts frames with neither and
 must be 0.
 
-The script starts the server itself for each --variants entry (NAME:MAX_BATCHxINSTANCES, e.g.
-batch:8x2 = dynamic batching up to 8 with 2 instances, single:1x1 = one instance, no batching) and
-runs every protocol against it, or drives a server you started (--url HOST:HTTP_PORT,HOST:GRPC_PORT).
-
-    python scripts/load_test.py [--set SET] [--cameras 8] [--seconds 60] [--fps 10] [--deadline-ms 60]
-        [--variants batch:8x2,single:1x1] [--protocols http,grpc] [--fps-steps 2,5,10,20]
-        [--fault-at 20 --restart-after 3] [--check 10] [--json out.json]
-
---fps-steps runs the first variant over gRPC with the per-camera rate stepping through the list
-(equal shares of --seconds) and reports the budgets chosen per step. --fault-at kills the server
-(SIGKILL) that many seconds into each run and restarts it --restart-after seconds later on the same
-ports; clients retry until --retry-for seconds per frame. --check N compares every Nth answered
+:func:`run_load_test` starts the server itself for each variant (NAME, MAX_BATCH, INSTANCES) and runs
+every protocol against it, or drives a server someone started (``url`` = (HTTP, gRPC) addresses).
+``fps_steps`` runs the first variant over gRPC with the per-camera rate stepping through the list
+(equal shares of ``seconds``) and reports the budgets chosen per step. ``fault_at`` kills the server
+(SIGKILL) that many seconds into each run and restarts it ``restart_after`` seconds later on the same
+ports; clients retry until ``retry_for`` seconds per frame. ``check`` = N compares every Nth answered
 frame with the local Runtime at the budget the server reported.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-VIDEOS = REPO.parent / "shared" / "data" / "video"
-CLIPS = ("highway_lane_960x540.mp4", "highway_cars_1280x720.mp4", "indoor_gym_426x240.mp4",
-         "indoor_lab_1920x1080.mp4", "outdoor_pool_340x256.mp4")
+from edgeprune.core.errors import EdgepruneError
+from edgeprune.core.progress import messages
+
+
+@dataclass
+class LoadOptions:
+    """What one load test runs; the defaults are ``edgeprune load-test``'s."""
+
+    seconds: float = 60.0
+    fps: float = 10.0
+    fps_steps: list[float] = field(default_factory=list)
+    deadline_ms: float = 60.0
+    variants: list[tuple[str, int, int]] = field(default_factory=lambda: [("batch", 8, 2), ("single", 1, 1)])
+    protocols: list[str] = field(default_factory=lambda: ["http", "grpc"])
+    queue_delay_us: int = 2000
+    fault_at: Optional[float] = None
+    restart_after: float = 3.0
+    retry_for: float = 20.0
+    check: int = 0
+    url: Optional[tuple[str, str]] = None  # (HOST:HTTP_PORT, HOST:GRPC_PORT) of a running server
+
+
+def parse_variants(text: str) -> list[tuple[str, int, int]]:
+    """``batch:8x2,single:1x1`` -> [("batch", 8, 2), ("single", 1, 1)] (NAME:MAX_BATCHxINSTANCES)."""
+    out = []
+    for spec in (v for v in text.split(",") if v):
+        name, _, shape = spec.partition(":")
+        try:
+            max_batch, instances = (int(v) for v in shape.lower().split("x"))
+        except ValueError:
+            raise EdgepruneError(f"--variants expects NAME:MAX_BATCHxINSTANCES (e.g. batch:8x2), got '{spec}'") from None
+        if not name or max_batch < 1 or instances < 1:
+            raise EdgepruneError(f"--variants expects NAME:MAX_BATCHxINSTANCES with both numbers >= 1, got '{spec}'")
+        out.append((name, max_batch, instances))
+    if not out:
+        raise EdgepruneError("--variants is empty")
+    return out
 
 
 @dataclass
@@ -58,27 +81,6 @@ class Frame:
     error: str = ""
     step: int = 0
     labels: Optional[np.ndarray] = field(default=None, repr=False)
-
-
-def load_frames(cameras: int, count: int, size: tuple[int, int]) -> list[list[np.ndarray]]:
-    """``count`` frames per camera from the real clips (camera i plays clip i mod 5, from a different start)."""
-    from edgeprune.imaging.images import resize_rgb
-    from edgeprune.video import open_video
-
-    width, height = size
-    clips: dict[str, list[np.ndarray]] = {}
-    out = []
-    for cam in range(cameras):
-        name = CLIPS[cam % len(CLIPS)]
-        if name not in clips:
-            if not (VIDEOS / name).is_file():
-                raise SystemExit(f"error: {VIDEOS / name} is missing (the load test streams the real clips)")
-            with open_video(VIDEOS / name) as video:
-                clips[name] = [resize_rgb(f, height, width) for _, f in zip(range(count + 40), video)]
-        frames = clips[name]
-        start = (cam // len(CLIPS)) * 17 % len(frames)
-        out.append([frames[(start + i) % len(frames)] for i in range(count)])
-    return out
 
 
 def fps_at(elapsed: float, steps: list[float], seconds: float) -> tuple[float, int]:
@@ -156,7 +158,7 @@ def summarize(records: list[Frame], seconds: float, deadline_ms: float, skipped:
     }
 
 
-def run_cameras(url: str, protocol: str, frames: list[list[np.ndarray]], steps: list[float], args,
+def run_cameras(url: str, protocol: str, frames: list[list[np.ndarray]], steps: list[float], args: LoadOptions,
                 fault: Optional[Any] = None) -> tuple[list[Frame], Counter]:
     records: list[Frame] = []
     skipped: Counter = Counter()
@@ -198,50 +200,21 @@ def check_against_runtime(engine_set: Path, records: list[Frame], frames: list[l
             "identical": round(same / total, 6) if total else None}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--set", type=Path, help="Engine set to serve (default: the demo's reference set, made on first use).")
-    p.add_argument("--url", help="Drive a running server instead: HOST:HTTP_PORT,HOST:GRPC_PORT.")
-    p.add_argument("--cameras", type=int, default=8)
-    p.add_argument("--seconds", type=float, default=60.0)
-    p.add_argument("--fps", type=float, default=10.0, help="Frames per second per camera.")
-    p.add_argument("--fps-steps", default="", help="Comma-separated per-camera rates for the load-step run.")
-    p.add_argument("--deadline-ms", type=float, default=60.0)
-    p.add_argument("--frame-size", default="320x180", help="WIDTHxHEIGHT the cameras stream.")
-    p.add_argument("--variants", default="batch:8x2,single:1x1")
-    p.add_argument("--protocols", default="http,grpc")
-    p.add_argument("--queue-delay-us", type=int, default=2000)
-    p.add_argument("--fault-at", type=float, default=None)
-    p.add_argument("--restart-after", type=float, default=3.0)
-    p.add_argument("--retry-for", type=float, default=20.0, help="Seconds a camera retries one frame before failing it.")
-    p.add_argument("--check", type=int, default=0, help="Compare every Nth answered frame with the local Runtime.")
-    p.add_argument("--json", type=Path)
-    args = p.parse_args()
-
+def run_load_test(args: LoadOptions, frames: list[list[np.ndarray]], engine_set: Optional[Path], *,
+                  report: Optional[dict[str, Any]] = None, say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Every variant x protocol (or the given server x protocol); returns the report (``runs``, ``ratios``)."""
     from edgeprune.serving.serve import default_threads, prepare_service, start
 
-    width, height = (int(v) for v in args.frame_size.lower().split("x"))
-    protocols = [x for x in args.protocols.split(",") if x]
-    steps = [float(x) for x in args.fps_steps.split(",") if x]
-    frames_needed = int(max([args.fps, *steps]) * args.seconds) + 1
-    frames = load_frames(args.cameras, min(frames_needed, 600), (width, height))
-    report: dict[str, Any] = {"command": " ".join(sys.argv), "cameras": args.cameras, "seconds": args.seconds,
-                              "fps": args.fps, "deadline_ms": args.deadline_ms, "frame_size": [width, height],
-                              "runs": []}
-    engine_set = args.set
-    if engine_set is None and not args.url:
-        from edgeprune.cli.common import default_model
-        from edgeprune.video.default_demo import prepare
-
-        engine_set = prepare(default_model(real=False), temporal=False, say=print).engine_set
-    report["set"] = str(engine_set)
+    report = {} if report is None else report
+    report.setdefault("runs", [])
+    steps = list(args.fps_steps)
 
     def one_run(label: str, url: str, protocol: str, steps_: list[float], server=None, service=None, variant=None,
                 variant_name: str = ""):
         fault = None
         events: list[str] = []
         if args.fault_at is not None and server is not None:
-            def fault(t0, holder=server):
+            def kill_and_restart(t0, holder=server):
                 time.sleep(max(0.0, t0 + args.fault_at - time.perf_counter()))
                 holder["server"].triton.kill()
                 events.append(f"killed at {time.perf_counter() - t0:.1f} s")
@@ -250,6 +223,7 @@ def main() -> None:
                 holder["server"] = start(service, instances=variant[1], queue_delay_us=args.queue_delay_us,
                                          http=ports.http, grpc=ports.grpc, metrics=ports.metrics)
                 events.append(f"restarted, ready at {time.perf_counter() - t0:.1f} s")
+            fault = kill_and_restart
         records, skipped = run_cameras(url, protocol, frames, steps_, args, fault)
         summary = summarize(records, args.seconds, args.deadline_ms, skipped)
         if events:
@@ -259,34 +233,33 @@ def main() -> None:
             for i, fps in enumerate(steps_):
                 part = [r for r in records if r.step == i]
                 s = summarize(part, args.seconds / len(steps_), args.deadline_ms, Counter())
-                summary["steps"].append({"fps_per_camera": fps, "offered_fps": fps * args.cameras, **{
+                summary["steps"].append({"fps_per_camera": fps, "offered_fps": fps * len(frames), **{
                     k: s[k] for k in ("answered", "throughput_fps", "p50_ms", "p99_ms", "mean_budget", "budgets",
                                       "mean_batch", "deadline_hits")}})
         if args.check and engine_set is not None:
             summary["check"] = check_against_runtime(engine_set, records, frames)
         summary.update(label=label, protocol=protocol, variant=variant_name, load_steps=len(steps_) > 1)
         report["runs"].append(summary)
-        print_summary(summary)
+        print_summary(summary, say)
 
     if args.url:
-        http_url, grpc_url = args.url.split(",")
-        for protocol in protocols:
+        http_url, grpc_url = args.url
+        for protocol in args.protocols:
             one_run("given server", http_url if protocol == "http" else grpc_url, protocol, [args.fps])
     else:
-        for spec in [v for v in args.variants.split(",") if v]:
-            name, _, shape = spec.partition(":")
-            max_batch, instances = (int(v) for v in shape.lower().split("x"))
+        for spec in args.variants:
+            name, max_batch, instances = spec
             threads = default_threads(instances)
             service = prepare_service(engine_set, max_batch=max_batch, target_ms=args.deadline_ms, threads=threads,
-                                      say=print)
+                                      progress=messages(say))
             holder = {"server": start(service, instances=instances, queue_delay_us=args.queue_delay_us)}
             try:
-                for protocol in protocols:
+                for protocol in args.protocols:
                     ports = holder["server"].ports
                     url = ports.http_url if protocol == "http" else ports.grpc_url
                     one_run(f"{name} (max batch {max_batch}, {instances} instance(s), {threads} thread(s) each)",
                             url, protocol, [args.fps], holder, service, (max_batch, instances), name)
-                if steps and spec == args.variants.split(",")[0]:
+                if steps and spec == args.variants[0]:
                     ports = holder["server"].ports
                     one_run(f"{name} load steps", ports.grpc_url, "grpc", steps, holder, service, (max_batch, instances),
                             name)
@@ -294,38 +267,36 @@ def main() -> None:
                 holder["server"].stop()
         runs = report["runs"]
         by = {(r["variant"], r["protocol"]): r for r in runs if not r["load_steps"]}
-        names = [v.split(":")[0] for v in args.variants.split(",") if v]
+        names = [v[0] for v in args.variants]
         if len(names) >= 2:
-            for protocol in protocols:
+            for protocol in args.protocols:
                 a, b = by.get((names[0], protocol)), by.get((names[1], protocol))
                 if a and b and b["throughput_fps"]:
                     ratio = a["throughput_fps"] / b["throughput_fps"]
-                    print(f"{protocol}: {names[0]} / {names[1]} throughput {ratio:.2f}x "
-                          f"({a['throughput_fps']} vs {b['throughput_fps']} frames/s)")
+                    say(f"{protocol}: {names[0]} / {names[1]} throughput {ratio:.2f}x "
+                        f"({a['throughput_fps']} vs {b['throughput_fps']} frames/s)")
                     report.setdefault("ratios", {})[protocol] = round(ratio, 3)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_suffix(".tmp")
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
-        tmp.replace(args.json)
-        print(f"wrote {args.json}")
+    return report
 
 
-def print_summary(s: dict[str, Any]) -> None:
-    print(f"{s['label']} over {s['protocol']}: sent {s['sent']}, answered {s['answered']}, failed {s['failed']}, "
-          f"lost {s['lost']}, skipped by cameras {s['skipped_by_cameras']}; {s['throughput_fps']} frames/s; "
-          f"p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms; deadline hits {s['deadline_hits']:.1%}; "
-          f"mean budget {s['mean_budget']} {s['budgets']}; mean batch {s['mean_batch']}; retried {s['retried_frames']}",
-          flush=True)
+def write_report(path: Path, report: dict[str, Any], say: Callable[[str], None] = print) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.replace(path)
+    say(f"wrote {path}")
+
+
+def print_summary(s: dict[str, Any], say: Callable[[str], None] = print) -> None:
+    say(f"{s['label']} over {s['protocol']}: sent {s['sent']}, answered {s['answered']}, failed {s['failed']}, "
+        f"lost {s['lost']}, skipped by cameras {s['skipped_by_cameras']}; {s['throughput_fps']} frames/s; "
+        f"p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms; deadline hits {s['deadline_hits']:.1%}; "
+        f"mean budget {s['mean_budget']} {s['budgets']}; mean batch {s['mean_batch']}; retried {s['retried_frames']}")
     for step in s.get("steps", []):
-        print(f"   {step['fps_per_camera']:g} fps/camera (offered {step['offered_fps']:g}): {step['throughput_fps']} frames/s, "
-              f"mean budget {step['mean_budget']} {step['budgets']}, mean batch {step['mean_batch']}, "
-              f"p50 {step['p50_ms']} ms, p99 {step['p99_ms']} ms, deadline hits {step['deadline_hits']:.1%}", flush=True)
+        say(f"   {step['fps_per_camera']:g} fps/camera (offered {step['offered_fps']:g}): {step['throughput_fps']} frames/s, "
+            f"mean budget {step['mean_budget']} {step['budgets']}, mean batch {step['mean_batch']}, "
+            f"p50 {step['p50_ms']} ms, p99 {step['p99_ms']} ms, deadline hits {step['deadline_hits']:.1%}")
     if s.get("fault"):
-        print(f"   fault: {'; '.join(s['fault'])}; errors {s['errors']}", flush=True)
+        say(f"   fault: {'; '.join(s['fault'])}; errors {s['errors']}")
     if s.get("check"):
-        print(f"   labels vs local Runtime: {s['check']}", flush=True)
-
-
-if __name__ == "__main__":
-    main()
+        say(f"   labels vs local Runtime: {s['check']}")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from edgeprune.artifacts.temporal import GRAPHS, TEMPORAL_FORMAT, TEMPORAL_KIND
 from edgeprune.core.errors import EdgepruneError
+from edgeprune.core.progress import Progress, say
 
 
 
@@ -192,7 +193,7 @@ def temporal_macs(module: TemporalSegmenter, recompute: int) -> int:
 
 def fresh_inputs(module: TemporalSegmenter, batch: int, recompute: int) -> tuple[Tensor, ...]:
     """Random pixels, a random distinct ``update_index`` per batch element and random caches."""
-    from edgeprune.export.onnx_export import fresh_pixels, fresh_seed
+    from edgeprune.exporting.onnx_export import fresh_pixels, fresh_seed
 
     gen = torch.Generator().manual_seed(fresh_seed())
     spec = module.adapter.spec
@@ -206,7 +207,7 @@ def fresh_inputs(module: TemporalSegmenter, batch: int, recompute: int) -> tuple
 
 def check_temporal_parity(module: TemporalSegmenter, onnx_path: Path, batches: list[int], tolerance: float) -> dict[str, Any]:
     """ONNX Runtime vs eager PyTorch on fresh random pixels, indices and caches, per output."""
-    from edgeprune.export.onnx_export import check_parity
+    from edgeprune.exporting.onnx_export import check_parity
 
     return check_parity(module, onnx_path, [], batches, tolerance, input_names=module.input_names,
                         make_inputs=lambda batch: fresh_inputs(module, batch, module.recompute))
@@ -223,17 +224,16 @@ def export_temporal(
     tolerance: Optional[float] = None,
     model_info: Optional[dict[str, Any]] = None,
     overwrite: bool = False,
-    progress: Optional[Callable[[str], None]] = None,
+    progress: Optional[Progress] = None,
 ) -> Path:
     """Export the refresh graph (every patch) and the update graph (``recompute`` patches: a share in
     (0, 1] or a count) of a segmenter to ``out_dir`` with one manifest; both parity-checked."""
     from edgeprune.artifacts.artifact import MANIFEST
     from edgeprune.core.files import atomic_directory, sha256_file, write_json_atomic
-    from edgeprune.export.onnx_export import (DEFAULT_OPSET, DEFAULT_TOLERANCE, library_versions, trace_to_onnx,
+    from edgeprune.exporting.onnx_export import (DEFAULT_OPSET, DEFAULT_TOLERANCE, library_versions, trace_to_onnx,
                                                  trt_lint_report)
     from edgeprune.backends.graph import load_graph, op_counts, safety_problems
 
-    say = progress or (lambda _msg: None)
     opset = opset or DEFAULT_OPSET
     tolerance = tolerance or DEFAULT_TOLERANCE
     if opset < 17:
@@ -249,7 +249,7 @@ def export_temporal(
         for name, m in counts.items():
             module = TemporalSegmenter(model, m)
             path = tmp / f"{name}.onnx"
-            say(f"{name} graph ({m} of {module.num_patches} patches): tracing and converting to ONNX")
+            say(progress, f"{name} graph ({m} of {module.num_patches} patches): tracing and converting to ONNX")
             trace_batch = 2 if dynamic_batch else batch
             dim = torch.export.Dim("batch", min=1, max=256)
             # forward takes (pixels, *update): the update inputs' shapes go in as one nested tuple.
@@ -261,7 +261,7 @@ def export_temporal(
             problems = safety_problems(graph)
             if problems:
                 raise EdgepruneError(f"exported {name} graph breaks edgeprune's export rules: {problems[0]}")
-            say(f"{name} graph: checking ONNX Runtime against eager PyTorch")
+            say(progress, f"{name} graph: checking ONNX Runtime against eager PyTorch")
             parity = check_temporal_parity(module, path, [1, 2] if dynamic_batch else [batch], tolerance)
             graphs[name] = {"file": path.name, "recompute": m, "inputs": module.input_names, "sha256": sha256_file(path),
                             "ops": op_counts(graph), "trt_lint": trt_lint_report(graph),

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from edgeprune.artifacts.engine_set import SET_FILE, SET_FORMAT, SET_KIND, EngineSet, load_engine_set, member_name
 from edgeprune.core.errors import EdgepruneError
 from edgeprune.core.files import atomic_directory, write_json_atomic
-from edgeprune.export.onnx_export import export
+from edgeprune.core.progress import Progress, prefixed
+from edgeprune.exporting.onnx_export import export
 from edgeprune.families import spec_of
 from edgeprune.plan.token_plan import build_plan
 
@@ -22,7 +23,7 @@ def export_engine_set(
     batch: int = 1,
     dynamic_batch: bool = False,
     overwrite: bool = False,
-    progress: Optional[Callable[[str], None]] = None,
+    progress: Optional[Progress] = None,
     model_info: Optional[dict[str, Any]] = None,
     opset: Optional[int] = None,
     tolerance: Optional[float] = None,
@@ -33,7 +34,6 @@ def export_engine_set(
     Every plan is built before the first (slow) export, so an unreachable budget fails in seconds;
     the set appears at ``out_dir`` only when every member exported, and ``set.json`` is written last.
     """
-    say = progress or (lambda _msg: None)
     budgets = sorted({float(b) for b in budgets}, reverse=True)
     if not budgets or any(not 0 < b <= 1 for b in budgets):
         raise EdgepruneError(f"budgets must be in (0, 1], got {', '.join(f'{b:g}' for b in budgets) or 'none'}")
@@ -49,7 +49,7 @@ def export_engine_set(
         for i, (budget, name, plan) in enumerate(zip(budgets, names, plans)):
             prefix = f"[{i + 1}/{len(budgets)}] {name}"
             artifact = export(model, plan, tmp / name, batch=batch, dynamic_batch=dynamic_batch, model_info=model_info,
-                              progress=lambda msg, p=prefix: say(f"{p}: {msg}"), **extra)
+                              progress=prefixed(progress, prefix), **extra)
             members.append({
                 "budget": budget, "path": name, "macs_ratio": artifact.manifest["flops"]["macs_ratio"],
                 "final_tokens": plan.final_tokens, "onnx_sha256": artifact.manifest["onnx"]["sha256"],

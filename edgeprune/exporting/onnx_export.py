@@ -21,6 +21,7 @@ from edgeprune.artifacts.artifact import MANIFEST, MANIFEST_FORMAT, ONNX_FILE, A
 from edgeprune.core.files import atomic_directory, sha256_file, write_json_atomic
 from edgeprune.backends.feeds import RECENT_SEEDS, fresh_seed, random_pixels, relative_error
 from edgeprune.core.machine import library_versions
+from edgeprune.core.progress import Progress, say
 from edgeprune.core.errors import EdgepruneError, ParityError, first_line
 from edgeprune.families import adapter_for
 from edgeprune.backends.graph import load_graph, op_counts, safety_problems
@@ -147,14 +148,13 @@ def export(
     tolerance: float = DEFAULT_TOLERANCE,
     model_info: Optional[dict[str, Any]] = None,
     overwrite: bool = False,
-    progress: Optional[Callable[[str], None]] = None,
+    progress: Optional[Progress] = None,
 ) -> Artifact:
     """Export ``model`` under ``plan`` to ``out_dir`` (model.onnx + manifest.json), parity-checked.
 
     The batch axis is fixed to ``batch`` unless ``dynamic_batch``; token counts are always static.
     Nothing is left at ``out_dir`` unless every step succeeds.
     """
-    say = progress or (lambda _msg: None)
     if opset < 17:
         raise EdgepruneError(f"opset {opset} is too old: edgeprune needs opset >= 17 (one LayerNormalization node)")
     if batch < 1:
@@ -166,7 +166,7 @@ def export(
     started = time.perf_counter()
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         onnx_path = tmp / ONNX_FILE
-        say("tracing and converting to ONNX")
+        say(progress, "tracing and converting to ONNX")
         # Tracing at batch 1 lets the tracer specialize the batch axis; trace a dynamic one at 2.
         trace_shape = [2, *shape[1:]] if dynamic_batch else shape
         trace_to_onnx(
@@ -181,7 +181,7 @@ def export(
             problems.append("the batch axis was specialized to a constant during tracing")
         if problems:
             raise EdgepruneError(f"exported graph breaks edgeprune's export rules: {problems[0]}")
-        say("checking ONNX Runtime against eager PyTorch")
+        say(progress, "checking ONNX Runtime against eager PyTorch")
         batches = [1, 2] if dynamic_batch else [batch]
         parity = check_parity(reduced, onnx_path, shape, batches, tolerance)
         manifest = {

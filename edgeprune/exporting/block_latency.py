@@ -9,15 +9,15 @@ block dimensions, the method and the machine/runtime.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import platform
-import random
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -25,8 +25,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeprune.backends.ort import SessionFromOnnx
+from edgeprune.core.cache import cache_dir as core_cache_dir
 from edgeprune.core.errors import EdgepruneError
-from edgeprune.export.onnx_export import trace_to_onnx
+from edgeprune.core.files import read_json, write_json_atomic
+from edgeprune.core.machine import cpu_name
+from edgeprune.core.progress import Progress
+from edgeprune.core.progress import say as say_progress
+from edgeprune.core.timing import interleaved_times
+from edgeprune.exporting.onnx_export import trace_to_onnx
 from edgeprune.families import adapter_for
 from edgeprune.plan import methods
 from edgeprune.plan.latency import BLOCK_DIMS, CALIBRATION_FORMAT, LatencyModel
@@ -38,12 +44,7 @@ def machine_info(threads: int, providers: Sequence[str]) -> dict[str, Any]:
     """What the timings depend on besides the model: CPU, runtime versions, threads, providers."""
     import onnxruntime as ort
 
-    cpu = platform.processor()
-    try:
-        cpu = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "machine": platform.machine(), "system": platform.system(), "onnxruntime": ort.__version__,
+    return {"cpu": cpu_name(), "machine": platform.machine(), "system": platform.system(), "onnxruntime": ort.__version__,
             "torch": torch.__version__.split("+")[0], "providers": [p.lower() for p in providers], "threads": threads}
 
 
@@ -92,7 +93,7 @@ def _export(module: nn.Module, args: tuple, path: Path, dynamic: bool = False) -
 
 
 def _measure(adapter: Any, method: str, threads: int, providers: Sequence[str], grid_points: int,
-             reducer_points: int, repeat: int, runs: int, warmup: int, say: Callable[[str], None]) -> LatencyModel:
+             reducer_points: int, repeat: int, runs: int, warmup: int, progress: Optional[Progress] = None) -> LatencyModel:
     spec, views = adapter.spec, adapter.blocks()
     views = [views[i % len(views)] for i in range(repeat)]  # the first blocks (weights do not matter)
     c, h, p, n_max = spec.embed_dim, spec.num_heads, spec.num_prefix, spec.num_tokens
@@ -109,16 +110,16 @@ def _measure(adapter: Any, method: str, threads: int, providers: Sequence[str], 
         parts = ("attention", "mlp", "prefix_attention") if spec.prefix_head and p > 0 else ("attention", "mlp")
         steps = len(parts) + len(sizes)
         for i, part in enumerate(parts):
-            say(f"latency calibration: exporting the {part.replace('_', ' ')} sub-layer ({i + 1}/{steps})")
+            say_progress(progress, f"latency calibration: exporting the {part.replace('_', ' ')} sub-layer ({i + 1}/{steps})")
             sess = session(part, _Chain(views, part, p), (torch.randn(1, n_max, c),), dynamic=True)
             jobs += [(part, n, sess, {"in0": rnd(1, n, c)}) for n in grid if n > p]
         for i, n_tok in enumerate(sizes):
-            say(f"latency calibration: exporting the {method} reducer at {n_tok} tokens ({i + len(parts) + 1}/{steps})")
+            say_progress(progress, f"latency calibration: exporting the {method} reducer at {n_tok} tokens ({i + len(parts) + 1}/{steps})")
             n, keep = p + n_tok, max(min_tokens(method), n_tok // 2)
             args = [a for _ in range(repeat) for a in (rnd(1, n, c), np.ones((1, n, 1), np.float32), rnd(1, h, n, spec.head_dim), rnd(1, h, n, spec.head_dim))]
             sess = session(f"reducer{n}", _Reduce(method, views[0].scale, p, keep), tuple(map(torch.from_numpy, args)))
             jobs.append(("reducer", n, sess, {f"in{j}": a for j, a in enumerate(args)}))
-        say(f"latency calibration: timing {len(jobs)} shapes x {runs} runs")
+        say_progress(progress, f"latency calibration: timing {len(jobs)} shapes x {runs} runs")
         medians = _time(jobs, runs, warmup)
     pick = lambda curve: [m / repeat for (name, _, _, _), m in zip(jobs, medians) if name == curve]  # noqa: E731
     return LatencyModel(method, {k: getattr(spec, k) for k in BLOCK_DIMS}, [n for n in grid if n > p], pick("attention"),
@@ -126,38 +127,30 @@ def _measure(adapter: Any, method: str, threads: int, providers: Sequence[str], 
 
 
 def _time(jobs: list, runs: int, warmup: int, per_visit: int = 5, settle_s: float = 0.1) -> list[float]:
-    """Median ms per job. Every session has its own thread pool, and right after another session ran,
-    its first calls are slow (ViT-B at 2 threads: up to 1.7x for ~0.1 s) while a deployed model's
-    one session stays hot. So sessions take turns in shuffled visits, each visit runs untimed for
-    ``settle_s`` first, then times each of its jobs ``per_visit`` times, shuffled: drift between
-    visits and along the token grid hits all points alike."""
-    sessions: dict[int, list[int]] = {}
+    """Median ms per job (``(curve, tokens, session, feed)``). Every session has its own thread pool,
+    and right after another session ran, its first calls are slow (ViT-B at 2 threads: up to 1.7x for
+    ~0.1 s) while a deployed model's one session stays hot: so sessions take turns in shuffled visits
+    that settle for ``settle_s`` before timing ``per_visit`` runs of each of their jobs
+    (:func:`edgeprune.core.timing.interleaved_times`)."""
+    groups: dict[int, list[int]] = {}
     for i, (_, _, session, _) in enumerate(jobs):
-        sessions.setdefault(id(session), []).append(i)
-    runs, times = max(1, runs), [[] for _ in jobs]
-    shuffler, visits = random.Random(0), list(sessions.values())
-    for visit in range(-(-runs // per_visit)):
-        shuffler.shuffle(visits)
-        for group in visits:
-            session, calls, start = jobs[group[0]][2], 0, time.perf_counter()
-            while calls < max(warmup * len(group) if visit == 0 else 0, 3) or time.perf_counter() - start < settle_s:
-                session.run(None, jobs[group[calls % len(group)]][3])
-                calls += 1
-            for _ in range(min(per_visit, runs - visit * per_visit)):
-                for i in shuffler.sample(group, len(group)):
-                    start = time.perf_counter()
-                    session.run(None, jobs[i][3])
-                    times[i].append((time.perf_counter() - start) * 1e3)
-    return [float(np.median(t)) for t in times]
+        groups.setdefault(id(session), []).append(i)
+    calls = [[lambda s=jobs[i][2], feed=jobs[i][3]: s.run(None, feed) for i in group] for group in groups.values()]
+    times = interleaved_times(calls, runs=runs, per_visit=per_visit, warmup=warmup, settle_calls=3, settle_s=settle_s)
+    medians = [0.0] * len(jobs)
+    for group, samples in zip(groups.values(), times):
+        for i, t in zip(group, samples):
+            medians[i] = float(np.median(t))
+    return medians
 
 
 def calibrate(model: nn.Module, method: str, *, threads: int = 2, providers: Sequence[str] = ("cpu",),
-              cache_dir: Optional[Path] = None, refresh: bool = False, progress: Optional[Callable[[str], None]] = None,
+              cache_dir: Optional[Path] = None, refresh: bool = False, progress: Optional[Progress] = None,
               grid_points: int = 8, reducer_points: int = 3, repeat: int = 3, runs: int = 20, warmup: int = 3) -> LatencyModel:
     """This machine's latency model for ``model``'s blocks under ``method``: measured once (about
     30 s for ViT-B on 2 cores), then read from the cache. A cache file that cannot be read is
     re-measured with a warning through ``progress``; ``refresh`` forces a re-measure."""
-    say = progress or (lambda _msg: None)
+    say = functools.partial(say_progress, progress)
     method = method.lower()
     if methods.get(method).family != "reducer":
         raise EdgepruneError(f"latency calibration covers the reducers ({', '.join(methods.REDUCER_METHODS)}), not '{method}'")
@@ -166,11 +159,10 @@ def calibrate(model: nn.Module, method: str, *, threads: int = 2, providers: Seq
     material = dict(info, format=CALIBRATION_FORMAT, family=adapter.family, method=method, grid_points=grid_points,
                     reducer_points=reducer_points, repeat=repeat, dims={k: getattr(adapter.spec, k) for k in BLOCK_DIMS})
     key = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
-    root = Path(os.environ.get("EDGEPRUNE_CACHE_DIR") or Path.home() / ".cache" / "edgeprune").expanduser() / "latency"
-    path = Path(cache_dir or root) / f"{adapter.family}-{method}-{key[:16]}.json"
+    path = Path(cache_dir or core_cache_dir("latency")) / f"{adapter.family}-{method}-{key[:16]}.json"
     if path.exists() and not refresh:
         try:
-            cached = LatencyModel.from_dict(json.loads(path.read_text()))
+            cached = LatencyModel.from_dict(read_json(path))
             if cached.info.get("key") != key or cached.method != method:
                 raise EdgepruneError("cache key mismatch")
             say(f"latency calibration: using cached {path}")
@@ -182,17 +174,13 @@ def calibrate(model: nn.Module, method: str, *, threads: int = 2, providers: Seq
         say(f"warning: this machine looks busy (load {load:.1f} on {os.cpu_count()} cores); the timings will include "
             "the contention: calibrate again with refresh when it is idle")
     started = time.perf_counter()
-    lm = _measure(adapter, method, threads, providers, grid_points, reducer_points, max(1, repeat), runs, warmup, say)
+    lm = _measure(adapter, method, threads, providers, grid_points, reducer_points, max(1, repeat), runs, warmup, progress)
     lm.info = dict(info, key=key, family=adapter.family, runs=runs, repeat=repeat, load_average=round(load, 2), calibration_seconds=round(time.perf_counter() - started, 1),
                    created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(lm.to_dict(), f, indent=1)
-        os.replace(tmp, path)
+        write_json_atomic(path, lm.to_dict(), indent=1, mkdir=True)
         say(f"latency calibration: {lm.info['calibration_seconds']} s, cached at {path}")
-    except OSError as exc:
+    except EdgepruneError as exc:
         say(f"warning: could not cache the latency model at {path}: {exc}")
     return lm
 

@@ -1,4 +1,5 @@
-"""MNIST test-set loading shared by the reference-model scripts.
+"""MNIST test-set loading and the narrow ViT shared by the reference-model scripts (train_mnist_vit,
+train_fashion_vit, accuracy_vs_flops).
 
 Only the 10k MNIST *test* digits ship with the repository's shared data, so the
 reference model is trained on a fixed slice of them and evaluated on the rest.
@@ -9,13 +10,12 @@ agrees on which digits are held out.
 from __future__ import annotations
 
 import gzip
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]  # a checkout: models/ and ../shared/ sit next to the package
 DEFAULT_DATA_DIR = (REPO_ROOT / ".." / "shared" / "data" / "mnist").resolve()
 
 IMAGES_FILE = "t10k-images-idx3-ubyte.gz"
@@ -111,11 +111,3 @@ NARROW_VIT_ARGS: dict = {
     "num_heads": 3,
     "mlp_ratio": 2.0,
 }
-
-
-def lr_at(step: int, total: int, warmup: int, base_lr: float, min_lr: float) -> float:
-    """Linear warm-up, then cosine decay to ``min_lr`` at ``total`` steps (held there after)."""
-    if step < warmup:
-        return base_lr * (step + 1) / warmup
-    t = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * t))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from edgeprune.core.errors import EdgepruneError
-from edgeprune.export.temporal import TemporalSegmenter, export_temporal, fresh_inputs, recompute_count, temporal_macs
+from edgeprune.exporting.temporal import TemporalSegmenter, export_temporal, fresh_inputs, recompute_count, temporal_macs
 from edgeprune.families.timm_seg import create_segmenter
 
 TINY = dict(img_size=32, patch_size=8, depth=4, embed_dim=32, num_heads=2)

@@ -73,6 +73,7 @@ class BuilderSettings:
     hardware_compatibility: str = "none"
     version_compatible: bool = False
     strongly_typed: bool = True
+    device: Optional[str] = None  # --backend openvino only: the OpenVINO device (CPU, GPU, NPU, ...)
 
     def validate(self) -> None:
         if self.precision not in PRECISIONS:
@@ -88,7 +89,10 @@ class BuilderSettings:
                                  f"got {self.hardware_compatibility!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)  # field order is fixed, so the manifest and cache keys are stable
+        data = asdict(self)  # field order is fixed, so the manifest and cache keys are stable
+        if data["device"] is None:  # only OpenVINO engines name one: other engines keep their keys
+            del data["device"]
+        return data
 
     def check_version(self, version: str) -> None:
         """Refuse what the given TensorRT version cannot build, before any work is done."""

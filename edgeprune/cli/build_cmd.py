@@ -27,8 +27,9 @@ def sources_of(path: Path) -> tuple[Any, list[tuple[str, Any]]]:
 
 def build(
     source: Path = typer.Argument(..., help="Artifact folder (edgeprune export) or engine set (export --budgets)."),
-    backend: Optional[str] = typer.Option(None, "--backend", "-b", help="trt (TensorRT engine), ort-trt (ONNX Runtime's TensorRT EP), ort-cuda or ort-cpu (the default; --emit-script and --import: trt)."),
-    precision: str = typer.Option("fp32", "--precision", "-p", help="fp32, fp16 (graph converted, token decisions kept fp32) or bf16 (trt with --weakly-typed only)."),
+    backend: Optional[str] = typer.Option(None, "--backend", "-b", help="trt (TensorRT engine), ort-trt (ONNX Runtime's TensorRT EP), ort-cuda, ort-cpu (the default; --emit-script and --import: trt) or openvino (an OpenVINO compiled model; needs the openvino extra)."),
+    precision: str = typer.Option("fp32", "--precision", "-p", help="fp32, fp16 (graph converted, token decisions kept fp32) or bf16 (trt with --weakly-typed, or openvino); openvino: OpenVINO's precision hint lowers the fp32 graph to bf16/fp16."),
+    device: Optional[str] = typer.Option(None, "--device", help="--backend openvino: the OpenVINO device, one OpenVINO reports here (CPU, GPU, NPU, ...; default CPU)."),
     workspace: Optional[int] = typer.Option(None, "--workspace", help="TensorRT builder workspace in MiB (default: TensorRT's)."),
     opt_level: int = typer.Option(3, "--opt-level", help="TensorRT builder optimization level, 0-5 (higher builds longer, may run faster)."),
     hardware_compat: str = typer.Option("none", "--hardware-compat", help="TensorRT hardware compatibility: none, ampere+ (runs on any Ampere or newer GPU) or same-cc."),
@@ -45,11 +46,11 @@ def build(
 ) -> None:
     """Build one engine per artifact or per budget of an engine set, with a manifest (versions, device, sha256s).
 
-    Engines are cached by (ONNX sha256, backend, precision, settings, TensorRT version, GPU): a second build
-    of the same thing copies the cached engine; a changed ONNX or another GPU builds anew.
+    Engines are cached by (ONNX sha256, backend, precision, settings, TensorRT or OpenVINO version, GPU or OpenVINO device):
+    a second build of the same thing copies the cached engine; a changed ONNX, another GPU or another OpenVINO builds anew.
     """
     from edgeprune.core.files import check_target
-    from edgeprune.engines.build import build_engine, build_set, default_out
+    from edgeprune.engines.build import build_engine, build_set, check_backend, check_precision, default_out
     from edgeprune.engines.cache import EngineCache
     from edgeprune.backends.trt import BuilderSettings
     from edgeprune.core.errors import EdgepruneError
@@ -62,7 +63,12 @@ def build(
     backend = backend or ("trt" if emit_script or import_path is not None else "ort-cpu")
     settings = BuilderSettings(precision=precision, workspace_mb=workspace, optimization_level=opt_level,
                                hardware_compatibility=hardware_compat, version_compatible=version_compatible,
-                               strongly_typed=not weakly_typed)
+                               strongly_typed=not weakly_typed, device=device)
+    if backend == "openvino":  # before validate(): int8 and the device get OpenVINO's own one-line refusals
+        check_precision(backend, settings)
+        check_backend(backend, settings)
+    elif device is not None:
+        check_backend(backend, settings)  # one line: --device is for openvino
     settings.validate()
     suffix = ".ondevice" if emit_script else ""
     target = out_dir or Path(str(default_out(source, backend, precision)) + suffix)

@@ -16,7 +16,7 @@ from edgeprune.core.progress import rich_status
 
 def compare(
     source: Path = typer.Argument(..., help="Artifact folder or engine set."),
-    backends: str = typer.Option("ort-cpu,ort-cpu:fp16", "--backends", help="Comma-separated BACKEND[:PRECISION] (ort-cpu, ort-cuda, ort-trt, trt; fp32/fp16/bf16) or engine folders; the first is the reference."),
+    backends: str = typer.Option("ort-cpu,ort-cpu:fp16", "--backends", help="Comma-separated BACKEND[:PRECISION] (ort-cpu, ort-cuda, ort-trt, trt, openvino; fp32/fp16/bf16) or engine folders; the first is the reference."),
     inputs: int = typer.Option(4, "--inputs", min=1, help="Fresh random inputs (standard normal) per comparison."),
     batch: Optional[int] = typer.Option(None, "--batch", min=1, help="Batch size (for --dynamic-batch artifacts; default: the exported one)."),
     tolerance: Optional[float] = typer.Option(None, "--tolerance", help="Max relative error (to the reference's largest magnitude); default 1e-4 fp32, 1e-2 reduced precision."),

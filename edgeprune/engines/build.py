@@ -6,7 +6,9 @@ Backends:
 * ``ort-trt``: ONNX Runtime's TensorRT execution provider, its engine and timing caches kept in
   the engine folder (``trt_cache/``), so a session loads them instead of rebuilding;
 * ``ort-cuda``: ONNX Runtime's CUDA provider;
-* ``ort-cpu``: ONNX Runtime on the CPU.
+* ``ort-cpu``: ONNX Runtime on the CPU;
+* ``openvino``: an OpenVINO compiled model (``model.blob``, written by ``export_model()``) for an
+  OpenVINO device (``--device``, CPU by default); opening it imports the blob instead of compiling.
 
 For ONNX Runtime backends the engine file is the graph after ONNX Runtime's own (portable)
 optimisations, so a session starts without optimising again. Every backend gets the graph in the
@@ -15,7 +17,7 @@ except TensorRT 10 built with builder flags (``strongly_typed=False``), which lo
 
 An engine folder holds the engine file and ``engine.json``: backend, precision, builder settings,
 library versions, the device, the sha256 of the source ONNX, of the graph built and of the engine.
-A stale engine (another TensorRT, another GPU, changed files) is refused when opened.
+A stale engine (another TensorRT, another GPU, another OpenVINO, changed files) is refused when opened.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from edgeprune.backends.feeds import random_feed
 from edgeprune.core.errors import EdgepruneError
 from edgeprune.core.progress import Progress, say
 
-BACKENDS = ("trt", "ort-trt", "ort-cuda", "ort-cpu")
+BACKENDS = ("trt", "ort-trt", "ort-cuda", "ort-cpu", "openvino")
 ENGINE_KIND = "edgeprune-engine"
 ENGINES_KIND = "edgeprune-engine-build"  # one engine per member of an engine set
 ENGINES_FILE = "engines.json"
@@ -46,13 +48,22 @@ TRT_CACHE_DIR = "trt_cache"
 
 
 def engine_file_name(backend: str) -> str:
-    return "model.engine" if backend == "trt" else "model.onnx"
+    return {"trt": "model.engine", "openvino": "model.blob"}.get(backend, "model.onnx")
 
 
-def check_backend(backend: str) -> None:
-    """Raise one line naming what is missing when ``backend`` cannot build or run here."""
+def check_backend(backend: str, settings: Any = None) -> None:
+    """Raise one line naming what is missing when ``backend`` (on ``settings.device``) cannot build or run here."""
     if backend not in BACKENDS:
         raise EdgepruneError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    device = getattr(settings, "device", None)
+    if backend == "openvino":
+        from edgeprune.backends.openvino import DEFAULT_DEVICE, check_device, require_openvino
+
+        require_openvino()
+        check_device(device or DEFAULT_DEVICE)
+        return
+    if device is not None:
+        raise EdgepruneError(f"--device is for --backend openvino; {backend} takes its GPU from CUDA_VISIBLE_DEVICES")
     if backend == "trt":
         from edgeprune.backends.trt import require_tensorrt
 
@@ -64,7 +75,12 @@ def check_backend(backend: str) -> None:
 
 
 def check_precision(backend: str, settings: Any) -> None:
+    if backend == "openvino" and settings.precision == "int8":
+        raise EdgepruneError("--precision int8 is not built yet for --backend openvino (it needs a quantized graph "
+                             "from calibration data, a later piece of issue 24); use fp32, bf16 or fp16")
     settings.validate()
+    if backend == "openvino":
+        return  # OpenVINO lowers the fp32 graph to bf16 or fp16 itself (INFERENCE_PRECISION_HINT)
     if settings.precision == "bf16" and backend != "trt":
         raise EdgepruneError("--precision bf16 is built only with --backend trt (ONNX Runtime has no bf16 kernels for "
                              "these graphs); use fp16 for ONNX Runtime backends")
@@ -77,7 +93,23 @@ def graph_precision(backend: str, settings: Any) -> str:
     """The precision of the ONNX graph handed to the backend (builder flags lower an fp32 graph)."""
     if backend == "trt" and not settings.strongly_typed:
         return "fp32"
+    if backend == "openvino":
+        # OpenVINO gets the fp32 graph and its precision hint lowers it, token decisions (similarity,
+        # top-k, sizes) included; keeping those in fp32 under bf16/fp16 is a later piece of issue 24.
+        return "fp32"
     return settings.precision
+
+
+def with_default_device(backend: str, settings: Any) -> Any:
+    """``settings`` naming OpenVINO's default device (CPU) when an openvino build names none, so the
+    manifest and the cache key always say which device the blob was compiled for."""
+    if backend == "openvino" and getattr(settings, "device", None) is None:
+        from dataclasses import replace
+
+        from edgeprune.backends.openvino import DEFAULT_DEVICE
+
+        return replace(settings, device=DEFAULT_DEVICE)
+    return settings
 
 
 def recipe_digest() -> str:
@@ -97,15 +129,26 @@ def backend_versions(backend: str) -> dict[str, Optional[str]]:
         from edgeprune.backends.trt import tensorrt_version
 
         versions["tensorrt"] = tensorrt_version()
+    if backend == "openvino":
+        from edgeprune.backends.openvino import openvino_version
+
+        versions["openvino"] = openvino_version()  # the full build string: a blob loads only in the same build
     return versions
 
 
-def backend_device(backend: str) -> dict[str, Any]:
-    """The device an engine is tied to: GPU name and compute capability, or the CPU fingerprint."""
-    if backend == "ort-cpu":
+def backend_device(backend: str, settings: Any = None) -> dict[str, Any]:
+    """The device an engine is tied to: GPU name and compute capability, or the CPU fingerprint
+    (and for OpenVINO the device it was compiled for, with OpenVINO's name for it)."""
+    if backend in ("ort-cpu", "openvino"):
         from edgeprune.core.machine import machine_fingerprint
 
         fp = machine_fingerprint()
+        if backend == "openvino":
+            from edgeprune.backends.openvino import DEFAULT_DEVICE, device_name
+
+            device = getattr(settings, "device", None) or DEFAULT_DEVICE
+            return {"cpu": fp["cpu"], "platform": fp["platform"], "openvino_device": device,
+                    "device_name": device_name(device)}
         return {"cpu": fp["cpu"], "platform": fp["platform"]}
     from edgeprune.backends.trt import device_info
 
@@ -157,12 +200,22 @@ def _build_into(tmp: Path, artifact: Artifact, backend: str, settings: Any, timi
     say(progress, f"{artifact.name}: writing the {precision} graph")
     graph_sha = write_graph(artifact, precision, graph_path)
     engine_path = tmp / engine_file_name(backend)
+    inference_precision = None
     if backend == "trt":
         from edgeprune.backends.trt import build_serialized_engine
 
         say(progress, f"{artifact.name}: building the TensorRT engine")
         engine_path.write_bytes(build_serialized_engine(graph_path, settings, timing_cache,
                                                         log=lambda m: say(progress, m)))  # TensorRT's logger lines
+    elif backend == "openvino":
+        from edgeprune.backends.openvino import CompiledFromPath, OpenVinoRunner, effective_precision, export_blob
+
+        say(progress, f"{artifact.name}: compiling for OpenVINO ({settings.device}, {settings.precision})")
+        with OpenVinoRunner(CompiledFromPath(graph_path, settings.device, settings.precision)) as runner:
+            runner.infer(random_feed(artifact.manifest["inputs"]))  # a compiled model that cannot run is not stored
+            engine_path.write_bytes(export_blob(runner.compiled))
+            # what the device really runs: a CPU without bf16/fp16 units runs f32 whatever the hint
+            inference_precision = effective_precision(runner.compiled)
     else:
         from edgeprune.backends.ort import OrtRunner, SessionFromOnnx
 
@@ -172,8 +225,10 @@ def _build_into(tmp: Path, artifact: Artifact, backend: str, settings: Any, timi
         with OrtRunner(loader) as runner:  # the first run builds the TensorRT EP's engines into trt_cache/
             runner.infer(random_feed(artifact.manifest["inputs"]))
     graph_path.unlink()
-    return {"graph": {"precision": precision, "sha256": graph_sha},
-            "engine": {"file": engine_path.name, "sha256": sha256_file(engine_path), "bytes": engine_path.stat().st_size}}
+    engine = {"file": engine_path.name, "sha256": sha256_file(engine_path), "bytes": engine_path.stat().st_size}
+    if inference_precision is not None:
+        engine["inference_precision"] = inference_precision
+    return {"graph": {"precision": precision, "sha256": graph_sha}, "engine": engine}
 
 
 def source_entry(artifact: Artifact) -> dict[str, Any]:
@@ -200,10 +255,11 @@ def build_engine(artifact: Artifact, backend: str, settings: Any, out: Path, *, 
                  timing_cache: Optional[Path] = None, force: bool = False,
                  progress: Optional[Progress] = None) -> "BuiltEngine":
     """Build (or take from ``cache``) the engine of one artifact into the folder ``out``."""
+    settings = with_default_device(backend, settings)
     check_precision(backend, settings)
-    check_backend(backend)
+    check_backend(backend, settings)
     start = time.perf_counter()
-    versions, device = backend_versions(backend), backend_device(backend)
+    versions, device = backend_versions(backend), backend_device(backend, settings)
     key = cache_key(key_fields(artifact, backend, settings, versions, device))
     entry = cache.lookup(key) if cache is not None else None
     with atomic_directory(out, overwrite=force) as tmp:
@@ -244,7 +300,10 @@ class BuiltEngine:
             raise EdgepruneError(f"{self.engine_path}: sha256 does not match {ENGINE_MANIFEST} (file changed or corrupt)")
 
     def stale_reason(self) -> Optional[str]:
-        """Why this engine must not run here (another TensorRT or GPU), or None."""
+        """Why this engine must not run here (another TensorRT or GPU, another OpenVINO build or a
+        device OpenVINO does not report), or None."""
+        if self.backend == "openvino":
+            return self._openvino_stale_reason()
         if self.backend not in ("trt", "ort-trt"):
             return None
         from edgeprune.backends.trt import device_info, tensorrt_version
@@ -258,6 +317,21 @@ class BuiltEngine:
             return f"built for compute capability {cc}, this GPU has {here_cc}"
         return None
 
+    def _openvino_stale_reason(self) -> Optional[str]:
+        from edgeprune.backends.openvino import available_devices, openvino_version
+
+        here = openvino_version()
+        if here is None:
+            return None  # the runner says which package to install
+        built = self.manifest.get("versions", {}).get("openvino")
+        if built != here:  # an exported blob is tied to the OpenVINO build that wrote it
+            return f"built with OpenVINO {built}, this machine has {here}"
+        device = self.manifest["settings"].get("device") or "CPU"
+        devices = available_devices()
+        if device not in devices and device not in {d.split(".")[0] for d in devices}:
+            return f"built for OpenVINO device {device}, OpenVINO here reports {', '.join(devices) or 'none'}"
+        return None
+
     def runner(self, threads: Optional[int] = 2, spinning: bool = True) -> Any:
         """A runner for this engine (activate it, or use it as a context manager)."""
         why = self.stale_reason()
@@ -267,6 +341,12 @@ class BuiltEngine:
             from edgeprune.backends.trt import EngineFromPath, TrtRunner
 
             return TrtRunner(EngineFromPath(self.engine_path, allow_host_code=bool(self.manifest["settings"].get("version_compatible"))))
+        if self.backend == "openvino":
+            from edgeprune.backends.openvino import OpenVinoRunner
+
+            # OpenVINO has no switch like ONNX Runtime's thread spinning: ``spinning`` does not apply
+            return OpenVinoRunner(self.engine_path, self.manifest["settings"].get("device") or "CPU",
+                                  self.manifest["settings"]["precision"], threads)
         from edgeprune.backends.ort import OrtRunner
 
         settings = _settings_from(self.manifest["settings"])
@@ -339,8 +419,9 @@ def build_set(engine_set: Any, backend: str, settings: Any, out: Path, *, cache:
               timing_cache: Optional[Path] = None, force: bool = False,
               progress: Optional[Progress] = None) -> list[BuiltEngine]:
     """One engine per member of an engine set, in one folder published at once."""
+    settings = with_default_device(backend, settings)
     check_precision(backend, settings)
-    check_backend(backend)
+    check_backend(backend, settings)
     with atomic_directory(out, overwrite=force) as tmp:
         built = [build_engine(m.artifact, backend, settings, tmp / m.path, cache=cache, timing_cache=timing_cache, progress=progress)
                  for m in engine_set.members]

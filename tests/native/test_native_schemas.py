@@ -88,6 +88,7 @@ MUTATIONS = {
     "budget a string": (lambda d: d["members"][0].__setitem__("budget", "1.0"), True),
     "integral float tokens": (lambda d: d["members"][0].__setitem__("final_tokens", float(d["members"][0]["final_tokens"])), False),
     "fractional tokens": (lambda d: d["members"][0].__setitem__("final_tokens", 2.5), True),
+    "tokens beyond int64": (lambda d: d["members"][0].__setitem__("final_tokens", 1.6e116), False),
     "short sha256": (lambda d: d["members"][1].__setitem__("onnx_sha256", "abc"), True),
     "no macs_ratio": (lambda d: d["members"][1].pop("macs_ratio"), True),
     "no p95": (lambda d: d["calibration"]["members"]["b0.80"].pop("p95_ms"), True),

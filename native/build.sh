@@ -5,10 +5,13 @@
 #   BUILD_TYPE=Debug native/build.sh
 #   EDGEPRUNE_NATIVE_BUILD=native/build-asan CMAKE_ARGS="-DEDGEPRUNE_SANITIZE=address" native/build.sh
 #
-# ONNX Runtime's C header is in no wheel and in no Debian 12 package; Debian 13 (trixie) ships it as
-# libonnxruntime-dev. It is fetched once with `apt-get download` through a throw-away apt
-# configuration (the system's apt setup is never touched) and unpacked into the build folder, which
-# git ignores: nothing third-party is committed. Set ORT_INCLUDE_DIR to use headers you already have.
+# Third-party headers: ONNX Runtime's C/C++ API headers are in no wheel and in no Debian 12 package;
+# Debian 13 (trixie) ships them as libonnxruntime-dev. They, nlohmann/json (nlohmann-json3-dev) and
+# jsoncons (libjsoncons-dev, for its JSON Schema validator) are fetched once with `apt-get download`
+# through a throw-away apt configuration (the system's apt setup is never touched) and unpacked into
+# native/build/third_party, which git ignores: nothing third-party is committed. ORT_INCLUDE_DIR /
+# NLOHMANN_INCLUDE_DIR / JSONCONS_INCLUDE_DIR use headers you already have. Nothing is linked: all
+# three are headers only.
 # Idempotent: a second run only lets cmake/make check timestamps (well under a second).
 set -euo pipefail
 
@@ -26,26 +29,33 @@ done
 command -v "${CXX:-c++}" >/dev/null 2>&1 || die "no C++ compiler (${CXX:-c++}) found; install g++ (Debian: apt-get install g++)"
 command -v "${CC:-cc}" >/dev/null 2>&1 || die "no C compiler (${CC:-cc}) found; install gcc"
 
-fetch_ort_headers() {
-  local dest="$third/onnxruntime"
-  [ -f "$dest/include/onnxruntime_c_api.h" ] && return 0
-  command -v apt-get >/dev/null 2>&1 || die "ONNX Runtime headers missing and apt-get is not available; set ORT_INCLUDE_DIR to a folder holding onnxruntime_c_api.h"
-  command -v dpkg-deb >/dev/null 2>&1 || die "dpkg-deb not found (needed to unpack libonnxruntime-dev); set ORT_INCLUDE_DIR instead"
+# Debian packages fetched for their headers only, with `apt-get download` through a throw-away apt
+# configuration: the system's apt sources, lists and caches are never touched. One `apt-get update`
+# (about 2 s) serves every package of a run. $1: the Debian suite, rest: the packages; the .debs are
+# left in "$debs" (a temporary folder removed when the script exits).
+debs=""
+override_hint="set ORT_INCLUDE_DIR / NLOHMANN_INCLUDE_DIR / JSONCONS_INCLUDE_DIR to headers you already have"
+fetch_debs() {
+  local suite="$1"; shift
+  local what="$*"
+  command -v apt-get >/dev/null 2>&1 || die "headers missing ($what) and apt-get is not available; $override_hint"
+  command -v dpkg-deb >/dev/null 2>&1 || die "dpkg-deb not found (needed to unpack $what); $override_hint"
   local keyring=/usr/share/keyrings/debian-archive-keyring.gpg
-  [ -f "$keyring" ] || die "$keyring missing (package debian-archive-keyring); set ORT_INCLUDE_DIR instead"
+  [ -f "$keyring" ] || die "$keyring missing (package debian-archive-keyring); $override_hint"
   local tmp; tmp="$(mktemp -d)"
+  debs="$tmp"
   # shellcheck disable=SC2064
-  trap "rm -rf '$tmp'" RETURN
+  trap "rm -rf '$tmp'" EXIT
   mkdir -p "$tmp/etc/sources.list.d" "$tmp/etc/preferences.d" "$tmp/state/lists/partial" "$tmp/cache/archives/partial"
-  # The Debian mirror this machine's apt already uses (its main archive line), asked for trixie.
+  # The Debian mirror this machine's apt already uses (its main archive line), asked for $suite.
   local mirror
   mirror="$(grep -hE '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}' | grep -v -- '-security' | head -n1)"
   [ -n "$mirror" ] || mirror="$(grep -hE '^deb ' /etc/apt/sources.list 2>/dev/null | awk '{print $2}' | grep -v -- '-security' | head -n1)"
-  [ -n "$mirror" ] || die "no Debian mirror found in this machine's apt sources; set ORT_INCLUDE_DIR to a folder holding onnxruntime_c_api.h"
-  cat >"$tmp/etc/sources.list.d/trixie.sources" <<EOF
+  [ -n "$mirror" ] || die "no Debian mirror found in this machine's apt sources; $override_hint"
+  cat >"$tmp/etc/sources.list.d/$suite.sources" <<EOF
 Types: deb
 URIs: $mirror
-Suites: trixie
+Suites: $suite
 Components: main
 Signed-By: $keyring
 EOF
@@ -59,35 +69,85 @@ Dir::State::status "/var/lib/dpkg/status";
 Dir::Cache "$tmp/cache";
 APT::Architecture "$(dpkg --print-architecture)";
 EOF
-  echo "native/build.sh: fetching ONNX Runtime headers (Debian trixie libonnxruntime-dev)" >&2
+  echo "native/build.sh: fetching headers from Debian $suite: $what" >&2
   APT_CONFIG="$tmp/apt.conf" apt-get -qq update >"$tmp/update.log" 2>&1 \
-    || die "apt-get update for trixie failed ($(tail -n1 "$tmp/update.log")); set ORT_INCLUDE_DIR instead"
-  (cd "$tmp" && APT_CONFIG="$tmp/apt.conf" apt-get -qq download libonnxruntime-dev >"$tmp/download.log" 2>&1) \
-    || die "apt-get download libonnxruntime-dev failed ($(tail -n1 "$tmp/download.log")); set ORT_INCLUDE_DIR instead"
-  local deb; deb="$(ls "$tmp"/libonnxruntime-dev_*.deb 2>/dev/null | head -n1)"
-  [ -n "$deb" ] || die "libonnxruntime-dev was not downloaded"
-  dpkg-deb -x "$deb" "$tmp/x"
-  local header; header="$(find "$tmp/x" -name onnxruntime_c_api.h | head -n1)"
-  [ -n "$header" ] || die "libonnxruntime-dev holds no onnxruntime_c_api.h"
-  mkdir -p "$dest/include"
-  cp "$(dirname "$header")"/*.h "$dest/include/"
-  basename "$deb" >"$dest/SOURCE"
-  find "$tmp/x" -path '*copyright*' -exec cp {} "$dest/copyright" \; -quit
+    || die "apt-get update for $suite failed ($(tail -n1 "$tmp/update.log")); $override_hint"
+  (cd "$tmp" && APT_CONFIG="$tmp/apt.conf" apt-get -qq download "$@" >"$tmp/download.log" 2>&1) \
+    || die "apt-get download $what failed ($(tail -n1 "$tmp/download.log")); $override_hint"
 }
 
-if [ -n "${ORT_INCLUDE_DIR:-}" ]; then
-  [ -f "$ORT_INCLUDE_DIR/onnxruntime_c_api.h" ] || die "ORT_INCLUDE_DIR=$ORT_INCLUDE_DIR holds no onnxruntime_c_api.h"
-  ort_include="$ORT_INCLUDE_DIR"
+# Unpacks the downloaded package $1 and copies the include folder that holds $2 (a path relative to
+# it, e.g. nlohmann/json.hpp) into $3/include; records the .deb's name and its copyright file.
+unpack_headers() {
+  local package="$1" header="$2" dest="$3"
+  local deb; deb="$(ls "$debs/${package}"_*.deb 2>/dev/null | head -n1)"
+  [ -n "$deb" ] || die "$package was not downloaded"
+  rm -rf "$debs/x" && dpkg-deb -x "$deb" "$debs/x"
+  local found; found="$(find "$debs/x" -path "*/$header" | head -n1)"
+  [ -n "$found" ] || die "$package holds no $header"
+  rm -rf "$dest" && mkdir -p "$dest/include"
+  cp -R "${found%/"$header"}"/. "$dest/include/"
+  basename "$deb" >"$dest/SOURCE"
+  find "$debs/x" -path '*copyright*' -type f -exec cp {} "$dest/copyright" \; -quit
+}
+
+# Headers, unless given:
+#   ORT_INCLUDE_DIR       a folder holding onnxruntime_c_api.h and onnxruntime_cxx_api.h
+#   NLOHMANN_INCLUDE_DIR  a folder holding nlohmann/json.hpp (e.g. /usr/include with nlohmann-json3-dev)
+#   JSONCONS_INCLUDE_DIR  a folder holding jsoncons_ext/jsonschema/jsonschema.hpp (jsoncons >= 1.0)
+# All are fetched from Debian 13 (trixie): libonnxruntime-dev 1.21 (MIT; only its headers are used:
+# its library needs glibc >= 2.38), nlohmann-json3-dev 3.11 (MIT, header-only; Debian 12's 3.11.2
+# works as well) and libjsoncons-dev 1.3 (Boost Software License, header-only: its JSON Schema
+# validator, Draft 2020-12; Debian 12 has no jsoncons).
+ort_include="${ORT_INCLUDE_DIR:-}"
+json_include="${NLOHMANN_INCLUDE_DIR:-}"
+jsoncons_include="${JSONCONS_INCLUDE_DIR:-}"
+wanted=()
+if [ -n "$ort_include" ]; then
+  [ -f "$ort_include/onnxruntime_cxx_api.h" ] || die "ORT_INCLUDE_DIR=$ort_include holds no onnxruntime_cxx_api.h"
 else
-  fetch_ort_headers
   ort_include="$third/onnxruntime/include"
+  [ -f "$ort_include/onnxruntime_cxx_api.h" ] || wanted+=(libonnxruntime-dev)
 fi
+if [ -n "$json_include" ]; then
+  [ -f "$json_include/nlohmann/json.hpp" ] || die "NLOHMANN_INCLUDE_DIR=$json_include holds no nlohmann/json.hpp"
+else
+  json_include="$third/nlohmann-json/include"
+  [ -f "$json_include/nlohmann/json.hpp" ] || wanted+=(nlohmann-json3-dev)
+fi
+if [ -n "$jsoncons_include" ]; then
+  [ -f "$jsoncons_include/jsoncons_ext/jsonschema/jsonschema.hpp" ] \
+    || die "JSONCONS_INCLUDE_DIR=$jsoncons_include holds no jsoncons_ext/jsonschema/jsonschema.hpp"
+else
+  jsoncons_include="$third/jsoncons/include"
+  [ -f "$jsoncons_include/jsoncons_ext/jsonschema/jsonschema.hpp" ] || wanted+=(libjsoncons-dev)
+fi
+if [ "${#wanted[@]}" -gt 0 ]; then
+  fetch_debs trixie "${wanted[@]}"
+  for package in "${wanted[@]}"; do
+    case "$package" in
+      libonnxruntime-dev) unpack_headers "$package" onnxruntime_c_api.h "$third/onnxruntime" ;;
+      nlohmann-json3-dev) unpack_headers "$package" nlohmann/json.hpp "$third/nlohmann-json" ;;
+      libjsoncons-dev) unpack_headers "$package" jsoncons/json.hpp "$third/jsoncons" ;;
+    esac
+  done
+fi
+
+# The JSON Schemas of the manifests the library reads; CMake compiles them into it (src/schema.cpp).
+schema_dir="${EDGEPRUNE_SCHEMA_DIR:-$(dirname "$here")/edgeprune/artifacts/schemas}"
+[ -f "$schema_dir/engine-set.schema.json" ] || die "no manifest schemas (engine-set.schema.json ...) in $schema_dir; set EDGEPRUNE_SCHEMA_DIR"
 
 build_type="${BUILD_TYPE:-Release}"
 mkdir -p "$build"
-if [ ! -f "$build/Makefile" ] || [ "$build/CMakeCache.txt" -ot "$here/CMakeLists.txt" ]; then
+# Configure when never done, when CMakeLists.txt changed, or when a header folder moved.
+if [ ! -f "$build/Makefile" ] || [ "$build/CMakeCache.txt" -ot "$here/CMakeLists.txt" ] \
+   || ! grep -qxF "ORT_INCLUDE_DIR:PATH=$ort_include" "$build/CMakeCache.txt" \
+   || ! grep -qxF "NLOHMANN_INCLUDE_DIR:PATH=$json_include" "$build/CMakeCache.txt" \
+   || ! grep -qxF "JSONCONS_INCLUDE_DIR:PATH=$jsoncons_include" "$build/CMakeCache.txt" \
+   || ! grep -qxF "EDGEPRUNE_SCHEMA_DIR:PATH=$schema_dir" "$build/CMakeCache.txt"; then
   # shellcheck disable=SC2086
   cmake -S "$here" -B "$build" -DCMAKE_BUILD_TYPE="$build_type" -DORT_INCLUDE_DIR="$ort_include" \
+    -DNLOHMANN_INCLUDE_DIR="$json_include" -DJSONCONS_INCLUDE_DIR="$jsoncons_include" -DEDGEPRUNE_SCHEMA_DIR="$schema_dir" \
     ${CMAKE_ARGS:-} >"$build/configure.log" 2>&1 \
     || die "cmake configure failed: $(grep -m1 -i 'error' "$build/configure.log" || tail -n1 "$build/configure.log") (log: $build/configure.log)"
 fi

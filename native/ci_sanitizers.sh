@@ -3,6 +3,8 @@
 #   ASan+LSan  native/build-asan  1000 frames and 100 open/close cycles: no leak, no memory error
 #   TSan       native/build-tsan  4 threads x 4 streams on one runtime: no data race
 #   UBSan      native/build-ubsan the quick workload and the C API tests: no undefined behaviour
+# ASan and UBSan also run the JSON/schema and SHA-256 tests of the internals (test_json, test_sha256)
+# and, where localedef can build de_DE.UTF-8 and ps_AF.UTF-8 into a temporary LOCPATH, the locale test.
 # Runs on an engine set and a temporal artifact: SET and TEMPORAL arguments, or exported from
 # models/scene_seg into a temporary folder. Exits non-zero on any finding.
 set -euo pipefail
@@ -28,6 +30,18 @@ if [ -z "$temporal_dir" ]; then
   (cd "$root" && edgeprune export models/scene_seg --temporal 0.25 --out "$temporal_dir" >/dev/null) \
     || die "could not export the temporal artifact"
 fi
+
+# Locales with a decimal comma (de_DE) and a multibyte separator (ps_AF), for test_locale.
+locales=()
+if command -v localedef >/dev/null 2>&1; then
+  mkdir -p "$work/locales"
+  for name in de_DE.UTF-8 ps_AF.UTF-8; do
+    localedef -i "${name%%.*}" -f UTF-8 "$work/locales/$name" >/dev/null 2>&1 || true
+    [ -f "$work/locales/$name/LC_NUMERIC" ] && locales+=("$name")
+  done
+fi
+[ "${#locales[@]}" -gt 0 ] || echo "ci_sanitizers.sh: note: localedef could not build de_DE/ps_AF locales; test_locale not run"
+export LOCPATH="$work/locales"
 
 build() {  # $1 = sanitizer, $2 = folder
   EDGEPRUNE_NATIVE_BUILD="$here/$2" BUILD_TYPE=RelWithDebInfo CMAKE_ARGS="-DEDGEPRUNE_SANITIZE=$1" \
@@ -55,6 +69,13 @@ for target in "$set_dir" "$temporal_dir"; do
   run "asan-leaks-$name" env EDGEPRUNE_TEST_SET="$target" "$here/build-asan/test_stress" leaks
 done
 run "asan-c-api" env EDGEPRUNE_TEST_SET="$set_dir" "$here/build-asan/test_c_api"
+run "asan-json" env EDGEPRUNE_TEST_SET="$set_dir" EDGEPRUNE_TEST_TEMPORAL="$temporal_dir" "$here/build-asan/test_json"
+run "asan-sha256" "$here/build-asan/test_sha256"
+for name in "${locales[@]}"; do
+  for target in "$set_dir" "$temporal_dir"; do
+    run "asan-locale-$name-$(basename "$target")" "$here/build-asan/test_locale" "$target" "$name"
+  done
+done
 unset ASAN_OPTIONS
 
 build thread build-tsan
@@ -70,6 +91,13 @@ for target in "$set_dir" "$temporal_dir"; do
   run "ubsan-$(basename "$target")" env EDGEPRUNE_TEST_SET="$target" "$here/build-ubsan/test_stress" quick
 done
 run "ubsan-c-api" env EDGEPRUNE_TEST_SET="$set_dir" "$here/build-ubsan/test_c_api"
+run "ubsan-json" env EDGEPRUNE_TEST_SET="$set_dir" EDGEPRUNE_TEST_TEMPORAL="$temporal_dir" "$here/build-ubsan/test_json"
+run "ubsan-sha256" "$here/build-ubsan/test_sha256"
+for name in "${locales[@]}"; do
+  for target in "$set_dir" "$temporal_dir"; do
+    run "ubsan-locale-$name-$(basename "$target")" "$here/build-ubsan/test_locale" "$target" "$name"
+  done
+done
 
 [ "$status" -eq 0 ] && echo "ci_sanitizers.sh: all sanitizer runs clean"
 exit "$status"

@@ -278,7 +278,7 @@ void resize_linear(const ImageView& src, uint8_t* dst, int width, int height) {
   }
 }
 
-// edgeprune.images.resize_rgb's contract (see the module header).
+// edgeprune.imaging.images.resize_rgb's contract (see the module header).
 void resize_rgb(const ImageView& src, uint8_t* dst, int width, int height) {
   const int H = src.height, W = src.width;
   if (H == height && W == width) return copy_rows(src, dst);

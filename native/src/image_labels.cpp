@@ -1,5 +1,5 @@
 // Labels from logits: argmax at the model's size, and bilinear upsampling + argmax at the frame's
-// size, bit-exact with edgeprune.video.frames.labels_exact (see image.hpp).
+// size, bit-exact with edgeprune.imaging.frames.labels_exact (see image.hpp).
 #include <algorithm>
 #include <cmath>
 #include <cstring>

@@ -1,206 +1,217 @@
 #include "json.hpp"
 
-#include <cstdlib>
+#include "common.hpp"
+
+#include <cctype>
+#include <set>
 #include <stdexcept>
+#include <vector>
 
 namespace edgeprune {
 
-class JsonParser {
- public:
-  explicit JsonParser(const std::string& text) : s_(text) {}
+namespace {
 
-  Json document() {
-    Json value = parse_value(0);
-    skip_space();
-    if (i_ != s_.size()) error("trailing characters");
-    return value;
+constexpr size_t kMaxDepth = 64;  // manifests are shallow; refuse pathological input
+
+// Text from the document as it may appear in a one-line message: control characters (a key may
+// hold "\n") and, with `ascii`, every byte >= 0x7f (what the lexer refused may be invalid UTF-8)
+// become \xNN.
+std::string printable(const std::string& text, bool ascii) {
+  static const char* digits = "0123456789abcdef";
+  std::string out;
+  for (char c : text) {
+    const unsigned char b = static_cast<unsigned char>(c);
+    if (b < 0x20 || b == 0x7f || (ascii && b > 0x7f)) {
+      out += "\\x";
+      out += digits[b >> 4];
+      out += digits[b & 0xf];
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+// Builds the document from nlohmann's SAX events: its own DOM parser keeps the last of duplicate
+// keys silently; this one refuses them and bounds the nesting.
+class Builder : public nlohmann::json_sax<Json> {
+ public:
+  Json root;
+  std::string error;  // set when the parse stopped
+
+  bool null() override { return put(Json(nullptr)); }
+  bool boolean(bool v) override { return put(Json(v)); }
+  bool number_integer(number_integer_t v) override { return put(Json(v)); }
+  bool number_unsigned(number_unsigned_t v) override { return put(Json(v)); }
+  bool number_float(number_float_t v, const string_t&) override { return put(Json(v)); }
+  bool string(string_t& v) override { return put(Json(std::move(v))); }
+  bool binary(binary_t&) override { return stop("binary value"); }  // not produced from JSON text
+
+  bool start_object(std::size_t) override { return open(Json::object()); }
+  bool start_array(std::size_t) override { return open(Json::array()); }
+  bool key(string_t& k) override {
+    Frame& f = stack_.back();
+    if (!f.keys.insert(k).second) return stop("duplicate key '" + printable(k, false) + "' in " + path());
+    f.key = std::move(k);
+    return true;
+  }
+  bool end_object() override { return close(); }
+  bool end_array() override { return close(); }
+
+  bool parse_error(std::size_t position, const std::string&, const nlohmann::detail::exception& e) override {
+    // e.what(): "[json.exception.parse_error.101] parse error at line 1, column 9: syntax error
+    // while parsing value - invalid number; expected digit after '.'; last read: '1.'"
+    std::string what = e.what();
+    if (what.rfind("[json.exception.", 0) == 0 && what.find("] ") != std::string::npos) what = what.substr(what.find("] ") + 2);
+    const size_t column = what.find(", column ");
+    if (what.rfind("parse error", 0) == 0 && column != std::string::npos) {
+      const size_t colon = what.find(": ", column);
+      if (colon != std::string::npos) what = what.substr(colon + 2);
+    }
+    const size_t dash = what.find(" - ");
+    if (what.rfind("syntax error while parsing", 0) == 0 && dash != std::string::npos) what = what.substr(dash + 3);
+    if (what.find("unexpected end of input") != std::string::npos || what.find("empty input") != std::string::npos)
+      what = "unexpected end of text";
+    else if (what.rfind("invalid number", 0) == 0) what = "malformed number (" + what + ")";
+    // position: bytes read, the offending one included; "byte N" counts from 0 as before.
+    error = printable(what, true) + " at byte " + std::to_string(position > 0 ? position - 1 : 0);
+    return false;
   }
 
  private:
-  const std::string& s_;
-  size_t i_ = 0;
+  struct Frame {
+    Json* value;
+    std::set<std::string> keys;  // objects: the keys seen so far
+    std::string key;             // objects: the key of the value being read
+  };
+  std::vector<Frame> stack_;
 
-  [[noreturn]] void error(const std::string& what) const {
-    throw std::runtime_error(what + " at byte " + std::to_string(i_));
+  bool stop(const std::string& why) {
+    error = why;
+    return false;
   }
-  void skip_space() {
-    while (i_ < s_.size() && (s_[i_] == ' ' || s_[i_] == '\n' || s_[i_] == '\r' || s_[i_] == '\t')) ++i_;
+
+  // The value just read goes into the innermost open container (or becomes the document).
+  Json* insert(Json&& v) {
+    if (stack_.empty()) {
+      root = std::move(v);
+      return &root;
+    }
+    Frame& f = stack_.back();
+    if (f.value->is_array()) {
+      auto& array = f.value->get_ref<Json::array_t&>();
+      array.push_back(std::move(v));
+      return &array.back();
+    }
+    // Keys are unique (checked in key()): append without ordered_map's linear search.
+    auto& members = static_cast<Json::object_t::Container&>(f.value->get_ref<Json::object_t&>());
+    members.emplace_back(f.key, std::move(v));  // f.key stays: paths in messages name it
+    return &members.back().second;
   }
-  bool consume(const char* word) {
-    size_t n = std::char_traits<char>::length(word);
-    if (s_.compare(i_, n, word) != 0) return false;
-    i_ += n;
+  bool put(Json&& v) {
+    insert(std::move(v));
     return true;
   }
-
-  Json parse_value(int depth) {
-    if (depth > 64) error("nesting too deep");  // manifests are shallow; refuse pathological input
-    skip_space();
-    if (i_ >= s_.size()) error("unexpected end of text");
-    Json v;
-    char c = s_[i_];
-    if (c == '{') {
-      v.type_ = Json::Type::Object;
-      ++i_;
-      skip_space();
-      if (i_ < s_.size() && s_[i_] == '}') { ++i_; return v; }
-      for (;;) {
-        skip_space();
-        if (i_ >= s_.size() || s_[i_] != '"') error("expected a string key");
-        std::string key = parse_string();
-        skip_space();
-        if (i_ >= s_.size() || s_[i_] != ':') error("expected ':'");
-        ++i_;
-        v.object_.emplace_back(std::move(key), parse_value(depth + 1));
-        skip_space();
-        if (i_ < s_.size() && s_[i_] == ',') { ++i_; continue; }
-        if (i_ < s_.size() && s_[i_] == '}') { ++i_; return v; }
-        error("expected ',' or '}'");
-      }
-    }
-    if (c == '[') {
-      v.type_ = Json::Type::Array;
-      ++i_;
-      skip_space();
-      if (i_ < s_.size() && s_[i_] == ']') { ++i_; return v; }
-      for (;;) {
-        v.array_.push_back(parse_value(depth + 1));
-        skip_space();
-        if (i_ < s_.size() && s_[i_] == ',') { ++i_; continue; }
-        if (i_ < s_.size() && s_[i_] == ']') { ++i_; return v; }
-        error("expected ',' or ']'");
-      }
-    }
-    if (c == '"') {
-      v.type_ = Json::Type::String;
-      v.string_ = parse_string();
-      return v;
-    }
-    if (consume("true")) { v.type_ = Json::Type::Bool; v.bool_ = true; return v; }
-    if (consume("false")) { v.type_ = Json::Type::Bool; return v; }
-    if (consume("null")) return v;
-    // Python's json writes NaN/Infinity for non-finite floats; accept them as numbers.
-    if (consume("NaN")) { v.type_ = Json::Type::Number; v.number_ = std::strtod("nan", nullptr); return v; }
-    if (consume("Infinity")) { v.type_ = Json::Type::Number; v.number_ = 1.0 / 0.0; return v; }
-    if (consume("-Infinity")) { v.type_ = Json::Type::Number; v.number_ = -1.0 / 0.0; return v; }
-    if (c == '-' || (c >= '0' && c <= '9')) {
-      size_t start = i_;
-      if (s_[i_] == '-') ++i_;
-      while (i_ < s_.size() && std::string("0123456789.eE+-").find(s_[i_]) != std::string::npos) ++i_;
-      std::string token = s_.substr(start, i_ - start);
-      char* end = nullptr;
-      v.number_ = std::strtod(token.c_str(), &end);  // correctly rounded, like Python's float()
-      if (end != token.c_str() + token.size()) { i_ = start; error("malformed number"); }
-      v.type_ = Json::Type::Number;
-      return v;
-    }
-    error(std::string("unexpected character '") + c + "'");
+  bool open(Json&& container) {
+    if (stack_.size() >= kMaxDepth) return stop("nesting deeper than " + std::to_string(kMaxDepth) + " levels at " + path(true));
+    Json* v = insert(std::move(container));
+    stack_.push_back(Frame{v, {}, {}});
+    return true;
   }
-
-  static void append_utf8(std::string& out, unsigned cp) {
-    if (cp < 0x80) {
-      out += static_cast<char>(cp);
-    } else if (cp < 0x800) {
-      out += static_cast<char>(0xC0 | (cp >> 6));
-      out += static_cast<char>(0x80 | (cp & 0x3F));
-    } else if (cp < 0x10000) {
-      out += static_cast<char>(0xE0 | (cp >> 12));
-      out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-      out += static_cast<char>(0x80 | (cp & 0x3F));
-    } else {
-      out += static_cast<char>(0xF0 | (cp >> 18));
-      out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-      out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-      out += static_cast<char>(0x80 | (cp & 0x3F));
-    }
+  bool close() {
+    stack_.pop_back();
+    return true;
   }
-
-  unsigned hex4() {
-    if (i_ + 4 > s_.size()) error("truncated \\u escape");
-    unsigned v = 0;
-    for (int k = 0; k < 4; ++k) {
-      char h = s_[i_++];
-      v <<= 4;
-      if (h >= '0' && h <= '9') v |= h - '0';
-      else if (h >= 'a' && h <= 'f') v |= h - 'a' + 10;
-      else if (h >= 'A' && h <= 'F') v |= h - 'A' + 10;
-      else error("bad \\u escape");
+  // Where the parser is, for messages ("$.members[2]"): the innermost open container, or with
+  // `pending` the place of the value about to be read into it.
+  std::string path(bool pending = false) const {
+    std::string p = "$";
+    for (size_t i = 0; i < stack_.size(); ++i) {
+      const Frame& f = stack_[i];
+      const bool last = i + 1 == stack_.size();
+      if (last && !pending) break;
+      // Inner frames: their child is the container of the next frame (already inserted last).
+      if (f.value->is_array()) p = json_path_append(p, last ? f.value->size() : f.value->size() - 1);
+      else p = json_path_append(p, f.key);
     }
-    return v;
-  }
-
-  std::string parse_string() {
-    ++i_;  // opening quote
-    std::string out;
-    while (i_ < s_.size()) {
-      char c = s_[i_++];
-      if (c == '"') return out;
-      if (static_cast<unsigned char>(c) < 0x20) error("control character in string");
-      if (c != '\\') { out += c; continue; }
-      if (i_ >= s_.size()) break;
-      char e = s_[i_++];
-      switch (e) {
-        case '"': out += '"'; break;
-        case '\\': out += '\\'; break;
-        case '/': out += '/'; break;
-        case 'b': out += '\b'; break;
-        case 'f': out += '\f'; break;
-        case 'n': out += '\n'; break;
-        case 'r': out += '\r'; break;
-        case 't': out += '\t'; break;
-        case 'u': {
-          unsigned cp = hex4();
-          if (cp >= 0xD800 && cp < 0xDC00 && i_ + 1 < s_.size() && s_[i_] == '\\' && s_[i_ + 1] == 'u') {
-            i_ += 2;
-            unsigned lo = hex4();
-            cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-          }
-          append_utf8(out, cp);
-          break;
-        }
-        default: error("bad escape");
-      }
-    }
-    error("unterminated string");
+    return p;
   }
 };
 
-Json Json::parse(const std::string& text) { return JsonParser(text).document(); }
+}  // namespace
 
-static const char* type_name(Json::Type t) {
-  switch (t) {
-    case Json::Type::Null: return "null";
-    case Json::Type::Bool: return "a boolean";
-    case Json::Type::Number: return "a number";
-    case Json::Type::String: return "a string";
-    case Json::Type::Array: return "a list";
-    case Json::Type::Object: return "an object";
+Json parse_json(const std::string& text) {
+  if (text.compare(0, 3, "\xEF\xBB\xBF") == 0) throw std::runtime_error("byte order mark at byte 0 (JSON text has none)");
+  // nlohmann's lexer reads numbers with strtod after replacing '.' by the first byte of
+  // localeconv()->decimal_point: right for one-byte separators (de_DE's ','), wrong where it is
+  // multibyte (U+066B in ps_AF: "0.485" read as 0). In the C locale both are '.'.
+  CLocaleScope c_locale;
+  Builder builder;
+  const bool ok = Json::sax_parse(text, &builder, nlohmann::detail::input_format_t::json, /*strict=*/true,
+                                  /*ignore_comments=*/false);
+  if (!ok) throw std::runtime_error(builder.error.empty() ? "malformed JSON" : builder.error);
+  return std::move(builder.root);
+}
+
+const char* json_type_name(const Json& v) {
+  switch (v.type()) {
+    case Json::value_t::null: return "null";
+    case Json::value_t::boolean: return "a boolean";
+    case Json::value_t::number_integer:
+    case Json::value_t::number_unsigned:
+    case Json::value_t::number_float: return "a number";
+    case Json::value_t::string: return "a string";
+    case Json::value_t::array: return "a list";
+    case Json::value_t::object: return "an object";
+    default: return "a binary value";
   }
-  return "?";
 }
 
-static void expect(const Json& v, Json::Type t) {
-  if (v.type() != t) throw std::runtime_error(std::string("expected ") + type_name(t) + ", got " + type_name(v.type()));
+static void expect(bool ok, const char* wanted, const Json& v) {
+  if (!ok) throw std::runtime_error(std::string("expected ") + wanted + ", got " + json_type_name(v));
 }
 
-double Json::number() const { expect(*this, Type::Number); return number_; }
-bool Json::boolean() const { expect(*this, Type::Bool); return bool_; }
-const std::string& Json::string() const { expect(*this, Type::String); return string_; }
-const std::vector<Json>& Json::array() const { expect(*this, Type::Array); return array_; }
-const std::vector<std::pair<std::string, Json>>& Json::items() const { expect(*this, Type::Object); return object_; }
-
-const Json* Json::find(const std::string& key) const {
-  if (type_ != Type::Object) return nullptr;
-  for (const auto& kv : object_)
-    if (kv.first == key) return &kv.second;
-  return nullptr;
+double json_number(const Json& v) {
+  expect(v.is_number(), "a number", v);
+  return v.get<double>();
 }
 
-const Json& Json::at(const std::string& key) const {
-  expect(*this, Type::Object);
-  const Json* v = find(key);
+const std::string& json_string(const Json& v) {
+  expect(v.is_string(), "a string", v);
+  return v.get_ref<const std::string&>();
+}
+
+const Json::array_t& json_array(const Json& v) {
+  expect(v.is_array(), "a list", v);
+  return v.get_ref<const Json::array_t&>();
+}
+
+const Json* json_find(const Json& object, const std::string& key) {
+  if (!object.is_object()) return nullptr;
+  auto it = object.find(key);
+  return it == object.end() ? nullptr : &*it;
+}
+
+const Json& json_at(const Json& object, const std::string& key) {
+  expect(object.is_object(), "an object", object);
+  const Json* v = json_find(object, key);
   if (!v) throw std::runtime_error("missing key '" + key + "'");
   return *v;
 }
+
+std::string json_path_append(const std::string& path, const std::string& key) {
+  bool identifier = !key.empty() && !std::isdigit(static_cast<unsigned char>(key[0]));
+  for (char c : key)
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_')) identifier = false;
+  if (identifier) return path + "." + key;
+  std::string quoted;
+  for (char c : key) {
+    if (c == '\'' || c == '\\') quoted += '\\';
+    quoted += c;
+  }
+  return path + "['" + printable(quoted, false) + "']";
+}
+
+std::string json_path_append(const std::string& path, size_t index) { return path + "[" + std::to_string(index) + "]"; }
 
 }  // namespace edgeprune

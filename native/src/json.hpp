@@ -1,45 +1,35 @@
-// A small JSON reader for the project's manifests (set.json, manifest.json, engines.json,
-// engine.json). Strict: malformed text is an error naming the byte offset, never a guess.
+// JSON for the project's manifests (set.json, manifest.json, engines.json, engine.json), read with
+// nlohmann/json (header-only, fetched by native/build.sh). Objects keep their keys in file order
+// (ordered_json): a temporal manifest lists its caches in the graphs' order.
 #pragma once
 
-#include <map>
-#include <memory>
 #include <string>
-#include <vector>
+
+#include <nlohmann/json.hpp>
 
 namespace edgeprune {
 
-class Json {
- public:
-  enum class Type { Null, Bool, Number, String, Array, Object };
+using Json = nlohmann::ordered_json;
 
-  static Json parse(const std::string& text);  // throws std::runtime_error("... at byte N")
+// Parses a whole document strictly (RFC 8259: no comments, NaN, trailing commas, leading zeros, `1.`,
+// `-.5`, unpaired surrogates, invalid UTF-8, byte order mark or trailing characters), refusing
+// duplicate object keys and nesting deeper than 64, in the C locale whatever the process's locale is.
+// Throws std::runtime_error with one line: "<what> at byte N" (N counts from 0) or "duplicate key
+// 'k' in <JSON path>".
+Json parse_json(const std::string& text);
 
-  Type type() const { return type_; }
-  bool is_null() const { return type_ == Type::Null; }
-  bool is_number() const { return type_ == Type::Number; }
-  bool is_string() const { return type_ == Type::String; }
-  bool is_array() const { return type_ == Type::Array; }
-  bool is_object() const { return type_ == Type::Object; }
+// Typed access with one-line messages ("expected a number, got a string", "missing key 'x'"), for
+// code that reads a document already checked against its schema (schema.hpp).
+const char* json_type_name(const Json& v);
+double json_number(const Json& v);
+const std::string& json_string(const Json& v);
+const Json::array_t& json_array(const Json& v);
+const Json& json_at(const Json& object, const std::string& key);   // throws when absent
+const Json* json_find(const Json& object, const std::string& key); // nullptr when absent or not an object
 
-  // Typed access; a wrong type throws std::runtime_error naming the expected type.
-  double number() const;
-  bool boolean() const;
-  const std::string& string() const;
-  const std::vector<Json>& array() const;
-  // Object members (nullptr when absent or when this is not an object).
-  const Json* find(const std::string& key) const;
-  const Json& at(const std::string& key) const;  // throws when absent
-  const std::vector<std::pair<std::string, Json>>& items() const;
-
- private:
-  friend class JsonParser;
-  Type type_ = Type::Null;
-  bool bool_ = false;
-  double number_ = 0.0;
-  std::string string_;
-  std::vector<Json> array_;
-  std::vector<std::pair<std::string, Json>> object_;
-};
+// "$", "$.members[0].budget", "$.calibration.members['b1.00']": a location inside a document, in the
+// notation of Python's jsonschema (ValidationError.json_path), keys that are not identifiers quoted.
+std::string json_path_append(const std::string& path, const std::string& key);
+std::string json_path_append(const std::string& path, size_t index);
 
 }  // namespace edgeprune

@@ -1,5 +1,6 @@
 // Reading the folders edgeprune writes (engine sets, temporal artifacts, built engines) into plain
-// structs, with the same checks and one-line messages as the Python loaders.
+// structs, with the same checks and one-line messages as the Python loaders. Every manifest is
+// checked against its JSON Schema (edgeprune/artifacts/schemas, see schema.hpp) before it is read.
 #pragma once
 
 #include <string>
@@ -7,10 +8,10 @@
 
 #include "json.hpp"
 #include "policy.hpp"
+#include "sha256.hpp"
 
 namespace edgeprune {
 
-std::string sha256_file(const std::string& path);
 bool is_dir(const std::string& path);
 bool is_file(const std::string& path);
 // Parsed JSON of root/name; a missing folder or file, or corrupt JSON, is one Error line.
@@ -51,5 +52,37 @@ struct TemporalSpec {
 
 bool is_temporal(const std::string& root);
 TemporalSpec load_temporal(const std::string& root, bool verify);
+
+// The checks of each manifest on its parsed document alone (no file is opened), in the order the
+// loaders above run them; each throws Error. `file` is the manifest's path, for messages. Used by
+// the loaders and by the fuzz target (fuzz/fuzz_manifest.cpp).
+namespace manifest {
+// set.json: kind, format, schema; the members, largest budget first.
+std::vector<MemberSpec> set_members(const Json& doc, const std::string& file);
+// A member's manifest.json (in `folder` of the set `root`): what the member loads (onnx.file) and its
+// sha256; `input` (may be null) receives the input description.
+struct Member {
+  std::string onnx_file, onnx_sha256;
+};
+Member set_member(const Json& doc, const std::string& file, const std::string& folder, const std::string& root, InputSpec* input);
+// The calibration object of set.json or engines.json: one profile per member, same order.
+std::vector<Profile> profiles(const Json& calibration, const std::vector<MemberSpec>& members, const std::string& root);
+// engines.json: its members (path, engine sha256).
+struct BuiltMember {
+  std::string path, engine_sha256;
+};
+std::vector<BuiltMember> engine_build(const Json& doc, const std::string& file);
+// engine.json: the ONNX it was built from, its engine file (relative) and sha256, its backend.
+struct Engine {
+  std::string source_sha256, file, sha256, backend;
+};
+Engine engine(const Json& doc, const std::string& file);
+// A temporal manifest.json: everything but the graphs' files (temporal_graph: "refresh", "update").
+TemporalSpec temporal(const Json& doc, const std::string& file, const std::string& root);
+struct GraphFile {
+  std::string file, sha256;
+};
+GraphFile temporal_graph(const Json& doc, const char* graph);
+}  // namespace manifest
 
 }  // namespace edgeprune

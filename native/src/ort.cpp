@@ -4,12 +4,17 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <mutex>
 
 #include "common.hpp"
-#include "onnxruntime_c_api.h"
+
+// The C++ API without its static initialisation: the API table comes from the library dlopen'ed at
+// run time (OrtGetApiBase()->GetApi(N), then Ort::InitApi). Only this file includes the header.
+#define ORT_API_MANUAL_INIT
+#include "onnxruntime_cxx_api.h"
 
 namespace edgeprune {
 
@@ -19,21 +24,37 @@ static std::string first_line(const std::string& text) {
   return s.empty() ? "unknown error" : s;
 }
 
-void OrtLibrary::check(OrtStatus* status, int code, const std::string& prefix) const {
-  if (!status) return;
-  std::string message = first_line(api_->GetErrorMessage(status));
-  OrtErrorCode ort_code = api_->GetErrorCode(status);
-  api_->ReleaseStatus(status);
-  edgeprune_code c = static_cast<edgeprune_code>(code);
+// Error(code, prefix + ONNX Runtime's first line) for an Ort::Exception.
+[[noreturn]] static void fail_ort(const Ort::Exception& e, edgeprune_code code, const std::string& prefix) {
+  const OrtErrorCode ort_code = e.GetOrtErrorCode();
   // A model ORT cannot parse is a corrupt file, whoever asked for it.
-  if (ort_code == ORT_INVALID_PROTOBUF || ort_code == ORT_INVALID_GRAPH || ort_code == ORT_NO_MODEL) c = EDGEPRUNE_CORRUPT;
-  fail(c, prefix + message);
+  if (ort_code == ORT_INVALID_PROTOBUF || ort_code == ORT_INVALID_GRAPH || ort_code == ORT_NO_MODEL) code = EDGEPRUNE_CORRUPT;
+  fail(code, prefix + first_line(e.what()));
 }
+
+// Runs `body` (calls into the C++ API), turning Ort::Exception into an Error: nothing ONNX Runtime's
+// wrappers throw reaches the C ABI as such (api.cpp turns Errors into statuses).
+template <typename F>
+static auto ort_guard(edgeprune_code code, const std::string& prefix, F&& body) -> decltype(body()) {
+  try {
+    return body();
+  } catch (const Ort::Exception& e) {
+    fail_ort(e, code, prefix);
+  }
+}
+
+struct OrtLibrary::Impl {
+  Ort::Env env;
+};
+
+OrtLibrary::~OrtLibrary() = default;
 
 std::shared_ptr<OrtLibrary> OrtLibrary::load(const std::string& requested) {
   // Never destroyed: the libraries stay loaded for the process (see the header).
   static std::mutex* mutex = new std::mutex;
   static auto* cache = new std::map<std::string, std::shared_ptr<OrtLibrary>>;
+  static const OrtApi* bound = nullptr;  // the table Ort::InitApi was given
+  static std::string bound_path;
   std::lock_guard<std::mutex> lock(*mutex);
 
   std::vector<std::string> candidates;
@@ -83,6 +104,7 @@ std::shared_ptr<OrtLibrary> OrtLibrary::load(const std::string& requested) {
   int major = 0, minor = 0;
   if (std::sscanf(version, "%d.%d", &major, &minor) != 2) major = minor = 0;
   // ONNX Runtime 1.x serves API version N = its minor version; ask for no newer than our header.
+  // The wrappers used here call only functions of API <= kMinOrtApi, so an older table is enough.
   int library_api = major == 1 ? minor : (major > 1 ? ORT_API_VERSION : 0);
   if (library_api < kMinOrtApi) {
     dlclose(handle);
@@ -96,30 +118,27 @@ std::shared_ptr<OrtLibrary> OrtLibrary::load(const std::string& requested) {
     fail(EDGEPRUNE_UNSUPPORTED, "ONNX Runtime " + std::string(version) + " at " + used + " does not serve C API version " +
                                     std::to_string(want));
   }
+  if (bound && bound != api)
+    fail(EDGEPRUNE_UNSUPPORTED, "ONNX Runtime " + std::string(version) + " at " + used + ": this process already runs ONNX Runtime from " +
+                                    bound_path + " (one ONNX Runtime library per process)");
+  if (!bound) {
+    Ort::InitApi(api);
+    bound = api;
+    bound_path = used;
+  }
   std::shared_ptr<OrtLibrary> lib(new OrtLibrary);
-  lib->handle_ = handle;
-  lib->api_ = api;
   lib->path_ = used;
   lib->version_ = version;
   lib->api_version_ = want;
-  lib->check(api->CreateEnv(ORT_LOGGING_LEVEL_ERROR, "edgeprune", &lib->env_), EDGEPRUNE_BACKEND,
-             "ONNX Runtime environment: ");
+  lib->impl_ = ort_guard(EDGEPRUNE_BACKEND, "ONNX Runtime environment: ", [] {
+    return std::unique_ptr<Impl>(new Impl{Ort::Env(ORT_LOGGING_LEVEL_ERROR, "edgeprune")});
+  });
   (*cache)[candidates.front()] = lib;
   return lib;
 }
 
-OrtLibrary::~OrtLibrary() {
-  if (env_) api_->ReleaseEnv(env_);
-}
-
 std::vector<std::string> OrtLibrary::providers() const {
-  char** names = nullptr;
-  int count = 0;
-  check(api_->GetAvailableProviders(&names, &count), EDGEPRUNE_BACKEND, "ONNX Runtime providers: ");
-  std::vector<std::string> out(names, names + count);
-  OrtStatus* released = api_->ReleaseAvailableProviders(names, count);
-  if (released) api_->ReleaseStatus(released);
-  return out;
+  return ort_guard(EDGEPRUNE_BACKEND, "ONNX Runtime providers: ", [] { return Ort::GetAvailableProviders(); });
 }
 
 static const std::map<std::string, std::string>& provider_names() {
@@ -128,24 +147,34 @@ static const std::map<std::string, std::string>& provider_names() {
   return names;
 }
 
+// The provider option structs have no C++ wrapper in ONNX Runtime 1.21: owned by a unique_ptr whose
+// deleter is their release function.
+struct TensorRTOptionsDeleter {
+  void operator()(OrtTensorRTProviderOptionsV2* p) const { Ort::GetApi().ReleaseTensorRTProviderOptions(p); }
+};
+struct CUDAOptionsDeleter {
+  void operator()(OrtCUDAProviderOptionsV2* p) const { Ort::GetApi().ReleaseCUDAProviderOptions(p); }
+};
+
+struct OrtModel::Impl {
+  Ort::Session session{nullptr};
+  Ort::MemoryInfo memory{nullptr};
+};
+
 OrtModel::OrtModel(std::shared_ptr<OrtLibrary> lib, const std::string& path, const std::string& provider, int threads)
-    : lib_(std::move(lib)), path_(path) {
-  const OrtApi* api = lib_->api();
+    : lib_(std::move(lib)), impl_(new Impl), path_(path) {
   const std::string where = path + ": ";
-  OrtSessionOptions* so = nullptr;
-  lib_->check(api->CreateSessionOptions(&so), EDGEPRUNE_BACKEND, where);
-  struct Guard {
-    const OrtApi* api;
-    OrtSessionOptions* so;
-    ~Guard() { api->ReleaseSessionOptions(so); }
-  } guard{api, so};
-  lib_->check(api->SetIntraOpNumThreads(so, threads), EDGEPRUNE_BACKEND, where);
-  lib_->check(api->SetInterOpNumThreads(so, 1), EDGEPRUNE_BACKEND, where);
-  lib_->check(api->SetSessionGraphOptimizationLevel(so, ORT_ENABLE_ALL), EDGEPRUNE_BACKEND, where);
-  lib_->check(api->SetSessionLogSeverityLevel(so, 3), EDGEPRUNE_BACKEND, where);
-  // Spinning intra-op threads keep cores busy after each run; a runtime switching engines per
-  // frame then waits for them (edgeprune.runtime turns spinning off for the same reason).
-  lib_->check(api->AddSessionConfigEntry(so, "session.intra_op.allow_spinning", "0"), EDGEPRUNE_BACKEND, where);
+  Ort::SessionOptions so = ort_guard(EDGEPRUNE_BACKEND, where, [&] {
+    Ort::SessionOptions o;
+    o.SetIntraOpNumThreads(threads);
+    o.SetInterOpNumThreads(1);
+    o.SetGraphOptimizationLevel(ORT_ENABLE_ALL);
+    o.SetLogSeverityLevel(3);
+    // Spinning intra-op threads keep cores busy after each run; a runtime switching engines per
+    // frame then waits for them (edgeprune.runtime turns spinning off for the same reason).
+    o.AddConfigEntry("session.intra_op.allow_spinning", "0");
+    return o;
+  });
 
   std::vector<std::string> available = lib_->providers();
   auto has = [&](const std::string& p) { return std::find(available.begin(), available.end(), provider_names().at(p)) != available.end(); };
@@ -162,79 +191,54 @@ OrtModel::OrtModel(std::shared_ptr<OrtLibrary> lib, const std::string& path, con
       fail(EDGEPRUNE_UNSUPPORTED, "ONNX Runtime provider '" + p + "' is not available here (install onnxruntime-gpu on a "
                                   "machine with CUDA); available: " + list);
     }
-    OrtStatus* st = nullptr;
-    if (p == "tensorrt") {
-      OrtTensorRTProviderOptionsV2* o = nullptr;
-      st = api->CreateTensorRTProviderOptions(&o);
-      if (!st) {
-        st = api->SessionOptionsAppendExecutionProvider_TensorRT_V2(so, o);
-        api->ReleaseTensorRTProviderOptions(o);
+    try {
+      if (p == "tensorrt") {
+        OrtTensorRTProviderOptionsV2* raw = nullptr;
+        Ort::ThrowOnError(Ort::GetApi().CreateTensorRTProviderOptions(&raw));
+        std::unique_ptr<OrtTensorRTProviderOptionsV2, TensorRTOptionsDeleter> options(raw);
+        so.AppendExecutionProvider_TensorRT_V2(*options);
+      } else {
+        OrtCUDAProviderOptionsV2* raw = nullptr;
+        Ort::ThrowOnError(Ort::GetApi().CreateCUDAProviderOptions(&raw));
+        std::unique_ptr<OrtCUDAProviderOptionsV2, CUDAOptionsDeleter> options(raw);
+        so.AppendExecutionProvider_CUDA_V2(*options);
       }
-    } else {
-      OrtCUDAProviderOptionsV2* o = nullptr;
-      st = api->CreateCUDAProviderOptions(&o);
-      if (!st) {
-        st = api->SessionOptionsAppendExecutionProvider_CUDA_V2(so, o);
-        api->ReleaseCUDAProviderOptions(o);
-      }
-    }
-    if (!st) {
       provider_ = p;
       break;
+    } catch (const Ort::Exception& e) {
+      // Listed but unusable (no CUDA libraries on this machine): "auto" falls back, an explicit ask fails.
+      if (provider == "auto") continue;
+      fail_ort(e, EDGEPRUNE_UNSUPPORTED, where + "provider " + p + ": ");
     }
-    // Listed but unusable (no CUDA libraries on this machine): "auto" falls back, an explicit ask fails.
-    if (provider == "auto") {
-      api->ReleaseStatus(st);
-      continue;
-    }
-    lib_->check(st, EDGEPRUNE_UNSUPPORTED, where + "provider " + p + ": ");
   }
-  lib_->check(api->CreateSession(lib_->env(), path.c_str(), so, &session_), EDGEPRUNE_BACKEND,
-              where + "ONNX Runtime cannot load it: ");
-  try {
-    lib_->check(api->CreateCpuMemoryInfo(OrtArenaAllocator, OrtMemTypeDefault, &memory_), EDGEPRUNE_BACKEND, where);
-    OrtAllocator* alloc = nullptr;
-    lib_->check(api->GetAllocatorWithDefaultOptions(&alloc), EDGEPRUNE_BACKEND, where);
+  impl_->session = ort_guard(EDGEPRUNE_BACKEND, where + "ONNX Runtime cannot load it: ",
+                             [&] { return Ort::Session(lib_->impl_->env, path.c_str(), so); });
+  ort_guard(EDGEPRUNE_BACKEND, where, [&] {
+    impl_->memory = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
+    Ort::AllocatorWithDefaultOptions alloc;
     for (int io = 0; io < 2; ++io) {
-      size_t n = 0;
-      lib_->check(io == 0 ? api->SessionGetInputCount(session_, &n) : api->SessionGetOutputCount(session_, &n), EDGEPRUNE_BACKEND, where);
+      const size_t n = io == 0 ? impl_->session.GetInputCount() : impl_->session.GetOutputCount();
       for (size_t i = 0; i < n; ++i) {
         TensorSpec spec;
-        char* name = nullptr;
-        lib_->check(io == 0 ? api->SessionGetInputName(session_, i, alloc, &name) : api->SessionGetOutputName(session_, i, alloc, &name),
-                    EDGEPRUNE_BACKEND, where);
-        spec.name = name;
-        lib_->check(api->AllocatorFree(alloc, name), EDGEPRUNE_BACKEND, where);
-        OrtTypeInfo* info = nullptr;
-        lib_->check(io == 0 ? api->SessionGetInputTypeInfo(session_, i, &info) : api->SessionGetOutputTypeInfo(session_, i, &info),
-                    EDGEPRUNE_BACKEND, where);
-        const OrtTensorTypeAndShapeInfo* tensor = nullptr;
-        OrtStatus* st = api->CastTypeInfoToTensorInfo(info, &tensor);
-        size_t dims = 0;
+        spec.name = (io == 0 ? impl_->session.GetInputNameAllocated(i, alloc) : impl_->session.GetOutputNameAllocated(i, alloc)).get();
+        Ort::TypeInfo info = io == 0 ? impl_->session.GetInputTypeInfo(i) : impl_->session.GetOutputTypeInfo(i);
         ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
-        if (!st && tensor) st = api->GetTensorElementType(tensor, &type);
-        if (!st && tensor) st = api->GetDimensionsCount(tensor, &dims);
-        spec.shape.resize(dims);
-        if (!st && tensor && dims) st = api->GetDimensions(tensor, spec.shape.data(), dims);
-        api->ReleaseTypeInfo(info);
-        lib_->check(st, EDGEPRUNE_BACKEND, where);
+        if (info.GetONNXType() == ONNX_TYPE_TENSOR) {  // anything else has no shape (and is refused later)
+          auto tensor = info.GetTensorTypeAndShapeInfo();
+          type = tensor.GetElementType();
+          spec.shape = tensor.GetShape();
+        }
         for (auto& d : spec.shape)
           if (d < 0) d = 1;  // a dynamic batch axis runs one frame
         spec.type = static_cast<int>(type);
         (io == 0 ? inputs_ : outputs_).push_back(spec);
       }
     }
-  } catch (...) {
-    if (memory_) api->ReleaseMemoryInfo(memory_);
-    api->ReleaseSession(session_);
-    throw;
-  }
+    return 0;
+  });
 }
 
-OrtModel::~OrtModel() {
-  lib_->api()->ReleaseMemoryInfo(memory_);
-  lib_->api()->ReleaseSession(session_);
-}
+OrtModel::~OrtModel() = default;
 
 static size_t element_size(int type) {
   switch (type) {
@@ -246,16 +250,9 @@ static size_t element_size(int type) {
 }
 
 void OrtModel::run(const std::vector<Binding>& in, const std::vector<Binding>& out) const {
-  const OrtApi* api = lib_->api();
-  std::vector<OrtValue*> values;
-  struct Release {
-    const OrtApi* api;
-    std::vector<OrtValue*>& v;
-    ~Release() {
-      for (OrtValue* x : v) api->ReleaseValue(x);
-    }
-  } release{api, values};
+  std::vector<Ort::Value> values;
   std::vector<const char*> names;
+  values.reserve(in.size() + out.size());
   auto bind = [&](const Binding& b, const std::vector<TensorSpec>& specs) {
     const TensorSpec* spec = nullptr;
     for (const auto& s : specs)
@@ -265,18 +262,20 @@ void OrtModel::run(const std::vector<Binding>& in, const std::vector<Binding>& o
     for (int64_t d : spec->shape) count *= static_cast<size_t>(d);
     if (count * element_size(spec->type) != b.bytes)
       fail(EDGEPRUNE_CORRUPT, path_ + ": tensor '" + spec->name + "' has another size than its manifest says");
-    OrtValue* v = nullptr;
-    lib_->check(api->CreateTensorWithDataAsOrtValue(memory_, b.data, b.bytes, spec->shape.data(), spec->shape.size(),
-                                                    static_cast<ONNXTensorElementDataType>(spec->type), &v),
-                EDGEPRUNE_BACKEND, path_ + ": ");
-    values.push_back(v);
+    values.push_back(ort_guard(EDGEPRUNE_BACKEND, path_ + ": ", [&] {
+      return Ort::Value::CreateTensor(impl_->memory, b.data, b.bytes, spec->shape.data(), spec->shape.size(),
+                                      static_cast<ONNXTensorElementDataType>(spec->type));
+    }));
     names.push_back(b.name);
   };
   for (const auto& b : in) bind(b, inputs_);
   for (const auto& b : out) bind(b, outputs_);
-  lib_->check(api->Run(session_, nullptr, names.data(), values.data(), in.size(), names.data() + in.size(), out.size(),
-                       values.data() + in.size()),
-              EDGEPRUNE_BACKEND, path_ + ": ONNX Runtime run failed: ");
+  ort_guard(EDGEPRUNE_BACKEND, path_ + ": ONNX Runtime run failed: ", [&] {
+    // Session::Run is thread-safe; the wrapper's method is merely not const.
+    impl_->session.Run(Ort::RunOptions{nullptr}, names.data(), values.data(), in.size(), names.data() + in.size(),
+                       values.data() + in.size(), out.size());
+    return 0;
+  });
 }
 
 }  // namespace edgeprune

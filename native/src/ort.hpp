@@ -1,18 +1,14 @@
-// ONNX Runtime through its C API, loaded at run time with dlopen: nothing links libonnxruntime, so
-// the library works with the onnxruntime wheel's capi/libonnxruntime.so.<version> (which has no
-// SONAME-named file to link against) or any system copy, whichever the caller points at.
+// ONNX Runtime through its C++ API (onnxruntime_cxx_api.h, ORT_API_MANUAL_INIT), loaded at run time
+// with dlopen: nothing links libonnxruntime, so the library works with the onnxruntime wheel's
+// capi/libonnxruntime.so.<version> (which has no SONAME-named file to link against) or any system
+// copy, whichever the caller points at. Every ONNX Runtime object is owned by its C++ wrapper (RAII);
+// the wrappers' exceptions (Ort::Exception) never leave ort.cpp: they become Error lines.
 #pragma once
 
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
-
-struct OrtApi;
-struct OrtEnv;
-struct OrtSession;
-struct OrtMemoryInfo;
-struct OrtStatus;
 
 namespace edgeprune {
 
@@ -22,23 +18,20 @@ constexpr int kMinOrtApi = 14;
 class OrtLibrary {
  public:
   // Loads (once per path, for the life of the process: ONNX Runtime keeps thread-local state and
-  // registered handlers that make unloading it unsafe) and returns the library; throws Error.
+  // registered handlers that make unloading it unsafe) and returns the library; throws Error. The
+  // C++ API binds one ONNX Runtime per process (Ort::InitApi): a second, different library is refused.
   static std::shared_ptr<OrtLibrary> load(const std::string& path_or_empty);
   ~OrtLibrary();
-  const OrtApi* api() const { return api_; }
-  OrtEnv* env() const { return env_; }
   const std::string& version() const { return version_; }
   const std::string& path() const { return path_; }
   int api_version() const { return api_version_; }
   std::vector<std::string> providers() const;
-  // Throws Error(code, prefix + ORT's first line) when status is not null; releases it.
-  void check(OrtStatus* status, int code, const std::string& prefix) const;
 
  private:
+  friend class OrtModel;
+  struct Impl;  // the Ort::Env (ort.cpp)
   OrtLibrary() = default;
-  void* handle_ = nullptr;
-  const OrtApi* api_ = nullptr;
-  OrtEnv* env_ = nullptr;
+  std::unique_ptr<Impl> impl_;
   std::string path_, version_;
   int api_version_ = 0;
 };
@@ -70,9 +63,9 @@ class OrtModel {
   void run(const std::vector<Binding>& in, const std::vector<Binding>& out) const;
 
  private:
+  struct Impl;  // the Ort::Session and Ort::MemoryInfo (ort.cpp)
   std::shared_ptr<OrtLibrary> lib_;
-  OrtSession* session_ = nullptr;
-  OrtMemoryInfo* memory_ = nullptr;
+  std::unique_ptr<Impl> impl_;
   std::vector<TensorSpec> inputs_, outputs_;
   std::string provider_, path_;
 };

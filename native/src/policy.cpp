@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <locale>
 #include <map>
 #include <sstream>
 
@@ -12,6 +13,7 @@ namespace edgeprune {
 
 static std::string fmt(double v) {
   std::ostringstream s;
+  s.imbue(std::locale::classic());  // whatever std::locale::global the application set
   s << v;
   return s.str();
 }
@@ -213,6 +215,7 @@ struct ArgReader {
     auto it = args.find(key);
     if (it == args.end()) return fallback;
     char* end = nullptr;
+    CLocaleScope c_locale;  // "alpha=0.25" whatever the application's LC_NUMERIC
     double v = std::strtod(it->second.c_str(), &end);
     if (it->second.empty() || *end != '\0')
       fail(EDGEPRUNE_INVALID_ARGUMENT, "scheduler: bad parameter for policy '" + policy + "': " + key + "=" + it->second +

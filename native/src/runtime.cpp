@@ -232,6 +232,10 @@ std::unique_ptr<Runtime> Runtime::open(const std::string& path, const edgeprune_
       engines.push_back(make_trt_engine(m.model_path, spec.input.width, spec.input.height));
       continue;
     }
+    // OpenVINO engines (compiled blobs) run in the Python runtime; this library has no OpenVINO
+    // backend yet, and its blob is no ONNX graph that ONNX Runtime could open instead.
+    need(m.backend != "openvino", EDGEPRUNE_UNSUPPORTED,
+         "engines of backend openvino run in the Python runtime (edgeprune.runtime.Runtime); libedgeprune has no OpenVINO backend yet");
     if (!lib) lib = OrtLibrary::load(o.ort_library ? o.ort_library : "");
     std::string p = provider;
     if (m.backend == "ort-cuda") p = "cuda";

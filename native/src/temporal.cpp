@@ -137,6 +137,7 @@ class TemporalRuntime : public Runtime {
       drift = choose(change, index);
       if (drift > drift_threshold_) {
         char text[64];
+        CLocaleScope c_locale;  // "drift 2.50 > 2", not "2,50" in a de_DE application
         std::snprintf(text, sizeof text, "drift %.2f > %g", drift, drift_threshold_);
         reason = text;
       }

@@ -186,9 +186,9 @@ class TrtEngine : public Engine {
     try {
       // Version-compatible plans embed TensorRT's lean runtime, host code TensorRT runs only when told
       // to (the Python runner does the same).
-      const Json* settings = manifest.find("settings");
-      const Json* vc = settings ? settings->find("version_compatible") : nullptr;
-      if (vc && vc->type() == Json::Type::Bool && vc->boolean()) runtime_->setEngineHostCodeAllowed(true);
+      const Json* settings = json_find(manifest, "settings");
+      const Json* vc = settings ? json_find(*settings, "version_compatible") : nullptr;
+      if (vc && vc->is_boolean() && vc->get<bool>()) runtime_->setEngineHostCodeAllowed(true);
       engine_ = runtime_->deserializeCudaEngine(plan.data(), plan.size());
       if (!engine_)
         fail(EDGEPRUNE_CORRUPT, path + ": TensorRT " + trt_ + " cannot deserialize this TensorRT engine (" + logger().error_since(mark) +

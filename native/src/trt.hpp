@@ -51,25 +51,26 @@ inline bool same_trt_version(const std::string& built, int32_t running) {
 inline std::string trt_stale_reason(const Json& manifest, int32_t running_trt, int cc_major, int cc_minor,
                                     const std::string& gpu_name) {
   const std::string rebuild = "rebuild it with `edgeprune build SET --backend trt` on this machine";
-  const Json* settings = manifest.find("settings");
-  auto setting = [&](const char* key) -> const Json* { return settings ? settings->find(key) : nullptr; };
+  const Json* settings = json_find(manifest, "settings");
+  auto setting = [&](const char* key) -> const Json* { return settings ? json_find(*settings, key) : nullptr; };
   const Json* vc = setting("version_compatible");
-  const bool version_compatible = vc && vc->type() == Json::Type::Bool && vc->boolean();
+  const bool version_compatible = vc && vc->is_boolean() && vc->get<bool>();
   const Json* hw = setting("hardware_compatibility");
-  const bool any_ampere = hw && hw->is_string() && hw->string() == "ampere+";
+  const bool any_ampere = hw && hw->is_string() && hw->get_ref<const std::string&>() == "ampere+";
 
-  const Json* versions = manifest.find("versions");
-  const Json* built = versions ? versions->find("tensorrt") : nullptr;
-  if (built && built->is_string() && !built->string().empty() && !version_compatible &&
-      !same_trt_version(built->string(), running_trt))
-    return "engine built with TensorRT " + built->string() + ", this machine has TensorRT " + trt_version_text(running_trt) +
+  const Json* versions = json_find(manifest, "versions");
+  const Json* built = versions ? json_find(*versions, "tensorrt") : nullptr;
+  const std::string built_text = built && built->is_string() ? built->get<std::string>() : "";
+  if (!built_text.empty() && !version_compatible && !same_trt_version(built_text, running_trt))
+    return "engine built with TensorRT " + built_text + ", this machine has TensorRT " + trt_version_text(running_trt) +
            ": " + rebuild + " (or build it with --version-compatible)";
 
-  const Json* device = manifest.find("device");
-  const Json* cc = device ? device->find("compute_capability") : nullptr;
+  const Json* device = json_find(manifest, "device");
+  const Json* cc = device ? json_find(*device, "compute_capability") : nullptr;
+  const std::string cc_text = cc && cc->is_string() ? cc->get<std::string>() : "";
   const std::string here = std::to_string(cc_major) + "." + std::to_string(cc_minor);
-  if (cc && cc->is_string() && !cc->string().empty() && cc->string() != here && !any_ampere)
-    return "engine built for compute capability " + cc->string() + ", this GPU" + (gpu_name.empty() ? "" : " (" + gpu_name + ")") +
+  if (!cc_text.empty() && cc_text != here && !any_ampere)
+    return "engine built for compute capability " + cc_text + ", this GPU" + (gpu_name.empty() ? "" : " (" + gpu_name + ")") +
            " is " + here + ": " + rebuild + " (or, for Ampere and newer GPUs, with --hardware-compat ampere+)";
   return "";
 }

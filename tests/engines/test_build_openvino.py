@@ -4,6 +4,7 @@ or rebuilt; Runtime and calibrate on the built engines; one-line CLI refusals.""
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 
 import numpy as np
@@ -113,3 +114,16 @@ def test_cli_builds_and_refuses_in_one_line(engine_set, tmp_path, capsys):
         assert not (tmp_path / "x").exists()
     code, captured = run_cli(["build", engine_set, "--backend", "ort-cpu", "--device", "GPU", "--out", tmp_path / "x"], capsys)
     assert code == 2 and "--device is for --backend openvino" in captured.err
+
+
+def test_the_native_library_refuses_openvino_engines_in_one_line(engine_set, built):
+    """libedgeprune has no OpenVINO backend yet: a set built for OpenVINO is an UNSUPPORTED status
+    naming the Python runtime, never an attempt to open the blob as an ONNX graph."""
+    if shutil.which("cmake") is None or shutil.which("c++") is None:
+        pytest.skip("native library not built: cmake or a C++ compiler is missing")
+    from edgeprune.native import NativeRuntime, build_native
+
+    build_native()
+    with pytest.raises(EdgepruneError, match="backend openvino run in the Python runtime") as caught:
+        NativeRuntime(engine_set, 30.0, engines=built / "BUILT")
+    assert caught.value.code == "unsupported"  # EDGEPRUNE_UNSUPPORTED

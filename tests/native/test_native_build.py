@@ -10,7 +10,7 @@ import pytest
 
 
 def test_header_compiles_as_strict_c99(native_lib, tmp_path):
-    from edgeprune.native import NATIVE_DIR
+    from edgeprune.native.library import NATIVE_DIR
 
     source = tmp_path / "use.c"
     source.write_text('#include "edgeprune/edgeprune.h"\n'

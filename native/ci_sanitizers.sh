@@ -60,6 +60,18 @@ run() {  # $1 = label, rest = command; its output is kept in $work/<label>.log
   fi
 }
 
+unit_tests() {  # $1 = label prefix, $2 = build folder: the C API, JSON, SHA-256 and locale tests
+  local prefix="$1" dir="$here/$2" name target
+  run "$prefix-c-api" env EDGEPRUNE_TEST_SET="$set_dir" "$dir/test_c_api"
+  run "$prefix-json" env EDGEPRUNE_TEST_SET="$set_dir" EDGEPRUNE_TEST_TEMPORAL="$temporal_dir" "$dir/test_json"
+  run "$prefix-sha256" "$dir/test_sha256"
+  for name in "${locales[@]}"; do
+    for target in "$set_dir" "$temporal_dir"; do
+      run "$prefix-locale-$name-$(basename "$target")" "$dir/test_locale" "$target" "$name"
+    done
+  done
+}
+
 build address build-asan
 export ASAN_OPTIONS="detect_leaks=1:halt_on_error=1:exitcode=23"
 # ONNX Runtime is loaded with dlopen and not instrumented; LSan still sees its allocations, and any
@@ -68,14 +80,7 @@ for target in "$set_dir" "$temporal_dir"; do
   name="$(basename "$target")"
   run "asan-leaks-$name" env EDGEPRUNE_TEST_SET="$target" "$here/build-asan/test_stress" leaks
 done
-run "asan-c-api" env EDGEPRUNE_TEST_SET="$set_dir" "$here/build-asan/test_c_api"
-run "asan-json" env EDGEPRUNE_TEST_SET="$set_dir" EDGEPRUNE_TEST_TEMPORAL="$temporal_dir" "$here/build-asan/test_json"
-run "asan-sha256" "$here/build-asan/test_sha256"
-for name in "${locales[@]}"; do
-  for target in "$set_dir" "$temporal_dir"; do
-    run "asan-locale-$name-$(basename "$target")" "$here/build-asan/test_locale" "$target" "$name"
-  done
-done
+unit_tests asan build-asan
 unset ASAN_OPTIONS
 
 build thread build-tsan
@@ -90,14 +95,7 @@ export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:exitcode=25"
 for target in "$set_dir" "$temporal_dir"; do
   run "ubsan-$(basename "$target")" env EDGEPRUNE_TEST_SET="$target" "$here/build-ubsan/test_stress" quick
 done
-run "ubsan-c-api" env EDGEPRUNE_TEST_SET="$set_dir" "$here/build-ubsan/test_c_api"
-run "ubsan-json" env EDGEPRUNE_TEST_SET="$set_dir" EDGEPRUNE_TEST_TEMPORAL="$temporal_dir" "$here/build-ubsan/test_json"
-run "ubsan-sha256" "$here/build-ubsan/test_sha256"
-for name in "${locales[@]}"; do
-  for target in "$set_dir" "$temporal_dir"; do
-    run "ubsan-locale-$name-$(basename "$target")" "$here/build-ubsan/test_locale" "$target" "$name"
-  done
-done
+unit_tests ubsan build-ubsan
 
 [ "$status" -eq 0 ] && echo "ci_sanitizers.sh: all sanitizer runs clean"
 exit "$status"

@@ -59,12 +59,16 @@ if [ -z "$set_dir" ] || [ -z "$temporal_dir" ]; then
     echo "fuzz.sh: warning: no edgeprune CLI to export real manifests; seeding with native/fuzz/seeds only" >&2
   fi
 fi
+copy_members() {  # $1 = folder, $2 = file name in each member folder, $3 = label in the corpus
+  local file
+  for file in "$1"/*/"$2"; do
+    cp "$file" "$corpus/real-$3-$(basename "$(dirname "$file")").json"
+  done
+}
 if [ -n "$set_dir" ]; then
   [ -f "$set_dir/set.json" ] || die "$set_dir holds no set.json"
   cp "$set_dir/set.json" "$corpus/real-set.json"
-  for manifest in "$set_dir"/*/manifest.json; do
-    cp "$manifest" "$corpus/real-member-$(basename "$(dirname "$manifest")").json"
-  done
+  copy_members "$set_dir" manifest.json member
   if [ -z "$built" ] && command -v edgeprune >/dev/null 2>&1; then
     built="$work/built"
     if edgeprune build "$set_dir" --out "$built" >/dev/null 2>&1; then
@@ -78,9 +82,7 @@ fi
 if [ -n "$built" ]; then
   [ -f "$built/engines.json" ] || die "$built holds no engines.json"
   cp "$built/engines.json" "$corpus/real-engines.json"
-  for engine in "$built"/*/engine.json; do
-    cp "$engine" "$corpus/real-engine-$(basename "$(dirname "$engine")").json"
-  done
+  copy_members "$built" engine.json engine
 fi
 if [ -n "$temporal_dir" ]; then
   [ -f "$temporal_dir/manifest.json" ] || die "$temporal_dir holds no manifest.json"

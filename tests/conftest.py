@@ -47,7 +47,7 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 
 @pytest.fixture
 def pixels():
-    from edgeprune.exporting.onnx_export import fresh_seed
+    from edgeprune.backends.feeds import fresh_seed
 
     def make(batch: int = 2, size: int = 32, chans: int = 3) -> torch.Tensor:
         gen = torch.Generator().manual_seed(fresh_seed())
@@ -60,7 +60,7 @@ def pixels():
 def pytest_runtest_makereport(item, call):
     """A failed test shows the random seeds it drew (fixtures and export parity checks alike);
     ``EDGEPRUNE_SEED=N`` makes every draw use N, to rerun it."""
-    from edgeprune.exporting.onnx_export import RECENT_SEEDS
+    from edgeprune.backends.feeds import RECENT_SEEDS
 
     if call.when == "setup":
         RECENT_SEEDS.clear()

@@ -8,14 +8,13 @@ one machine, so a scheduler can pick the largest member that meets a deadline wi
 from __future__ import annotations
 
 import os
-import platform
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional
 
 from edgeprune.artifacts.artifact import Artifact, load_artifact
 from edgeprune.artifacts.schema import check_manifest
-from edgeprune.core.files import atomic_directory, read_folder_json, write_json_atomic
+from edgeprune.core.files import read_folder_json
 from edgeprune.core.errors import EdgepruneError
 from edgeprune.core.machine import machine_fingerprint
 

@@ -9,7 +9,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from edgeprune.cli.common import BatchOpt, ProviderOpt, ThreadsOpt, console, out
+from edgeprune.cli.common import BatchOpt, ProviderOpt, ThreadsOpt
+from edgeprune.core.console import console, out
 from edgeprune.core.errors import EdgepruneError
 from edgeprune.core.files import read_json
 from edgeprune.core.progress import rich_bar

@@ -9,7 +9,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from edgeprune.cli.common import console, out
+from edgeprune.core.console import console, out
 from edgeprune.core.progress import rich_status
 
 

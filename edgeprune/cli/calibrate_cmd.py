@@ -8,7 +8,8 @@ from typing import Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from edgeprune.cli.common import ProviderOpt, ThreadsOpt, console, out
+from edgeprune.cli.common import ProviderOpt, ThreadsOpt
+from edgeprune.core.console import console, out
 from edgeprune.core.progress import rich_bar
 
 

@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from edgeprune.cli.common import console
+from edgeprune.core.console import console
 from edgeprune.core.errors import EdgepruneError
 
 MAX_TILE_HEIGHT = 360

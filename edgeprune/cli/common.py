@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
-
-from edgeprune.core.console import console, out
 
 # Option groups, reused by every command that runs an engine.
 ThreadsOpt = typer.Option(2, "--threads", min=1, help="Intra-op threads for ONNX Runtime.")

@@ -10,7 +10,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from edgeprune.cli.common import ThreadsOpt, console, out
+from edgeprune.cli.common import ThreadsOpt
+from edgeprune.core.console import console, out
 from edgeprune.core.progress import rich_status
 
 

@@ -13,7 +13,8 @@ from typing import Any, Optional
 
 import typer
 
-from edgeprune.cli.common import ProviderOpt, console, default_model, out
+from edgeprune.cli.common import ProviderOpt, default_model
+from edgeprune.core.console import console, out
 from edgeprune.core.errors import EdgepruneError
 from edgeprune.core.progress import messages
 from edgeprune.video.demo import run_demo, summary_line

@@ -9,7 +9,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from edgeprune.cli.common import CheckpointOpt, ImgSizeOpt, MODEL_HELP, ModelArgOpt, ThreadsOpt, console, out, parse_int_list
+from edgeprune.cli.common import CheckpointOpt, ImgSizeOpt, MODEL_HELP, ModelArgOpt, ThreadsOpt, parse_int_list
+from edgeprune.core.console import console, out
 from edgeprune.core.progress import rich_status
 
 

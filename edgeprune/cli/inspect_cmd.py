@@ -9,7 +9,7 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from edgeprune.cli.common import out
+from edgeprune.core.console import out
 
 
 def inspect(

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from edgeprune.cli.common import out
+from edgeprune.core.console import out
 
 
 def graphs_of(path: Path) -> list[Path]:

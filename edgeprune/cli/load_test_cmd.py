@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 import typer
 
-from edgeprune.cli.common import out
+from edgeprune.core.console import out
 
 VIDEOS = Path(__file__).resolve().parents[3] / "shared" / "data" / "video"  # next to a checkout
 CLIPS = ("highway_lane_960x540.mp4", "highway_cars_1280x720.mp4", "indoor_gym_426x240.mp4",

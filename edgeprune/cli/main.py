@@ -14,7 +14,7 @@ from edgeprune.cli.bench_cmd import bench
 from edgeprune.cli.build_cmd import build
 from edgeprune.cli.calibrate_cmd import calibrate
 from edgeprune.cli.compare_cmd import compare
-from edgeprune.cli.common import console, out
+from edgeprune.core.console import console, out
 from edgeprune.cli.demo_cmd import demo
 from edgeprune.cli.export_cmd import export
 from edgeprune.cli.export_triton_cmd import export_triton

@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 from rich.table import Table
 
-from edgeprune.cli.common import console, out
+from edgeprune.core.console import console, out
 from edgeprune.core.errors import EdgepruneError
 
 

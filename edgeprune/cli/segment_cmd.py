@@ -12,7 +12,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from edgeprune.cli.common import REAL_MODEL, ProviderOpt, console, default_model, out
+from edgeprune.cli.common import REAL_MODEL, ProviderOpt, default_model
+from edgeprune.core.console import console, out
 from edgeprune.core.errors import EdgepruneError
 from edgeprune.video.segmenter import Segmenter, load_segmenter_model, prepare_batch
 

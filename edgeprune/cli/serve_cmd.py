@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from edgeprune.cli.common import console, out
+from edgeprune.core.console import console, out
 
 
 def serve(

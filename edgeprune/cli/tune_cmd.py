@@ -11,7 +11,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from edgeprune.cli.common import MODEL_HELP, CheckpointOpt, ImgSizeOpt, ModelArgOpt, ThreadsOpt, console, out
+from edgeprune.cli.common import MODEL_HELP, CheckpointOpt, ImgSizeOpt, ModelArgOpt, ThreadsOpt
+from edgeprune.core.console import console, out
 from edgeprune.core.progress import rich_bar, rich_status
 
 

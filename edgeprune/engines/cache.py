@@ -22,11 +22,6 @@ from edgeprune.core.files import atomic_directory, read_json, sha256_file
 ENGINE_MANIFEST = "engine.json"
 
 
-def cache_base() -> Path:
-    """The parent of every edgeprune cache (:func:`edgeprune.core.cache.cache_dir`)."""
-    return cache_dir()
-
-
 def default_cache_dir() -> Path:
     """``cache_dir("engines")``: ``$EDGEPRUNE_CACHE_DIR/engines``, else the user cache folder's."""
     return cache_dir("engines")

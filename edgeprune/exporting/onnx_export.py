@@ -6,10 +6,8 @@ import contextlib
 import io
 import logging
 import os
-import platform
 import time
 import warnings
-from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -19,7 +17,7 @@ from torch import nn
 
 from edgeprune.artifacts.artifact import MANIFEST, MANIFEST_FORMAT, ONNX_FILE, Artifact
 from edgeprune.core.files import atomic_directory, sha256_file, write_json_atomic
-from edgeprune.backends.feeds import RECENT_SEEDS, fresh_seed, random_pixels, relative_error
+from edgeprune.backends.feeds import random_pixels, relative_error
 from edgeprune.core.machine import library_versions
 from edgeprune.core.progress import Progress, say
 from edgeprune.core.errors import EdgepruneError, ParityError, first_line

@@ -193,7 +193,8 @@ def temporal_macs(module: TemporalSegmenter, recompute: int) -> int:
 
 def fresh_inputs(module: TemporalSegmenter, batch: int, recompute: int) -> tuple[Tensor, ...]:
     """Random pixels, a random distinct ``update_index`` per batch element and random caches."""
-    from edgeprune.exporting.onnx_export import fresh_pixels, fresh_seed
+    from edgeprune.exporting.onnx_export import fresh_pixels
+    from edgeprune.backends.feeds import fresh_seed
 
     gen = torch.Generator().manual_seed(fresh_seed())
     spec = module.adapter.spec
@@ -230,8 +231,8 @@ def export_temporal(
     (0, 1] or a count) of a segmenter to ``out_dir`` with one manifest; both parity-checked."""
     from edgeprune.artifacts.artifact import MANIFEST
     from edgeprune.core.files import atomic_directory, sha256_file, write_json_atomic
-    from edgeprune.exporting.onnx_export import (DEFAULT_OPSET, DEFAULT_TOLERANCE, library_versions, trace_to_onnx,
-                                                 trt_lint_report)
+    from edgeprune.exporting.onnx_export import DEFAULT_OPSET, DEFAULT_TOLERANCE, trace_to_onnx, trt_lint_report
+    from edgeprune.core.machine import library_versions
     from edgeprune.backends.graph import load_graph, op_counts, safety_problems
 
     opset = opset or DEFAULT_OPSET

@@ -23,15 +23,9 @@ from edgeprune.artifacts.artifact import ONNX_FILE
 from edgeprune.core.files import atomic_directory, read_json, sha256_file, write_json_atomic
 from edgeprune.core.errors import EdgepruneError
 from edgeprune.core.progress import Progress, say
-from edgeprune.exporting.onnx_export import (
-    DEFAULT_OPSET,
-    DEFAULT_TOLERANCE,
-    check_parity,
-    fresh_seed,
-    library_versions,
-    trace_to_onnx,
-    trt_lint_report,
-)
+from edgeprune.exporting.onnx_export import DEFAULT_OPSET, DEFAULT_TOLERANCE, check_parity, trace_to_onnx, trt_lint_report
+from edgeprune.backends.feeds import fresh_seed
+from edgeprune.core.machine import library_versions
 from edgeprune.backends.graph import load_graph, op_counts, safety_problems
 from edgeprune.mllm.graph import VisualTokenGraph
 from edgeprune.mllm.llava import LlavaParts

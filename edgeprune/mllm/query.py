@@ -244,8 +244,9 @@ def export_query_tower(folder: Union[str, Path], out_dir: Union[str, Path], *, o
 
     from edgeprune.artifacts.artifact import MANIFEST
     from edgeprune.core.files import atomic_directory, sha256_file, write_json_atomic
-    from edgeprune.exporting.onnx_export import (DEFAULT_OPSET, check_parity, fresh_seed, library_versions,
-                                                 trace_to_onnx)
+    from edgeprune.exporting.onnx_export import DEFAULT_OPSET, check_parity, trace_to_onnx
+    from edgeprune.backends.feeds import fresh_seed
+    from edgeprune.core.machine import library_versions
     from edgeprune.backends.graph import load_graph
 
     src = Path(folder)

@@ -15,7 +15,6 @@ matmuls, one small TopK and constant matrices: static shapes, no scatter.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from functools import lru_cache
 

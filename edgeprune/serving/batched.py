@@ -36,9 +36,9 @@ def batch_sizes(max_batch: int) -> list[int]:
 
 
 def cache_root() -> Path:
-    from edgeprune.engines.cache import cache_base
+    from edgeprune.core.cache import cache_dir
 
-    return cache_base() / "serve"
+    return cache_dir("serve")
 
 
 def model_from_manifest(info: dict[str, Any]) -> tuple[Any, dict[str, Any]]:

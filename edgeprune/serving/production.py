@@ -195,7 +195,8 @@ def _cross_check(set_onnx: Path, onnx: Path, input_name: str, shape: list[int], 
     misses once is re-checked, as the exporter's parity check does)."""
     import onnxruntime as ort
 
-    from edgeprune.exporting.onnx_export import fresh_pixels, relative_error
+    from edgeprune.exporting.onnx_export import fresh_pixels
+    from edgeprune.backends.feeds import relative_error
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1

@@ -27,9 +27,9 @@ class DefaultModels:
 
 def cache_root() -> Path:
     """``$EDGEPRUNE_CACHE_DIR/demo``, else ``~/.cache/edgeprune/demo`` (the engine and latency caches' parent)."""
-    from edgeprune.engines.cache import cache_base
+    from edgeprune.core.cache import cache_dir
 
-    return cache_base() / "demo"
+    return cache_dir("demo")
 
 
 def _fingerprint(model: Path) -> str:

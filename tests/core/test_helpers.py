@@ -92,9 +92,10 @@ def test_strict_json_reads_standard_json(tmp_path):
 def test_cache_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("EDGEPRUNE_CACHE_DIR", str(tmp_path / "c"))
     assert cache.cache_dir("engines") == tmp_path / "c" / "engines"
-    from edgeprune.engines.cache import cache_base, default_cache_dir
+    from edgeprune.core.cache import cache_dir
+    from edgeprune.engines.cache import default_cache_dir
 
-    assert cache_base() == tmp_path / "c" and default_cache_dir() == tmp_path / "c" / "engines"
+    assert cache_dir() == tmp_path / "c" and default_cache_dir() == tmp_path / "c" / "engines"
     monkeypatch.delenv("EDGEPRUNE_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     if os.name == "posix" and not __import__("sys").platform == "darwin":

@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from edgeprune.engines.build import build_engine, build_set, load_engine, load_engines, random_feed
+from edgeprune.engines.build import build_engine, build_set, load_engine, load_engines
+from edgeprune.backends.feeds import random_feed
 from edgeprune.engines.cache import EngineCache, cache_key
 from edgeprune.backends.ort import OrtRunner
 from edgeprune.backends.trt import BuilderSettings, tensorrt_version

@@ -8,7 +8,8 @@ import edgeprune
 from edgeprune import EdgepruneError, ParityError
 from edgeprune.artifacts.artifact import load_artifact
 from edgeprune.backends.ort import OrtRunner
-from edgeprune.exporting.onnx_export import export, relative_error
+from edgeprune.exporting.onnx_export import export
+from edgeprune.backends.feeds import relative_error
 from edgeprune.backends.graph import safety_problems
 from tests.conftest import LAYOUTS, make_tiny
 

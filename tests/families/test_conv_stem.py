@@ -29,7 +29,7 @@ def stem_model(**overrides) -> torch.nn.Module:
 
 
 def randn(*shape: int) -> torch.Tensor:
-    from edgeprune.exporting.onnx_export import fresh_seed
+    from edgeprune.backends.feeds import fresh_seed
 
     return torch.randn(*shape, generator=torch.Generator().manual_seed(fresh_seed()))
 

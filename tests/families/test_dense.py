@@ -14,7 +14,8 @@ import edgeprune
 from edgeprune import EdgepruneError
 from edgeprune.backends.ort import OrtRunner
 from edgeprune.families.dense import ReducedDense
-from edgeprune.exporting.onnx_export import export, relative_error
+from edgeprune.exporting.onnx_export import export
+from edgeprune.backends.feeds import relative_error
 from edgeprune.families.timm_seg import SegmenterAdapter, create_segmenter
 from edgeprune.backends.graph import load_graph, safety_problems
 from edgeprune.plan.token_plan import TokenPlan

@@ -15,7 +15,8 @@ from edgeprune import EdgepruneError
 from edgeprune.backends.ort import OrtRunner
 from edgeprune.families import adapter_for
 from edgeprune.families.generic import GenericViTAdapter, attach_spec, load_generic
-from edgeprune.exporting.onnx_export import export, relative_error
+from edgeprune.exporting.onnx_export import export
+from edgeprune.backends.feeds import relative_error
 from edgeprune.families.weights import read_state_dict
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,7 +8,7 @@ from edgeprune.imaging.frames import labels_exact, labels_fast, overlay_fast, re
 
 @pytest.fixture
 def rng():
-    from edgeprune.exporting.onnx_export import fresh_seed
+    from edgeprune.backends.feeds import fresh_seed
 
     return np.random.default_rng(fresh_seed())  # printed if the test fails (tests/conftest.py)
 

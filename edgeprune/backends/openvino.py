@@ -6,6 +6,13 @@ LATENCY and ``INFERENCE_NUM_THREADS``; or imports a blob written by ``CompiledMo
 (what ``edgeprune build --backend openvino`` stores), which skips compilation. A blob is tied to the
 OpenVINO version that wrote it: ``edgeprune.engines.build`` refuses one from another version.
 
+Low precision keeps token decisions exact: before an ONNX graph is compiled at bf16 or fp16, the
+nodes that the shared rule of :mod:`edgeprune.backends.precision` keeps in fp32 for ONNX Runtime
+and TensorRT (decisions, what they read, the residual stream, norms and softmax) get OpenVINO's
+``disable_fp16_compression`` runtime attribute, which the CPU and GPU plugins honour for both bf16 and
+f16 inference; the matmuls of attention and MLP still run at the lower precision. On a Xeon,
+bf16 without it agrees with fp32 on 96.1 % of a ToMe segmenter's label pixels (NOTES.md).
+
 openvino is imported only inside functions: it is a heavy optional library (the ``openvino`` extra),
 deferred on purpose so that importing edgeprune, and every command that does not run OpenVINO,
 neither needs it nor pays for loading it.
@@ -101,6 +108,66 @@ def compile_config(precision: str, threads: Optional[int]) -> dict[str, Any]:
     return config
 
 
+# ov::DisableFP16Compression's key in a node's rt_info ("<name>_<version>" of its type info).
+KEEP_FP32_KEY = "disable_fp16_compression_0"
+_OV_PLUMBING = {"Parameter", "Constant", "Result"}
+
+
+def fp32_tensor_names(onnx_path: str | os.PathLike) -> set[str]:
+    """Output tensors of the ONNX nodes the shared precision rule keeps in fp32."""
+    try:
+        import onnx
+
+        from edgeprune.backends.precision import fp32_nodes
+    except ImportError:
+        raise EdgepruneError("exact token decisions at bf16/fp16 read the ONNX graph with the onnx package: "
+                             f"{OPENVINO_INSTALL_HINT}") from None
+    graph = onnx.load(str(onnx_path), load_external_data=False)
+    kept = fp32_nodes(graph)
+    return {name for node in graph.graph.node if node.name in kept for name in node.output if name}
+
+
+def keep_fp32(model: Any, tensor_names: set[str]) -> int:
+    """Mark the OpenVINO ops that produce ``tensor_names`` (and the unnamed ops an ONNX node was
+    decomposed into, when they feed marked ops only) to run in fp32; returns how many were marked."""
+    ordered = list(model.get_ordered_ops())
+    marked: set[int] = set()
+    for index, op in enumerate(ordered):
+        names = set().union(*(port.get_names() for port in op.outputs()))
+        if names & tensor_names:
+            marked.add(index)
+    position = {op.get_friendly_name(): i for i, op in enumerate(ordered)}
+    for index in reversed(range(len(ordered))):  # consumers come later in topological order
+        op = ordered[index]
+        if index in marked or op.get_type_name() in _OV_PLUMBING or any(port.get_names() for port in op.outputs()):
+            continue
+        users = [position.get(target.get_node().get_friendly_name()) for port in op.outputs()
+                 for target in port.get_target_inputs()]
+        if users and all(u in marked for u in users):
+            marked.add(index)
+    for index in marked:
+        ordered[index].get_rt_info()[KEEP_FP32_KEY] = ""
+    return len(marked)
+
+
+def read_for_precision(path: Path, precision: str) -> Any:
+    """The ONNX file as an ``openvino.Model``, its fp32 nodes marked when ``precision`` is lower."""
+    model = core().read_model(str(path))
+    if precision != "fp32":
+        keep_fp32(model, fp32_tensor_names(path))
+    return model
+
+
+def compile_static(path: str | os.PathLike, shapes: dict[str, list[int]], precision: str = "fp32",
+                   device: str = DEFAULT_DEVICE, threads: Optional[int] = DEFAULT_THREADS) -> Any:
+    """An ONNX file with symbolic axes compiled at fixed input ``shapes`` (fp32 nodes marked as for
+    any bf16/fp16 compile): how latency calibration times one token count as a static engine."""
+    check_device(device)
+    model = read_for_precision(Path(path), precision)
+    model.reshape(shapes)
+    return core().compile_model(model, device, compile_config(precision, threads))
+
+
 def effective_precision(compiled: Any) -> Optional[str]:
     """The precision the device really runs (``f32`` where the hint asked bf16 of a CPU without it)."""
     try:
@@ -124,7 +191,7 @@ class CompiledFromPath:
         config = compile_config(self.precision, self.threads)
         try:
             if self.path.suffix == ".onnx":
-                return core().compile_model(str(self.path), self.device, config)
+                return core().compile_model(read_for_precision(self.path, self.precision), self.device, config)
             return core().import_model(self.path.read_bytes(), self.device, config)
         except OSError as exc:
             raise EdgepruneError(f"{self.path}: cannot read it ({exc.strerror or exc})") from None

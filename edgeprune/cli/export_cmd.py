@@ -28,6 +28,8 @@ def export(
     points: Optional[str] = typer.Option(None, "--points", help="Blocks that reduce, e.g. 1,4,7 (default for 12 blocks). With --latency: searched when omitted."),
     schedule: str = typer.Option("points", "--schedule", help="points (few large steps) or constant (ToMe's r per block)."),
     prop_attn: Optional[bool] = typer.Option(None, "--prop-attn/--no-prop-attn", help="Proportional attention (log size bias); default on for tome."),
+    tile: Optional[str] = typer.Option(None, "--tile", help="Round every reduction point to the engine's tile (prefix tokens included): a token count, or an engine such as openvino-bf16 (32) or tensorrt-fp16 (16); 1 = off, the default (right for ONNX Runtime fp32). See docs/engines.md."),
+    engine: Optional[str] = typer.Option(None, "--engine", help="The engine the plan is for (onnxruntime-fp32, openvino-bf16, openvino-int8, tensorrt-fp16, ...): sets the default --tile and where --latency is measured (OpenVINO: each token count compiled at that precision). Default onnxruntime-fp32."),
     prefix_only_last: bool = typer.Option(False, "--prefix-only-last", help="Classifiers whose head reads only CLS/distillation tokens: the last block computes attention and MLP for those alone (exact; fewer MACs)."),
     gsp_alpha: Optional[float] = typer.Option(None, "--gsp-alpha", help="gsp: edge threshold = mean + alpha * std of similarities."),
     option: list[str] = typer.Option([], "--option", help="Reducer option KEY=VALUE (repeatable), e.g. cluster_tau=0.02, cluster_iters=3, cluster_residual=false, pass_signal=update."),
@@ -53,6 +55,7 @@ def export(
     from edgeprune.families.loading import load_model
     from edgeprune.families.weights import parse_model_args
     from edgeprune import build_plan
+    from edgeprune.plan.tiles import plan_tile
 
     started = time.perf_counter()
     from edgeprune.mllm.llava import MLLM_ONLY_METHODS, looks_like_llava_folder
@@ -95,7 +98,9 @@ def export(
         print_temporal(load_temporal(path, verify=False), f"exported temporal artifact {out_dir} in {time.perf_counter() - started:.1f} s")
         return
     point_list = parse_int_list(points, "--points")
-    common = dict(prop_attn=prop_attn, options=options, **({"prefix_only_last": True} if prefix_only_last else {}))
+    tile_tokens = plan_tile(tile, engine)
+    common = dict(prop_attn=prop_attn, options=options, **({"prefix_only_last": True} if prefix_only_last else {}),
+                  **({"tile": tile_tokens} if tile_tokens > 1 else {}))
     if budget_list is not None:
         from edgeprune.cli.inspect_cmd import print_set
         from edgeprune.exporting.engine_set import export_engine_set
@@ -112,9 +117,9 @@ def export(
         plan = _read_plan(plan_file, net, method=method if method != "tome" else None, keep=keep, tokens=tokens,
                           flops=flops, latency=latency, points=points, gsp_alpha=gsp_alpha, option=option or None,
                           prop_attn=prop_attn, schedule=schedule if schedule != "points" else None,
-                          prefix_only_last=prefix_only_last or None)
+                          prefix_only_last=prefix_only_last or None, tile=tile, engine=engine)
     elif latency is not None and method != "none":
-        plan = _latency_plan(net, method, latency, point_list, schedule, threads, common)
+        plan = _latency_plan(net, method, latency, point_list, schedule, threads, common, engine)
     else:
         budget = dict(keep=keep, tokens=tokens, flops=flops)
         plan = build_plan(net, method, points=point_list, schedule=schedule, **budget, **common)
@@ -174,7 +179,7 @@ def _parse_budget_set(budgets: Optional[str], **single: Optional[float]) -> Opti
     return parse_budgets(budgets)
 
 
-def _latency_plan(net, method, latency, points, schedule, threads, common):
+def _latency_plan(net, method, latency, points, schedule, threads, common, engine=None):
     from edgeprune.core.progress import messages
     from edgeprune.exporting.block_latency import calibrate
     from edgeprune import build_plan
@@ -182,7 +187,8 @@ def _latency_plan(net, method, latency, points, schedule, threads, common):
     from edgeprune.plan.latency import search_plan, with_prediction
 
     with console.status("calibrating per-block latency (cached after the first run)") as status:
-        model = calibrate(net, method, threads=threads, progress=messages(lambda msg: _status_or_warn(status, msg)))
+        model = calibrate(net, method, threads=threads, progress=messages(lambda msg: _status_or_warn(status, msg)),
+                          **({"engine": engine} if engine else {}))
     if points is None and schedule == "points":
         return search_plan(spec_of(net), method, latency, model, **common)
     plan = build_plan(net, method, latency=latency, points=points, schedule=schedule, latency_model=model.ratio, **common)

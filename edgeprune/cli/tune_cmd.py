@@ -28,6 +28,8 @@ def tune(
     fit: str = typer.Option("resize", "--fit", help="resize (shorter side to the model's size, centre crop) or pad (centre on black; e.g. 28x28 digits into a 32x32 model)."),
     calib_count: int = typer.Option(1000, "--calib-count", min=1, help="Calibration images used by the search."),
     holdout_count: int = typer.Option(1000, "--holdout", min=-1, help="Hold-out images (disjoint from calibration) to report the chosen plan on; 0 = none, -1 = all the rest (IDX: the whole test split)."),
+    tile: Optional[str] = typer.Option(None, "--tile", help="Round every candidate's reduction points to the engine's tile: a token count or an engine such as openvino-bf16 (see docs/engines.md); default 1 = off."),
+    engine: Optional[str] = typer.Option(None, "--engine", help="The engine the plan is for (onnxruntime-fp32, openvino-bf16, ...): the default --tile, and where a --latency target is measured. Default onnxruntime-fp32."),
     prefix_only: Optional[bool] = typer.Option(None, "--prefix-only-last/--no-prefix-only-last", help="Run the last block for the CLS/prefix tokens alone (exact; default on when the head reads only those)."),
     budget_minutes: float = typer.Option(12.0, "--budget-minutes", min=0.5, help="Time the search aims to finish in; sets how many images screen the candidates."),
     batch_size: int = typer.Option(50, "--batch-size", min=1, help="Images per forward pass during the search."),
@@ -61,6 +63,10 @@ def tune(
         raise EdgepruneError(f"folder of --out '{out_file.parent}' does not exist")
     if not calib.is_dir():
         raise EdgepruneError(f"calibration source '{calib}' is not a folder (an image folder or an IDX dataset folder)")
+    from edgeprune.plan.tiles import parse_engine, plan_tile
+
+    tile_tokens = plan_tile(tile, engine)
+    engine_name = "-".join(parse_engine(engine)) if engine else None
     target = flops if flops is not None else latency
     if not 0 < target <= 1:
         raise EdgepruneError(f"the {'--flops' if flops is not None else '--latency'} target must be in (0, 1], got {target}")
@@ -92,7 +98,7 @@ def tune(
 
         result = run_tune(net, calib_set, flops=flops, latency=latency, methods=method_list, prefix_only_last=prefix_only,
                           holdout=holdout, budget_minutes=budget_minutes, batch_size=batch_size, threads=threads,
-                          cache_dir=cache_dir, progress=progress)
+                          cache_dir=cache_dir, progress=progress, tile=tile_tokens, engine=engine_name)
     document = dict(result.plan.to_dict(), tune=dict(result.to_dict(), model=info, normalisation=norm))
     write_text_atomic(out_file, json.dumps(document, indent=1, default=str))
     _print_result(result, out_file, time.perf_counter() - started)

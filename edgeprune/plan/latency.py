@@ -164,10 +164,11 @@ def retained_information(plan: TokenPlan) -> float:
 
 def search_plan(spec: ViTSpec, method: str, latency: float, latency_model: LatencyModel, *,
                 max_points: int = 3, prop_attn: Optional[bool] = None, options: Optional[dict[str, Any]] = None,
-                prefix_only_last: bool = False) -> TokenPlan:
+                prefix_only_last: bool = False, tile: int = 1) -> TokenPlan:
     """The plan within ``latency`` (predicted ratio) that retains the most information (see
     :func:`retained_information`; fewer reduction points on ties), over every set of 1..``max_points`` reduction points among
-    blocks 0..depth-2 plus ToMe's constant schedule. Each point costs a fixed reducer time on a
+    blocks 0..depth-2 plus ToMe's constant schedule, every count rounded to ``tile`` (see
+    :mod:`edgeprune.plan.tiles`). Each point costs a fixed reducer time on a
     batch-1 engine, so the best schedule depends on the machine, which is why it is searched."""
     if not isinstance(spec, ViTSpec):
         raise EdgepruneError("search_plan takes a ViTSpec (edgeprune.families.spec_of(model) gives a model's)")
@@ -179,7 +180,8 @@ def search_plan(spec: ViTSpec, method: str, latency: float, latency_model: Laten
     blocks = range(max(1, spec.depth - 2 if prefix_only_last else spec.depth - 1))
     schedules = [("points", list(c)) for k in range(1, max_points + 1) for c in combinations(blocks, k)]
     schedules.append(("constant", None))
-    common = dict(prop_attn=prop_attn, options=options, latency_model=latency_model.ratio, prefix_only_last=prefix_only_last)
+    common = dict(prop_attn=prop_attn, options=options, latency_model=latency_model.ratio, prefix_only_last=prefix_only_last,
+                  tile=tile)
 
     def attempt(schedule: str, pts: Optional[list[int]], **budget: Any) -> Optional[TokenPlan]:
         try:

@@ -17,6 +17,7 @@ from edgeprune.core.spec import ViTSpec
 from edgeprune.plan import methods
 from edgeprune.plan.macs import baseline_macs, plan_macs
 from edgeprune.plan.methods import Option
+from edgeprune.plan.tiles import MAX_TILE, round_to_tile
 from edgeprune.plan.token_counts import center_grid, feasible_center_counts
 
 PLAN_FORMAT = 1
@@ -33,6 +34,9 @@ class TokenPlan:
     # The last block computes attention and MLP for the prefix tokens only (exact when the head
     # reads only CLS/distillation tokens): its patch tokens are never used again.
     prefix_only_last: bool = False
+    # The engine tile the reduction points were rounded to (prefix tokens included), for the record
+    # and for the planners that refine this plan; 1 = counts taken as computed.
+    tile: int = 1
 
     def __post_init__(self) -> None:
         if methods.get(self.method).family == "dense" and not self.spec.dense:
@@ -89,6 +93,7 @@ class TokenPlan:
             "options": dict(self.options),
             "target": dict(self.target),
             "prefix_only_last": self.prefix_only_last,
+            "tile": self.tile,
             "reduction_points": self.reduction_points,
             "macs": self.macs,
             "baseline_macs": self.baseline_macs,
@@ -108,6 +113,7 @@ class TokenPlan:
                 options=dict(d.get("options", {})),
                 target=dict(d.get("target", {})),
                 prefix_only_last=bool(d.get("prefix_only_last", False)),
+                tile=int(d.get("tile", 1)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise EdgepruneError(f"malformed plan: {exc}") from None
@@ -183,6 +189,7 @@ def build_plan(
     options: Optional[dict[str, Any]] = None,
     latency_model: Optional[Callable[["TokenPlan"], float]] = None,
     prefix_only_last: bool = False,
+    tile: int = 1,
 ) -> TokenPlan:
     """Build a plan from one budget: ``keep`` (fraction of patch tokens left at the end), ``tokens``
     (patch tokens left at the end), ``flops`` (target MACs ratio) or ``latency`` (target latency ratio,
@@ -191,6 +198,9 @@ def build_plan(
     ``schedule`` is ``"points"`` (reduce at ``points``, default blocks 1/4/7 of 12) or ``"constant"``
     (ToMe's constant r from block 0). ``prefix_only_last`` runs the last block for the CLS/prefix
     tokens alone (classifiers whose head reads only those; exact), so no schedule reduces there.
+    ``tile`` rounds every reduction point's sequence (prefix + patch tokens) to the engine's tile
+    (:mod:`edgeprune.plan.tiles`); a MACs or latency budget then picks the rounded plan that uses
+    most of it.
     """
     if not isinstance(spec, ViTSpec):
         raise EdgepruneError("edgeprune.plan.build_plan takes a ViTSpec; for a model call edgeprune.build_plan(model, ...)")
@@ -201,6 +211,11 @@ def build_plan(
     elif spec.dense and points is None and schedule == "points":
         points = dense_default_points(spec.depth)
     prop = declared.prop_attn if prop_attn is None else bool(prop_attn)
+    tile = int(tile)
+    if not 1 <= tile <= MAX_TILE:
+        raise EdgepruneError(f"tile must be a token count in 1..{MAX_TILE}, got {tile}")
+    if tile > 1 and method == "cluster":
+        raise EdgepruneError("method 'cluster' keeps a grid of centers; its counts cannot also follow an engine tile (use tile 1)")
     opts = check_options(method, options or {})
     if method == "tofu":  # ToFu prunes in the first quarter of the blocks and merges after
         opts.setdefault("prune_until", spec.depth // 4)
@@ -208,8 +223,9 @@ def build_plan(
     n0, depth = spec.num_patches, spec.depth
 
     def make(keep_seq: tuple[int, ...]) -> TokenPlan:
+        keep_seq = round_to_tile(keep_seq, n0, spec.num_prefix, tile, min_tokens(method))
         return TokenPlan(method, spec, keep_seq, prop, opts, target=dict(budgets, schedule=schedule, points=pts),
-                         prefix_only_last=prefix_only_last)
+                         prefix_only_last=prefix_only_last, tile=tile)
 
     if method == "none":
         if budgets:
@@ -258,8 +274,16 @@ def build_plan(
     unreduced = make(by_final(n0))
     if cost(unreduced) <= target + 1e-9:
         return unreduced
-    # Below that, cost grows with the final token count: binary-search the largest count within budget.
     best, low, high = None, lo, n0 - 1
+    if tile > 1:
+        # Rounded schedules jump a tile at a time at every point, so cost is a staircase in the final
+        # count that is not monotone across points: take every distinct rounded plan and keep the
+        # one that uses most of the budget (more tokens on ties).
+        plans = {p.keep: p for p in (make(by_final(f)) for f in range(lo, n0))}.values()
+        within = [p for p in plans if cost(p) <= target + 1e-9]
+        best = max(within, key=lambda p: (cost(p), sum(p.keep)), default=None)
+        low = high + 1  # skip the bisection below
+    # Below that, cost grows with the final token count: binary-search the largest count within budget.
     while low <= high:
         mid = (low + high) // 2
         plan = make(by_final(mid))

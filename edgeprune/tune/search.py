@@ -61,23 +61,27 @@ def _rank_key(c: Candidate) -> tuple:
 
 
 def _cost_function(model: nn.Module, kind: str, method_names: Sequence[str], threads: int,
-                   progress: Optional[Progress]) -> tuple[Callable[[TokenPlan], float], dict[str, Any]]:
+                   progress: Optional[Progress], engine: Optional[str] = None) -> tuple[Callable[[TokenPlan], float], dict[str, Any]]:
     if kind == "flops":
         return (lambda plan: plan.macs_ratio), {}
     from edgeprune.exporting.block_latency import calibrate
 
-    models = {m: calibrate(model, m, threads=threads, progress=progress) for m in sorted(set(method_names))}
+    on = {"engine": engine} if engine else {}
+    models = {m: calibrate(model, m, threads=threads, progress=progress, **on) for m in sorted(set(method_names))}
     return (lambda plan: models[plan.method].ratio(plan)), models
 
 
 def tune(model: nn.Module, calib: ImageSet, *, flops: Optional[float] = None, latency: Optional[float] = None,
          methods: Sequence[str] = DEFAULT_METHODS, prefix_only_last: Optional[bool] = None,
          holdout: Optional[ImageSet] = None, budget_minutes: float = 12.0, finalists: int = 3, batch_size: int = 50,
-         threads: int = 2, cache_dir: Optional[Path] = None, progress: Optional[Progress] = None) -> TuneResult:
+         threads: int = 2, cache_dir: Optional[Path] = None, progress: Optional[Progress] = None,
+         tile: int = 1, engine: Optional[str] = None) -> TuneResult:
     """The plan within the ``flops`` or ``latency`` ratio that keeps the model's predictions closest
     to the unreduced ones on ``calib`` (see the module doc). ``progress`` gets the steps as messages and
     each candidate scored as ``(done, total, "stage: candidate")``; the total grows as the search
-    learns how many candidates its later stages hold."""
+    learns how many candidates its later stages hold. ``tile`` rounds every candidate's reduction
+    points to the engine's tile (:mod:`edgeprune.plan.tiles`); ``engine`` is where a latency target
+    is measured (:func:`edgeprune.exporting.block_latency.calibrate`, default ONNX Runtime fp32)."""
     started = time.perf_counter()
     budgets = {k: v for k, v in (("flops", flops), ("latency", latency)) if v is not None}
     if len(budgets) != 1:
@@ -90,11 +94,11 @@ def tune(model: nn.Module, calib: ImageSet, *, flops: Optional[float] = None, la
     if prefix_only_last is None:
         prefix_only_last = spec.prefix_head and spec.num_prefix > 0
     all_variants = variants(spec, list(methods))
-    cost, latency_models = _cost_function(model, kind, [v.method for v in all_variants] + ["tome"], threads, progress)
+    cost, latency_models = _cost_function(model, kind, [v.method for v in all_variants] + ["tome"], threads, progress, engine)
     record = {kind: target}
 
     def fitted(shape_list: list[Shape], variant_list: list) -> list[Candidate]:
-        found = [fit(spec, sh, v, cost, target, prefix_only_last, record) for sh in shape_list for v in variant_list]
+        found = [fit(spec, sh, v, cost, target, prefix_only_last, record, tile) for sh in shape_list for v in variant_list]
         return [c for c in found if c is not None]
 
     all_shapes = shapes(spec, prefix_only_last)
@@ -108,7 +112,8 @@ def tune(model: nn.Module, calib: ImageSet, *, flops: Optional[float] = None, la
     full = Evaluator(adapter, calib, starts, batch_size)
 
     material = {"version": SEARCH_VERSION, "model": model_fingerprint(model), "calib": calib.fingerprint(),
-                kind: target, "prefix_only_last": prefix_only_last, "methods": sorted(methods)}
+                kind: target, "prefix_only_last": prefix_only_last, "methods": sorted(methods),
+                **({"tile": tile} if tile > 1 else {}), **({"engine": engine} if engine else {})}
     cache = ScoreCache(cache_path(cache_dir, material))
     resumed = len(cache)
     if resumed:
@@ -163,7 +168,7 @@ def tune(model: nn.Module, calib: ImageSet, *, flops: Optional[float] = None, la
             finals.append(c)
         if len(finals) == finalists:
             break
-    reference = constant_r(spec, cost, target, False, kind, latency_models.get("tome").ratio if latency_models else None)
+    reference = constant_r(spec, cost, target, False, kind, latency_models.get("tome").ratio if latency_models else None, tile)
     evaluate(finals + ([reference] if reference else []), "full", full)
     chosen = min(finals, key=lambda c: (c.scores["full"]["kl"], -c.scores["full"].get("top1", 0.0)))
     plan = dataclasses.replace(chosen.plan, target=dict(chosen.plan.target, planner="tune", calibration=calib.description,

@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional
 
 from edgeprune.core.errors import EdgepruneError
 from edgeprune.plan import methods
+from edgeprune.plan.tiles import round_to_tile
 from edgeprune.plan.token_plan import TokenPlan, check_options, min_tokens
 from edgeprune.core.spec import ViTSpec
 
@@ -81,9 +82,9 @@ def removal_schedule(n0: int, depth: int, points: list[int], removed: int, gamma
 
 
 def plan_for(spec: ViTSpec, shape: Shape, variant: Variant, removed: int, prefix_only_last: bool,
-             target_record: Optional[dict[str, Any]] = None) -> Optional[TokenPlan]:
+             target_record: Optional[dict[str, Any]] = None, tile: int = 1) -> Optional[TokenPlan]:
     """The plan of this shape and variant that removes ``removed`` patch tokens in total (None when
-    the shape has no reduction point on this model)."""
+    the shape has no reduction point on this model), its counts rounded to the engine ``tile``."""
     reducing = spec.depth - 1 if prefix_only_last else spec.depth
     points = shape.points(reducing)
     if not points:
@@ -92,9 +93,12 @@ def plan_for(spec: ViTSpec, shape: Shape, variant: Variant, removed: int, prefix
     if variant.method == "tofu":
         options.setdefault("prune_until", spec.depth // 4)
     prop = methods.get(variant.method).prop_attn if variant.prop_attn is None else variant.prop_attn
-    keep = removal_schedule(spec.num_patches, spec.depth, points, removed, shape.gamma, min_tokens(variant.method))
+    floor = min_tokens(variant.method)
+    keep = removal_schedule(spec.num_patches, spec.depth, points, removed, shape.gamma, floor)
+    # Rounding each point to the nearest tile is monotone in ``removed``, so fit's bisection still holds.
+    keep = round_to_tile(keep, spec.num_patches, spec.num_prefix, tile, floor)
     return TokenPlan(variant.method, spec, keep, prop, options, target=dict(target_record or {}, shape=shape.label,
-                     variant=variant.label), prefix_only_last=prefix_only_last)
+                     variant=variant.label), prefix_only_last=prefix_only_last, tile=tile)
 
 
 def max_removal(spec: ViTSpec, variant: Variant) -> int:
@@ -102,11 +106,11 @@ def max_removal(spec: ViTSpec, variant: Variant) -> int:
 
 
 def fit(spec: ViTSpec, shape: Shape, variant: Variant, cost: Cost, target: float, prefix_only_last: bool,
-        extra_target: Optional[dict[str, Any]] = None) -> Optional[Candidate]:
+        extra_target: Optional[dict[str, Any]] = None, tile: int = 1) -> Optional[Candidate]:
     """The candidate that removes the fewest tokens while ``cost(plan) <= target``; None when even
     the most aggressive schedule of this shape costs more."""
     def make(removed: int) -> Optional[TokenPlan]:
-        return plan_for(spec, shape, variant, removed, prefix_only_last, extra_target)
+        return plan_for(spec, shape, variant, removed, prefix_only_last, extra_target, tile)
 
     low, high = 0, max_removal(spec, variant)
     aggressive = make(high)
@@ -165,7 +169,7 @@ def screening_variants(all_variants: list[Variant]) -> list[Variant]:
 
 
 def constant_r(spec: ViTSpec, cost: Cost, target: float, prefix_only_last: bool, target_kind: str,
-               latency_model: Optional[Cost] = None) -> Optional[Candidate]:
+               latency_model: Optional[Cost] = None, tile: int = 1) -> Optional[Candidate]:
     """ToMe's constant-r plan as ``edgeprune export --schedule constant`` builds it: the reference a
     tuned plan must beat at the same cost."""
     from edgeprune.plan.token_plan import build_plan
@@ -173,7 +177,7 @@ def constant_r(spec: ViTSpec, cost: Cost, target: float, prefix_only_last: bool,
     budget = {target_kind: target}
     try:
         plan = build_plan(spec, "tome", schedule="constant", prefix_only_last=prefix_only_last,
-                          latency_model=latency_model, **budget)
+                          latency_model=latency_model, tile=tile, **budget)
     except EdgepruneError:
         return None
     return Candidate(Shape(0, 1, 1.0), Variant("tome"), plan, cost(plan))

@@ -93,6 +93,8 @@ class Evil:
         (["export", "vit_tiny_patch16_224", "--model-arg", "depth", "--out", "{tmp}/x"], "KEY=VALUE"),
         (["export", "vit_tiny_patch16_224", *TINY_ARGS, "--flops", "0.5", "--points", "1,x", "--out", "{tmp}/x"], "comma-separated"),
         (["export", "resnet18", "--flops", "0.5", "--out", "{tmp}/x"], "not a supported ViT family"),
+        (["export", "vit_tiny_patch16_224", *TINY_ARGS, "--flops", "0.5", "--tile", "fast", "--out", "{tmp}/x"], "--tile must be"),
+        (["export", "vit_tiny_patch16_224", *TINY_ARGS, "--flops", "0.5", "--engine", "openvino-int4", "--out", "{tmp}/x"], "known engines"),
         (["inspect", "{tmp}"], "no manifest.json"),
         (["bench", "{tmp}/nothing"], "not an artifact"),
     ],
@@ -171,3 +173,18 @@ def test_usage_errors_exit_2(capsys):
     assert code == 2
     code, out, _ = run([], capsys)
     assert code == 0 and "export" in out
+
+
+def test_tile_and_engine_round_the_exported_plan(tmp_path, capsys):
+    """16 patches + CLS at 0.6 MACs: --tile 8 puts every reduction point on a multiple of 8 tokens;
+    --engine openvino-bf16 plans with its tile of 32 (here: every point at 32 or left alone)."""
+    wide = [a for k, v in dict(TINY, img_size=64).items() for a in ("--model-arg", f"{k}={v}")]  # 64 patches + CLS
+    code, _, err = run(["export", "vit_tiny_patch16_224", *wide, "--flops", "0.6", "--tile", "8", "--out", tmp_path / "t8"], capsys)
+    assert code == 0, err
+    plan = json.loads((tmp_path / "t8" / "manifest.json").read_text())["plan"]
+    assert plan["tile"] == 8 and plan["macs_ratio"] <= 0.6 and plan["reduction_points"]
+    assert all((1 + plan["keep"][b]) % 8 == 0 for b in plan["reduction_points"])
+    code, _, err = run(["export", "vit_tiny_patch16_224", *wide, "--flops", "0.7", "--engine", "openvino-bf16", "--out", tmp_path / "ov"], capsys)
+    assert code == 0, err
+    plan = json.loads((tmp_path / "ov" / "manifest.json").read_text())["plan"]
+    assert plan["tile"] == 32 and all((1 + plan["keep"][b]) % 32 == 0 for b in plan["reduction_points"])

@@ -170,3 +170,26 @@ def test_search_prefers_few_points_when_reducing_is_expensive(tiny):
     assert len(dear.reduction_points) == 1 and cheap.macs >= dear.macs
     for plan, lm in ((cheap, synthetic(reducer_ms=0.01)), (dear, synthetic(reducer_ms=1.5))):
         assert lm.ratio(plan) <= 0.7 + 1e-9
+
+
+def test_token_grid_follows_the_engine_tile():
+    assert block_latency.token_grid(8, 65, 3, 1) == [8, 36, 65]
+    # a tiled engine: every boundary and the count after it, so interpolation is flat within a tile
+    assert block_latency.token_grid(8, 65, 3, 32) == [8, 32, 33, 64, 65]
+
+
+def test_openvino_calibration_is_keyed_by_engine_and_tiled(tiny, tmp_path):
+    pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install \"edgeprune[openvino]\")")
+    lm = calibrate(tiny, "tome", cache_dir=tmp_path, engine="openvino-bf16", **FAST)
+    assert lm.info["engine"] == "openvino-bf16" and lm.info["openvino"]
+    assert lm.tokens == [8, 32, 33, 64, 65]  # 64 patches + CLS, AMX's tile of 32
+    assert all(v > 0 for v in [*lm.attention_ms, *lm.mlp_ms, *lm.reducer_ms])
+    ort_model = calibrate(tiny, "tome", cache_dir=tmp_path, **FAST)
+    assert ort_model.info["key"] != lm.info["key"] and "engine" not in ort_model.info
+    assert len(list(tmp_path.glob("*.json"))) == 2
+    plan = L.search_plan(spec_of(tiny), "tome", 1.0, lm, max_points=1, tile=32)
+    assert lm.ratio(plan) <= 1.0 + 1e-9
+    with pytest.raises(EdgepruneError, match="known engines"):
+        calibrate(tiny, "tome", cache_dir=tmp_path, engine="openvino-int4", **FAST)
+    with pytest.raises(EdgepruneError, match="onnxruntime-fp32 or openvino"):
+        calibrate(tiny, "tome", cache_dir=tmp_path, engine="tensorrt-fp16", **FAST)

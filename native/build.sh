@@ -137,6 +137,25 @@ fi
 schema_dir="${EDGEPRUNE_SCHEMA_DIR:-$(dirname "$here")/edgeprune/artifacts/schemas}"
 [ -f "$schema_dir/engine-set.schema.json" ] || die "no manifest schemas (engine-set.schema.json ...) in $schema_dir; set EDGEPRUNE_SCHEMA_DIR"
 
+# OpenVINO's C headers, for the OpenVINO backend: the openvino wheel's own (site-packages/openvino/include),
+# found without importing it (importing loads its libraries: a second or more). OPENVINO_INCLUDE_DIR
+# names a folder holding openvino/c/openvino.h instead; OPENVINO_INCLUDE_DIR=none builds without the
+# backend. Without the wheel the library is built without it ("openvino" engines are refused, naming
+# the package) and every other backend works: nothing of OpenVINO is ever linked.
+ov_include="${OPENVINO_INCLUDE_DIR:-}"
+if [ "$ov_include" = none ]; then
+  ov_include=""
+elif [ -n "$ov_include" ]; then
+  [ -f "$ov_include/openvino/c/openvino.h" ] || die "OPENVINO_INCLUDE_DIR=$ov_include holds no openvino/c/openvino.h"
+else
+  python="${PYTHON:-$(command -v python3 || command -v python || true)}"
+  if [ -n "$python" ]; then
+    ov_package="$("$python" -c 'import importlib.util as u; s = u.find_spec("openvino"); print(s.submodule_search_locations[0] if s and s.submodule_search_locations else "")' 2>/dev/null || true)"
+    [ -n "$ov_package" ] && [ -f "$ov_package/include/openvino/c/openvino.h" ] && ov_include="$ov_package/include"
+  fi
+  [ -n "$ov_include" ] || echo "native/build.sh: note: no openvino package (pip install openvino): building without the OpenVINO backend" >&2
+fi
+
 build_type="${BUILD_TYPE:-Release}"
 mkdir -p "$build"
 # Configure when never done, when CMakeLists.txt changed, or when a header folder moved.
@@ -144,11 +163,12 @@ if [ ! -f "$build/Makefile" ] || [ "$build/CMakeCache.txt" -ot "$here/CMakeLists
    || ! grep -qxF "ORT_INCLUDE_DIR:PATH=$ort_include" "$build/CMakeCache.txt" \
    || ! grep -qxF "NLOHMANN_INCLUDE_DIR:PATH=$json_include" "$build/CMakeCache.txt" \
    || ! grep -qxF "JSONCONS_INCLUDE_DIR:PATH=$jsoncons_include" "$build/CMakeCache.txt" \
-   || ! grep -qxF "EDGEPRUNE_SCHEMA_DIR:PATH=$schema_dir" "$build/CMakeCache.txt"; then
+   || ! grep -qxF "EDGEPRUNE_SCHEMA_DIR:PATH=$schema_dir" "$build/CMakeCache.txt" \
+   || ! grep -qxF "OPENVINO_INCLUDE_DIR:PATH=$ov_include" "$build/CMakeCache.txt"; then
   # shellcheck disable=SC2086
   cmake -S "$here" -B "$build" -DCMAKE_BUILD_TYPE="$build_type" -DORT_INCLUDE_DIR="$ort_include" \
     -DNLOHMANN_INCLUDE_DIR="$json_include" -DJSONCONS_INCLUDE_DIR="$jsoncons_include" -DEDGEPRUNE_SCHEMA_DIR="$schema_dir" \
-    ${CMAKE_ARGS:-} >"$build/configure.log" 2>&1 \
+    -DOPENVINO_INCLUDE_DIR="$ov_include" ${CMAKE_ARGS:-} >"$build/configure.log" 2>&1 \
     || die "cmake configure failed: $(grep -m1 -i 'error' "$build/configure.log" || tail -n1 "$build/configure.log") (log: $build/configure.log)"
 fi
 if ! make -C "$build" -j"$jobs" --no-print-directory >"$build/build.log" 2>&1; then

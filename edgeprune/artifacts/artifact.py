@@ -44,6 +44,11 @@ class Artifact:
         return self.manifest["method"]
 
     @property
+    def precision(self) -> str:
+        """``int8`` for a QDQ graph ``edgeprune quantize`` wrote, ``fp32`` for an exported one."""
+        return str(self.manifest.get("precision") or "fp32")
+
+    @property
     def macs(self) -> int:
         return int(self.manifest["plan"]["macs"])
 

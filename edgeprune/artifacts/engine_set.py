@@ -50,6 +50,7 @@ class Member:
     final_tokens: int
     onnx_sha256: str
     root: Path = field(repr=False)
+    precision: str = "fp32"  # "int8": a quantized member (edgeprune quantize); a set may mix them
     _artifact: Optional[Artifact] = field(default=None, repr=False)
 
     @property
@@ -99,7 +100,7 @@ def load_engine_set(path: str | os.PathLike, verify: bool = True) -> EngineSet:
     try:
         for m in manifest["members"]:
             members.append(Member(float(m["budget"]), str(m["path"]), float(m["macs_ratio"]),
-                                  int(m["final_tokens"]), str(m["onnx_sha256"]), root))
+                                  int(m["final_tokens"]), str(m["onnx_sha256"]), root, str(m.get("precision", "fp32"))))
     except (KeyError, TypeError, ValueError) as exc:
         raise EdgepruneError(f"{spath}: malformed members list ({type(exc).__name__}: {exc})") from None
     if not members:
@@ -111,6 +112,8 @@ def load_engine_set(path: str | os.PathLike, verify: bool = True) -> EngineSet:
             artifact = load_artifact(root / m.path, verify=True)
             if artifact.manifest["onnx"]["sha256"] != m.onnx_sha256:
                 raise EdgepruneError(f"{root / m.path}: ONNX sha256 differs from {SET_FILE} (member replaced or changed)")
+            if artifact.precision != m.precision:
+                raise EdgepruneError(f"{root / m.path}: its manifest says precision {artifact.precision}, {SET_FILE} says {m.precision}")
             m._artifact = artifact
     return EngineSet(root, manifest, members)
 

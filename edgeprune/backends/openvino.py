@@ -21,6 +21,7 @@ neither needs it nor pays for loading it.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any, Optional
 
@@ -211,7 +212,9 @@ def _output_name(output: Any) -> str:
 
 
 class OpenVinoRunner(Runner):
-    """Runs a compiled model through one infer request, created on activation and reused by every call."""
+    """Runs a compiled model through one infer request per calling thread (created on first use and
+    reused), so several threads may call one runner at once, as they call ONNX Runtime sessions
+    (cameras, streams); the request made on activation serves the activating thread."""
 
     name = "openvino"
 
@@ -227,12 +230,21 @@ class OpenVinoRunner(Runner):
     def activate_impl(self) -> None:
         self.compiled = self.loader() if callable(self.loader) else self.loader
         self.request = self.compiled.create_infer_request()
+        self._local = threading.local()
+        self._local.request = self.request
         self.outputs = list(self.compiled.outputs)
         self.output_names = [_output_name(o) for o in self.outputs]
 
     def deactivate_impl(self) -> None:
         self.request = None
         self.compiled = None
+        self._local = threading.local()
+
+    def _request(self) -> Any:
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self.compiled.create_infer_request()
+        return request
 
     def input_metadata(self) -> dict[str, tuple[list[Any], str]]:
         meta = {}
@@ -244,9 +256,9 @@ class OpenVinoRunner(Runner):
 
     def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # outputs are copied: the request reuses its output buffers on the next call
-        result = self.request.infer(feed, share_inputs=True, share_outputs=False)
+        result = self._request().infer(feed, share_inputs=True, share_outputs=False)
         return {name: np.asarray(result[port]) for name, port in zip(self.output_names, self.outputs)}
 
     def run_raw(self, feed: dict[str, np.ndarray]) -> None:
         """Run without copying outputs: the timing loop's hot path."""
-        self.request.infer(feed, share_inputs=True, share_outputs=True)
+        self._request().infer(feed, share_inputs=True, share_outputs=True)

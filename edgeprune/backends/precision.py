@@ -128,6 +128,13 @@ def decision_input_nodes(model: onnx.ModelProto, residual: Optional[set[str]] = 
     return found
 
 
+def decision_nodes(model: onnx.ModelProto) -> set[str]:
+    """The token-decision subgraph: the decisions and what only serves them (:func:`score_nodes`) plus
+    what they read back to the nearest LayerNorm or residual (:func:`decision_input_nodes`). The
+    nodes every reduced-precision path (fp16 graphs, int8 quantization) keeps in fp32."""
+    return score_nodes(model) | decision_input_nodes(model)
+
+
 def fp32_nodes(model: onnx.ModelProto) -> dict[str, str]:
     """Every node :func:`convert_precision` keeps in fp32, with the reason (the first that applies):
     ``"fp32 op"``, ``"decision"``, ``"decision input"`` or ``"residual"``; see the module doc."""
@@ -241,6 +248,26 @@ def choice_agreement(a: np.ndarray, b: np.ndarray) -> float:
     return same / a2.size if a2.size else 1.0
 
 
+def pointwise_choices(model: onnx.ModelProto) -> set[str]:
+    """The choice tensors with one destination per token (ArgMax/ArgMin), compared token by token."""
+    return {n.output[0] for n in model.graph.node if n.op_type in ("ArgMax", "ArgMin")}
+
+
+def agreeing_choices(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], names: list[str],
+                     pointwise: set[str]) -> tuple[float, int]:
+    """(choices two runs agree on, choices made) over the choice tensors ``names`` of one input:
+    destinations token by token, ranked groups as sets (see :func:`choice_agreement`)."""
+    agree, total = 0.0, 0
+    for name in names:
+        size = ref[name].size
+        if name in pointwise:
+            agree += float(np.sum(ref[name] == got[name]))
+        else:
+            agree += choice_agreement(ref[name], got[name]) * size
+        total += size
+    return agree, total
+
+
 def compare_precision(fp32: onnx.ModelProto, low: onnx.ModelProto, feeds: list[dict[str, np.ndarray]],
                       threads: Optional[int] = None) -> dict[str, Any]:
     """Run both graphs in ONNX Runtime on ``feeds``: worst relative error per output and the share of
@@ -250,7 +277,7 @@ def compare_precision(fp32: onnx.ModelProto, low: onnx.ModelProto, feeds: list[d
     from edgeprune.backends.feeds import relative_error
 
     ref_model, names = with_choice_outputs(fp32)
-    pointwise = {n.output[0] for n in fp32.graph.node if n.op_type in ("ArgMax", "ArgMin")}
+    pointwise = pointwise_choices(fp32)
     low_model, _ = with_choice_outputs(low)
     options = ort.SessionOptions()
     options.log_severity_level = 3
@@ -265,13 +292,8 @@ def compare_precision(fp32: onnx.ModelProto, low: onnx.ModelProto, feeds: list[d
         ref, got = (dict(zip([o.name for o in s.get_outputs()], s.run(None, feed))) for s in sessions)
         for name in outputs:
             errors[name] = max(errors.get(name, 0.0), relative_error(got[name].astype(np.float32), ref[name]))
-        for name in names:
-            size = ref[name].size
-            if name in pointwise:  # one destination per token: compared token by token
-                agree += float(np.sum(ref[name] == got[name]))
-            else:
-                agree += choice_agreement(ref[name], got[name]) * size
-            total += size
+        same, made = agreeing_choices(ref, got, names, pointwise)
+        agree, total = agree + same, total + made
     return {"relative_error": errors, "max_relative_error": max(errors.values()) if errors else 0.0,
             "choice_agreement": agree / total if total else 1.0, "choice_tensors": len(names), "inputs": len(feeds)}
 
@@ -314,4 +336,4 @@ def _value_types(model: onnx.ModelProto) -> dict[str, int]:
 
 
 __all__ = ["DECISION_OPS", "FP32_OPS", "PRECISIONS", "choice_agreement", "compare_precision", "convert_precision",
-           "decision_input_nodes", "fp16_matmul_share", "fp32_nodes", "residual_nodes", "score_nodes", "with_choice_outputs"]
+           "decision_input_nodes", "decision_nodes", "fp16_matmul_share", "fp32_nodes", "residual_nodes", "score_nodes", "with_choice_outputs"]

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from edgeprune.cli.common import BatchOpt, ProviderOpt, ThreadsOpt
+from edgeprune.cli.common import BatchOpt, DeviceOpt, PrecisionOpt, ProviderOpt, ThreadsOpt, check_engine_options
 from edgeprune.core.console import console, out
 from edgeprune.core.errors import EdgepruneError
 from edgeprune.core.files import read_json
@@ -27,6 +27,8 @@ def bench(
     settle: Optional[int] = typer.Option(None, "--settle", help="Untimed runs before each timed run (lets the previous session's threads go quiet; default 2, 1 with --prefill)."),
     threads: int = ThreadsOpt,
     provider: str = ProviderOpt,
+    precision: Optional[str] = PrecisionOpt,
+    device: Optional[str] = DeviceOpt,
     baseline: Optional[str] = typer.Option(None, "--baseline", help="Artifact to compare against (default: the method 'none' one, else the largest)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON here."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a latency-vs-MACs PNG here (plus an accuracy or mIoU panel when given)."),
@@ -64,6 +66,7 @@ def bench(
         if artifacts:
             raise EdgepruneError("give artifact directories or --prefill FOLDER, not both")
         unused = [flag for flag, given in (("--batch", batch != 1), ("--provider", provider != "cpu"),
+                                           ("--precision", precision), ("--device", device),
                                            ("--baseline", baseline), ("--plot", plot), ("--accuracy", accuracy),
                                            ("--eval", eval_spec)) if given]
         if unused:
@@ -81,7 +84,14 @@ def bench(
     rounds = 50 if rounds is None else rounds
     warmup = 5 if warmup is None else warmup
     settle = 2 if settle is None else settle
+    from edgeprune.backends.runners import auto_line
     from edgeprune.measure.bench import benchmark
+    from edgeprune.measure.calibrate import resolve_engine
+
+    check_engine_options(provider, precision, device)
+    engine, reason = resolve_engine(None, provider, precision, device)  # artifacts carry no calibration to compare
+    if reason:
+        console.print(auto_line(engine, reason), highlight=False, soft_wrap=True)
 
     eval_set = _parse_eval(eval_spec)
     loaded = [load_artifact(a) for a in artifacts]
@@ -92,16 +102,18 @@ def bench(
         base = pick_baseline(loaded, baseline)  # bad --baseline or --batch fail before the evaluation
         for a in loaded:
             a.input_shape(batch)
-        scores = _evaluate(loaded, eval_set, threads, provider)
+        scores = _evaluate(loaded, eval_set, threads, engine)
     else:
         scores = None
     with Progress(TextColumn("timing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console, transient=True) as bar:
         task = bar.add_task("rounds", total=rounds)
         result = benchmark(
-            loaded, batch=batch, rounds=rounds, warmup=warmup, threads=threads, providers=[provider],
+            loaded, batch=batch, rounds=rounds, warmup=warmup, threads=threads, provider=engine,
             baseline=baseline, settle=settle, progress=rich_bar(bar, task),
         )
-    table = Table(title=f"batch {batch}, {threads} threads, {provider}, {rounds} interleaved rounds; baseline {result.baseline}")
+    runs = ", ".join(result.providers)
+    table = Table(title=f"batch {batch}, {threads} threads, {engine.describe()} ({runs}), {rounds} interleaved rounds; "
+                        f"baseline {result.baseline}")
     columns = ["artifact", "method", "tokens", "MACs", "p50 ms", "p90 ms", "p99 ms", "img/s", "speedup", "predicted", "realized/pred"]
     with_model = any(r.latency_model_speedup for r in result.rows)
     if with_model:
@@ -204,7 +216,7 @@ def _parse_eval(spec: Optional[str]) -> Optional[EvalSet]:
     return parse_eval_spec(spec)
 
 
-def _evaluate(loaded: list, eval_set: EvalSet, threads: int, provider: str) -> list[dict]:
+def _evaluate(loaded: list, eval_set: EvalSet, threads: int, engine: Any) -> list[dict]:
     """Scores before timing, so a non-segmentation artifact fails before minutes of rounds."""
     from edgeprune.measure.seg_eval import eval_size, evaluate_artifact, segmentation_input
 
@@ -217,7 +229,7 @@ def _evaluate(loaded: list, eval_set: EvalSet, threads: int, provider: str) -> l
         task = bar.add_task("mIoU", total=scenes * len(loaded))
         for i, artifact in enumerate(loaded):
             bar.update(task, description=f"mIoU {artifact.name}")
-            scores.append(evaluate_artifact(artifact, eval_set, threads, providers=[provider],
+            scores.append(evaluate_artifact(artifact, eval_set, threads, provider=engine,
                                             progress=rich_bar(bar, task, offset=i * scenes)))
     return scores
 

@@ -28,7 +28,7 @@ def sources_of(path: Path) -> tuple[Any, list[tuple[str, Any]]]:
 def build(
     source: Path = typer.Argument(..., help="Artifact folder (edgeprune export) or engine set (export --budgets)."),
     backend: Optional[str] = typer.Option(None, "--backend", "-b", help="trt (TensorRT engine), ort-trt (ONNX Runtime's TensorRT EP), ort-cuda, ort-cpu (the default; --emit-script and --import: trt) or openvino (an OpenVINO compiled model; needs the openvino extra)."),
-    precision: str = typer.Option("fp32", "--precision", "-p", help="fp32, fp16 (graph converted, token decisions kept fp32) or bf16 (trt with --weakly-typed, or openvino); openvino: OpenVINO's precision hint lowers the fp32 graph to bf16/fp16."),
+    precision: str = typer.Option("fp32", "--precision", "-p", help="fp32, fp16 (graph converted, token decisions kept fp32), bf16 (trt with --weakly-typed, or openvino; OpenVINO's precision hint lowers the fp32 graph) or int8 (openvino or ort-cpu, from an artifact `edgeprune quantize` wrote)."),
     device: Optional[str] = typer.Option(None, "--device", help="--backend openvino: the OpenVINO device, one OpenVINO reports here (CPU, GPU, NPU, ...; default CPU)."),
     workspace: Optional[int] = typer.Option(None, "--workspace", help="TensorRT builder workspace in MiB (default: TensorRT's)."),
     opt_level: int = typer.Option(3, "--opt-level", help="TensorRT builder optimization level, 0-5 (higher builds longer, may run faster)."),
@@ -48,9 +48,11 @@ def build(
 
     Engines are cached by (ONNX sha256, backend, precision, settings, TensorRT or OpenVINO version, GPU or OpenVINO device):
     a second build of the same thing copies the cached engine; a changed ONNX, another GPU or another OpenVINO builds anew.
+    An --out folder holding engines of the same sources that cannot run here (another OpenVINO or TensorRT) is rebuilt in place.
     """
     from edgeprune.core.files import check_target
-    from edgeprune.engines.build import build_engine, build_set, check_backend, check_precision, default_out
+    from edgeprune.engines.build import (build_engine, build_set, check_backend, check_precision, default_out, may_replace,
+                                         member_settings, stale_build)
     from edgeprune.engines.cache import EngineCache
     from edgeprune.backends.trt import BuilderSettings
     from edgeprune.core.errors import EdgepruneError
@@ -64,16 +66,19 @@ def build(
     settings = BuilderSettings(precision=precision, workspace_mb=workspace, optimization_level=opt_level,
                                hardware_compatibility=hardware_compat, version_compatible=version_compatible,
                                strongly_typed=not weakly_typed, device=device)
-    if backend == "openvino":  # before validate(): int8 and the device get OpenVINO's own one-line refusals
-        check_precision(backend, settings)
-        check_backend(backend, settings)
-    elif device is not None:
-        check_backend(backend, settings)  # one line: --device is for openvino
-    settings.validate()
+    check_precision(backend, settings)  # the precision fits the backend (int8: openvino, ort-cpu), the settings are valid
+    if backend == "openvino" or device is not None:
+        check_backend(backend, settings)  # the device OpenVINO reports; or one line: --device is for openvino
     suffix = ".ondevice" if emit_script else ""
     target = out_dir or Path(str(default_out(source, backend, precision)) + suffix)
-    check_target(target, force)
     engine_set, members = sources_of(source)
+    member_settings(members, settings)  # int8 needs a quantized artifact, a quantized one needs int8
+    building = not emit_script and import_path is None
+    stale = building and not force and may_replace(target, backend, [a for _, a in members], False)
+    check_target(target, force or stale)
+    if stale:
+        console.print(f"{target} holds engines that cannot run here ({stale_build(target)}): rebuilding them in place",
+                      highlight=False, soft_wrap=True)
 
     if emit_script:
         from edgeprune.engines.ondevice import emit_script as write_script

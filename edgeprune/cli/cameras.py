@@ -45,7 +45,7 @@ def _plot(rows: list[dict[str, Any]], names: list[str], target_ms: float, path: 
 def run_cameras(sources: list[Any], model: Path, out_path: Path, *, pool: Optional[float] = None, minimum: float = 0.0,
                 signal: str = "complexity", target_fps: float = 30.0, max_frames: Optional[int] = None,
                 threads: int = 2, provider: str = "cpu", alpha: float = 0.5, force: bool = False,
-                progress: bool = True) -> dict[str, Any]:
+                progress: bool = True, precision: Optional[str] = None, device: Optional[str] = None) -> dict[str, Any]:
     """Run ``sources`` as simultaneous cameras through one engine set and one token pool per tick."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -71,9 +71,14 @@ def run_cameras(sources: list[Any], model: Path, out_path: Path, *, pool: Option
     target_ms = 1000.0 / target_fps
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
-        runtime = Runtime(model, target_ms, "deadline", threads=threads, provider=provider)
+        runtime = Runtime(model, target_ms, "deadline", threads=threads, provider=provider, precision=precision,
+                          device=device)
     for w in caught:
         console.print(f"warning: {w.message}", highlight=False, soft_wrap=True)
+    if runtime.engine_reason:
+        from edgeprune.backends.runners import auto_line
+
+        console.print(auto_line(runtime.engine, runtime.engine_reason), highlight=False, soft_wrap=True)
     info = runtime.set.manifest.get("model") or {}
     palette = palette_array(info.get("palette"), int(info.get("num_classes") or len(info.get("classes") or []) or 1))
     if minimum * len(sources) > pool + 1e-9 or minimum > max(runtime.budgets):

@@ -13,20 +13,21 @@ from typing import Any, Optional
 
 import typer
 
-from edgeprune.cli.common import ProviderOpt, default_model
+from edgeprune.cli.common import DeviceOpt, PrecisionOpt, ProviderOpt, check_engine_options, default_model
 from edgeprune.core.console import console, out
 from edgeprune.core.errors import EdgepruneError
 from edgeprune.core.progress import messages
 from edgeprune.video.demo import run_demo, summary_line
 from edgeprune.video.sources import Source, camera_source, generated_source, video_source
 
-def _real_engine_set(threads: int) -> Path:
-    """The CamVid model as a cached, calibrated engine set (made on first use, like the default demo's)."""
+def _real_engine_set(threads: int, engine: dict[str, Any]) -> Path:
+    """The CamVid model as a cached engine set calibrated for ``engine`` (made on first use, like the default demo's)."""
     from edgeprune.video import default_demo
 
     with console.status("preparing the CamVid engine set") as status:
         models = default_demo.prepare(default_model(real=True), threads=threads, temporal=False,
-                                      progress=messages(lambda m: (status.update(m), console.print(m, highlight=False))))
+                                      progress=messages(lambda m: (status.update(m), console.print(m, highlight=False))),
+                                      **engine)
     return models.engine_set
 
 
@@ -34,7 +35,6 @@ def _print_outputs(summary: dict[str, Any], out_path: Path) -> None:
     from edgeprune.video.outputs import output_paths
 
     out.print(summary_line(summary), highlight=False, soft_wrap=True)
-    from edgeprune.video.outputs import output_paths
 
     for p in output_paths(out_path):
         if p.exists():  # the plot is skipped without matplotlib
@@ -53,6 +53,8 @@ def demo(
     seed: int = typer.Option(0, "--seed", help="Seed of the generated clip."),
     threads: int = typer.Option(2, "--threads", min=1, help="Intra-op threads (PyTorch or ONNX Runtime)."),
     provider: str = ProviderOpt,
+    precision: Optional[str] = PrecisionOpt,
+    device: Optional[str] = DeviceOpt,
     alpha: float = typer.Option(0.5, "--alpha", min=0.0, max=1.0, help="Weight of the class colour in the overlay."),
     out_height: int = typer.Option(720, "--out-height", min=0, help="Scale the output video down to this many rows when the input is taller (0: the input's size); labels are computed at the output size."),
     exact_labels: bool = typer.Option(False, "--exact-labels", help="Labels by the slow reference (bilinear upsampling of every class plane, then argmax) instead of the fast path (identical except at float ties)."),
@@ -68,6 +70,8 @@ def demo(
     from edgeprune.video.demo import check_policy, parse_targets
 
     check_policy(policy)  # before the default demo's first-run export, not a minute later
+    check_engine_options(provider, precision, device)
+    engine = dict(provider=provider, precision=precision, device=device)
     targets = parse_targets(target_fps or "30")
     if camera is not None and (videos or cameras):
         raise EdgepruneError("--camera replaces VIDEO arguments and --cameras; give one source kind")
@@ -77,10 +81,10 @@ def demo(
         if len(targets) > 1:
             raise EdgepruneError("--cameras takes one --target-fps, not a schedule")
         _run_cameras(videos or [], model, out_path, pool, minimum, signal, targets[0][1], max_frames, threads,
-                     provider, alpha, force)
+                     engine, alpha, force)
         return
-    options = dict(policy=policy, max_frames=max_frames, threads=threads, provider=provider, alpha=alpha, force=force,
-                   engines=engines, out_height=out_height, exact_labels=exact_labels, native=native)
+    options = dict(policy=policy, max_frames=max_frames, threads=threads, alpha=alpha, force=force, engines=engines,
+                   out_height=out_height, exact_labels=exact_labels, native=native, **engine)
     if model is None and not videos and camera is None:
         _run_default(out_path, target_fps, clip_frames, seed, options)
         return
@@ -96,7 +100,7 @@ def demo(
             from edgeprune.video.outputs import check_outputs
 
             check_outputs(out_path, [], force)
-            model = _real_engine_set(threads) if (videos or camera is not None) else default_model(real=False)
+            model = _real_engine_set(threads, engine) if (videos or camera is not None) else default_model(real=False)
         s = run_demo(sources, model, out_path, target_fps=target_fps or "30", **options)
     finally:
         for src in sources:
@@ -112,11 +116,13 @@ def _run_default(out_path: Path, target_fps: Optional[str], clip_frames: int, se
     temporal_out = out_path.with_name(f"{out_path.stem}.temporal{out_path.suffix}")
     check_outputs(out_path, [], options["force"])
     check_outputs(temporal_out, [], options["force"])
+    engine = {k: options[k] for k in ("provider", "precision", "device")}
     with console.status("preparing the reference engine set") as status:
         models = default_demo.prepare(default_model(real=False), threads=options["threads"],
-                                      progress=messages(lambda m: (status.update(m), console.print(m, highlight=False))))
+                                      progress=messages(lambda m: (status.update(m), console.print(m, highlight=False))),
+                                      **engine)
     frames = min(clip_frames, options["max_frames"] or clip_frames)
-    schedule = target_fps or default_demo.stepped_target(models.engine_set, frames)
+    schedule = target_fps or default_demo.stepped_target(models.engine_set, frames, **engine)
     console.print(f"engine set {models.engine_set}, target {schedule} fps (FPS@FRAME: the deadline tightens there)",
                   highlight=False, soft_wrap=True)
     runs = [(models.engine_set, out_path), (models.temporal, temporal_out)]
@@ -127,7 +133,8 @@ def _run_default(out_path: Path, target_fps: Optional[str], clip_frames: int, se
 
 
 def _run_cameras(videos: list[Path], model: Optional[Path], out_path: Path, pool: Optional[float], minimum: float, signal: str,
-                 target_fps: float, max_frames: Optional[int], threads: int, provider: str, alpha: float, force: bool) -> None:
+                 target_fps: float, max_frames: Optional[int], threads: int, engine: dict[str, Any], alpha: float,
+                 force: bool) -> None:
     from edgeprune.cli.cameras import run_cameras
     from edgeprune.runtime.runtime import POOL_SIGNALS
 
@@ -136,9 +143,9 @@ def _run_cameras(videos: list[Path], model: Optional[Path], out_path: Path, pool
     sources = [video_source(v) for v in videos]
     try:
         if model is None:  # after the videos open: a bad path fails before a first-run export
-            model = _real_engine_set(threads) if videos else default_model(real=False)
+            model = _real_engine_set(threads, engine) if videos else default_model(real=False)
         s = run_cameras(sources, model, out_path, pool=pool, minimum=minimum, signal=signal, target_fps=target_fps,
-                        max_frames=max_frames, threads=threads, provider=provider, alpha=alpha, force=force)
+                        max_frames=max_frames, threads=threads, alpha=alpha, force=force, **engine)
     finally:
         for src in sources:
             src.close()

@@ -16,16 +16,16 @@ from edgeprune.core.progress import rich_status
 def export_triton(
     source: Path = typer.Argument(..., help="Engine set folder (edgeprune export --budgets, then edgeprune calibrate)."),
     out_dir: Path = typer.Option(..., "--out", "-o", help="Triton model repository to create."),
-    backend: str = typer.Option("onnxruntime", "--backend", help="Budget models on onnxruntime (model.onnx) or tensorrt (model.plan, built on the target)."),
-    device: str = typer.Option("gpu", "--device", help="Budget model instances on gpu (KIND_GPU) or cpu (KIND_CPU)."),
+    backend: str = typer.Option("onnxruntime", "--backend", help="Budget models on onnxruntime (model.onnx), tensorrt (model.plan, built on the target) or openvino (Triton's OpenVINO backend reading model.onnx, CPU instances)."),
+    device: Optional[str] = typer.Option(None, "--device", help="Budget model instances on gpu (KIND_GPU; the default) or cpu (KIND_CPU; the default and only choice for openvino)."),
     max_batch: int = typer.Option(8, "--max-batch", help="Triton's max_batch_size; the scheduler batches 1, 2, 4, ... up to it."),
     instances: int = typer.Option(1, "--instances", help="Instances of each budget model."),
     scheduler_instances: int = typer.Option(1, "--scheduler-instances", help="Instances of the scheduler model (each with its own deadline policy)."),
     queue_delay_us: int = typer.Option(2000, "--queue-delay-us", help="How long the scheduler's dynamic batcher may hold a request to fill a batch."),
     target_ms: float = typer.Option(1000.0 / 30, "--target-ms", help="Deadline for requests that set none."),
-    threads: int = typer.Option(0, "--threads", help="--device cpu: ONNX Runtime intra-op threads per instance (0: ONNX Runtime's choice)."),
+    threads: int = typer.Option(0, "--threads", help="--device cpu: ONNX Runtime intra-op threads or OpenVINO's INFERENCE_NUM_THREADS per instance (0: the backend's choice)."),
     accelerator: str = typer.Option("none", "--accelerator", help="onnxruntime on gpu: none (CUDA) or tensorrt (ONNX Runtime's TensorRT execution provider)."),
-    precision: str = typer.Option("fp16", "--precision", help="TensorRT precision (the accelerator's or the plans'): fp16 or fp32."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="TensorRT precision (the accelerator's or the plans'): fp16 (default) or fp32; --backend openvino: fp32 (default) or bf16 (HINT_BF16)."),
     workspace_mb: int = typer.Option(1024, "--workspace-mb", help="TensorRT workspace in MiB."),
     trt_cache: str = typer.Option("/tmp/triton-trt-cache", "--trt-cache", help="--accelerator tensorrt: engine cache folder on the target (one subfolder per model)."),
     execution_env: Optional[str] = typer.Option(None, "--execution-env", help="The scheduler's EXECUTION_ENV_PATH (a conda-pack tarball with edgeprune), e.g. '$$TRITON_MODEL_DIRECTORY/env.tar.gz'."),
@@ -33,7 +33,7 @@ def export_triton(
     check_load: bool = typer.Option(False, "--check-load", help="Afterwards, load the repository in the Triton server PyTriton bundles (Python backend only: the scheduler loads, the budget models cannot)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out directory."),
 ) -> None:
-    """Write a Triton model repository for a production server: one model per budget (dynamic batch axis, ONNX Runtime or TensorRT) and a scheduler model that routes each request to a budget by its deadline.
+    """Write a Triton model repository for a production server: one model per budget (dynamic batch axis, ONNX Runtime, TensorRT or OpenVINO) and a scheduler model that routes each request to a budget by its deadline.
 
     Clients call the scheduler (named --name) with `image` (uint8 [N, H, W, 3]) or `pixels`, and optional
     parameters `deadline_ms` or `budget`. The repository's README.md says how to start Triton on it.
@@ -60,7 +60,7 @@ def export_triton(
     for m in repo.models:
         table.add_row(m.name, m.member, f"{m.budget:g}", f"{m.p50_ms:.3f}")
     out.print(table)
-    out.print(f"batch sizes {repo.sizes}; budget models on {backend} ({device}); see {out_dir / 'README.md'}",
+    out.print(f"batch sizes {repo.sizes}; budget models on {backend} ({options.device}); see {out_dir / 'README.md'}",
               highlight=False, soft_wrap=True)
     for note in repo.notes:
         out.print(f"[yellow]{note}[/]", highlight=False, soft_wrap=True)

@@ -1,5 +1,5 @@
-"""Entry point: ``edgeprune export | tune | build | compare | bench | inspect | lint | segment | calibrate | demo |
-serve | export-triton | load-test``.
+"""Entry point: ``edgeprune export | tune | quantize | build | compare | bench | inspect | lint | segment | calibrate |
+demo | serve | export-triton | load-test``.
 
 User errors (:class:`EdgepruneError`) print one line and exit with code 2; usage errors exit 2 too.
 """
@@ -21,6 +21,7 @@ from edgeprune.cli.export_triton_cmd import export_triton
 from edgeprune.cli.inspect_cmd import inspect
 from edgeprune.cli.lint_cmd import lint
 from edgeprune.cli.load_test_cmd import load_test
+from edgeprune.cli.quantize_cmd import quantize
 from edgeprune.cli.segment_cmd import segment
 from edgeprune.cli.serve_cmd import serve
 from edgeprune.cli.tune_cmd import tune
@@ -54,6 +55,7 @@ app.command(help=export.__doc__)(export)
 app.command(help=bench.__doc__)(bench)
 app.command(help=inspect.__doc__)(inspect)
 app.command(help=lint.__doc__)(lint)
+app.command(help=quantize.__doc__)(quantize)
 app.command(help=build.__doc__)(build)
 app.command(help=compare.__doc__)(compare)
 app.command(help=segment.__doc__)(segment)

@@ -12,7 +12,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from edgeprune.cli.common import REAL_MODEL, ProviderOpt, default_model
+from edgeprune.cli.common import REAL_MODEL, DeviceOpt, PrecisionOpt, ProviderOpt, check_engine_options, default_model
 from edgeprune.core.console import console, out
 from edgeprune.core.errors import EdgepruneError
 from edgeprune.video.segmenter import Segmenter, load_segmenter_model, prepare_batch
@@ -26,6 +26,8 @@ def segment(
     out_dir: Path = typer.Option(..., "--out", "-o", help="Folder for <stem>_labels.png and <stem>_overlay.png (created if missing)."),
     threads: int = typer.Option(2, "--threads", min=1, help="Intra-op threads (PyTorch or ONNX Runtime)."),
     provider: str = ProviderOpt,
+    precision: Optional[str] = PrecisionOpt,
+    device: Optional[str] = DeviceOpt,
     alpha: float = typer.Option(0.5, "--alpha", min=0.0, max=1.0, help="Weight of the class colour in the overlay."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing output files."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the per-image summary as JSON here."),
@@ -34,6 +36,7 @@ def segment(
     from edgeprune.core.files import write_text_atomic
     from edgeprune.imaging.images import class_fractions, overlay, read_rgb, save_png_atomic, upsample_argmax
 
+    check_engine_options(provider, precision, device)
     if model is None:
         model = default_model(real=True)
         if not model.is_dir():
@@ -45,7 +48,11 @@ def segment(
     with console.status("checking images"):
         for p in paths:  # decode everything up front: a bad file fails the run before anything is written
             read_rgb(p)
-    net = load_segmenter_model(model, threads, provider)
+    net = load_segmenter_model(model, threads, provider, precision, device)
+    if net.engine_reason:
+        from edgeprune.backends.runners import auto_line
+
+        console.print(auto_line(net.engine, net.engine_reason), highlight=False, soft_wrap=True)
     try:
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -89,8 +96,7 @@ def segment(
         net.close()
     _print_summary(rows, net, model)
     if json_out is not None:
-        data = {"model": str(model), "engine": net.kind, "provider": provider if net.kind == "onnxruntime" else "cpu",
-                "threads": threads, "input_size": list(net.size), "classes": net.classes, "alpha": alpha, "images": rows}
+        data = {"model": str(model), "engine": net.kind, "provider": net.provider, "threads": threads, "input_size": list(net.size), "classes": net.classes, "alpha": alpha, "images": rows}
         text = json.dumps(data, indent=2) + "\n"
         _save(write_text_atomic, json_out, text)
         console.print(f"wrote {json_out}", highlight=False)
@@ -143,7 +149,8 @@ def _plan_outputs(paths: list[Path], out_dir: Path, force: bool) -> dict[Path, t
 
 def _print_summary(rows: list[dict[str, Any]], net: Segmenter, model: Path) -> None:
     h, w = net.size
-    table = Table(title=f"{len(rows)} image{'s' if len(rows) != 1 else ''}, {model} ({net.kind}, input {w}x{h})")
+    engine = net.kind if net.provider == net.kind else f"{net.kind}: {net.provider}"
+    table = Table(title=f"{len(rows)} image{'s' if len(rows) != 1 else ''}, {model} ({engine}, input {w}x{h})")
     for col, justify in (("image", "left"), ("size", "right"), ("classes (pixel fraction)", "left"), ("ms/image", "right")):
         table.add_column(col, justify=justify)
     for r in rows:

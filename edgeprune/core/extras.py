@@ -12,6 +12,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "export": ("torch", "torchvision", "timm", "transformers", "onnx", "onnxscript", "safetensors"),
     "serve": ("pytriton", "tritonclient"),
     "openvino": ("openvino",),
+    "quantize": ("nncf", "onnx"),
 }
 # import names an extra brings besides those it is checked by (the CLI's safety net names the extra for them too)
 ALSO_IN: dict[str, str] = {"matplotlib": "export", "polygraphy": "export"}

@@ -14,41 +14,38 @@ For ONNX Runtime backends the engine file is the graph after ONNX Runtime's own 
 optimisations, so a session starts without optimising again. Every backend gets the graph in the
 asked precision first (:mod:`edgeprune.backends.precision`: fp16 with the token decisions in fp32),
 except TensorRT 10 built with builder flags (``strongly_typed=False``), which lowers the fp32 graph itself.
+``int8`` takes a quantized artifact (``edgeprune quantize``): its QDQ graph is built as it is, by
+OpenVINO (int8 kernels) or ONNX Runtime's CPU provider; a set may mix int8 and fp32 members.
 
-An engine folder holds the engine file and ``engine.json``: backend, precision, builder settings,
-library versions, the device, the sha256 of the source ONNX, of the graph built and of the engine.
-A stale engine (another TensorRT, another GPU, another OpenVINO, changed files) is refused when opened.
+The engine folder format, loading and runners are in :mod:`edgeprune.engines.built`. A stale engine
+(another TensorRT, another GPU, another OpenVINO) is refused when opened; building into a folder
+that holds a stale build of the same sources replaces it without ``--force``, and a stale cache
+entry is rebuilt, never copied.
 """
 
 from __future__ import annotations
 
 import datetime
 import hashlib
-import os
+import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
 
 from edgeprune.artifacts.artifact import Artifact
-from edgeprune.artifacts.schema import check_manifest
-from edgeprune.core.files import atomic_directory, read_folder_json, sha256_file, write_json_atomic
-from edgeprune.engines.cache import ENGINE_MANIFEST, EngineCache, cache_key, copy_entry
 from edgeprune.backends.feeds import random_feed
 from edgeprune.core.errors import EdgepruneError
+from edgeprune.core.files import atomic_directory, read_folder_json, read_json, sha256_file, write_json_atomic
 from edgeprune.core.progress import Progress, say
+# The engine folder's names stay importable from here (runtime, calibrate, inspect and tests import them so).
+from edgeprune.engines.built import (BACKENDS, ENGINE_FORMAT, ENGINE_KIND, ENGINES_FILE, ENGINES_KIND, INT8, ORT_PROVIDER,
+                                     TRT_CACHE_DIR, BuiltEngine, built_calibration, engine_file_name, engines_index,
+                                     is_engine_build, load_engine, load_engines, openvino_hint, ort_options, set_runners,
+                                     stale_build, store_calibration)
+from edgeprune.engines.cache import ENGINE_MANIFEST, EngineCache, cache_key, copy_entry
 
-BACKENDS = ("trt", "ort-trt", "ort-cuda", "ort-cpu", "openvino")
-ENGINE_KIND = "edgeprune-engine"
-ENGINES_KIND = "edgeprune-engine-build"  # one engine per member of an engine set
-ENGINES_FILE = "engines.json"
-ENGINE_FORMAT = 1
-ORT_PROVIDER = {"ort-trt": "tensorrt", "ort-cuda": "cuda", "ort-cpu": "cpu"}
-TRT_CACHE_DIR = "trt_cache"
-
-
-def engine_file_name(backend: str) -> str:
-    return {"trt": "model.engine", "openvino": "model.blob"}.get(backend, "model.onnx")
+INT8_BACKENDS = ("openvino", "ort-cpu")  # where a QDQ graph is built and run (TensorRT's int8: not written yet)
 
 
 def check_backend(backend: str, settings: Any = None) -> None:
@@ -75,9 +72,12 @@ def check_backend(backend: str, settings: Any = None) -> None:
 
 
 def check_precision(backend: str, settings: Any) -> None:
-    if backend == "openvino" and settings.precision == "int8":
-        raise EdgepruneError("--precision int8 is not built yet for --backend openvino (it needs a quantized graph "
-                             "from calibration data, a later piece of issue 24); use fp32, bf16 or fp16")
+    if settings.precision == INT8:
+        if backend not in INT8_BACKENDS:
+            raise EdgepruneError(f"--precision int8 is built with --backend {' or '.join(INT8_BACKENDS)} (the quantized "
+                                 f"QDQ graph); {backend} int8 engines are not written yet")
+        replace(settings, precision="fp32").validate()  # the other settings; BuilderSettings knows float precisions only
+        return
     settings.validate()
     if backend == "openvino":
         return  # OpenVINO lowers the fp32 graph to bf16 or fp16 itself (INFERENCE_PRECISION_HINT)
@@ -89,13 +89,31 @@ def check_precision(backend: str, settings: Any) -> None:
                              "write bf16 graphs yet, and TensorRT 11 takes precision only from the graph")
 
 
+def member_settings(artifacts: list[tuple[str, Artifact]], settings: Any) -> list[Any]:
+    """The settings each artifact is built with, or one line saying why the precision does not fit:
+    ``--precision int8`` builds the quantized artifacts int8 and the others of a mixed set fp32; a
+    float precision is refused for a quantized artifact."""
+    quantized = [name for name, a in artifacts if a.precision == INT8]
+    if settings.precision == INT8 and not quantized:
+        source = artifacts[0][1].path if len(artifacts) == 1 else artifacts[0][1].path.parent
+        raise EdgepruneError(f"{source} is not quantized: --precision int8 builds int8 artifacts; make one with "
+                             f"`edgeprune quantize {source} --calib DIR` and build its output")
+    if settings.precision != INT8 and quantized:
+        if len(artifacts) == 1:
+            raise EdgepruneError(f"{artifacts[0][1].path} is an int8 artifact: build it with --precision int8")
+        raise EdgepruneError(f"{artifacts[0][1].path.parent} has int8 members ({', '.join(quantized)}): build it with "
+                             "--precision int8 (its fp32 members are then built fp32)")
+    return [settings if settings.precision != INT8 or a.precision == INT8 else replace(settings, precision="fp32")
+            for _, a in artifacts]
+
+
 def graph_precision(backend: str, settings: Any) -> str:
     """The precision of the ONNX graph handed to the backend (builder flags lower an fp32 graph)."""
     if backend == "trt" and not settings.strongly_typed:
         return "fp32"
-    if backend == "openvino":
-        # OpenVINO gets the fp32 graph and its precision hint lowers it, token decisions (similarity,
-        # top-k, sizes) included; keeping those in fp32 under bf16/fp16 is a later piece of issue 24.
+    if backend == "openvino" and settings.precision != INT8:
+        # OpenVINO gets the fp32 graph and its precision hint lowers it (backends/openvino.py keeps
+        # the token decisions fp32 at bf16/fp16).
         return "fp32"
     return settings.precision
 
@@ -171,7 +189,7 @@ def write_graph(artifact: Artifact, precision: str, target: Path) -> str:
     from edgeprune.backends.precision import convert_precision
     from edgeprune.backends.graph import load_graph
 
-    if precision == "fp32":
+    if precision in ("fp32", INT8):  # an int8 artifact's graph is the quantized QDQ graph already
         data = artifact.onnx_path.read_bytes()
     else:
         data = convert_precision(load_graph(artifact.onnx_path), precision).SerializeToString()
@@ -180,16 +198,17 @@ def write_graph(artifact: Artifact, precision: str, target: Path) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def ort_options(backend: str, settings: Any, folder: Path, timing_cache: Optional[Path] = None) -> dict[str, dict[str, str]]:
-    from edgeprune.backends.ort import accelerator_options
-
-    provider = ORT_PROVIDER[backend]
-    if provider == "cpu":
-        return {}
-    return {provider: accelerator_options(
-        provider, cache_dir=folder / TRT_CACHE_DIR, precision=settings.precision, workspace_mb=settings.workspace_mb,
-        optimization_level=settings.optimization_level, timing_cache_dir=timing_cache or folder / TRT_CACHE_DIR,
-        hardware_compatible=settings.hardware_compatibility == "ampere+")}
+def low_precision_layers(compiled: Any) -> dict[str, int]:
+    """How many of the compiled model's matrix layers (FullyConnected, MatMul, Convolution) run in
+    int8/uint8 and how many in all: OpenVINO's executed graph says what an int8 engine really runs."""
+    counts = {"int8": 0, "all": 0}
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        if "layerType" not in info or str(info["layerType"].astype(str)) not in ("FullyConnected", "MatMul", "Convolution"):
+            continue
+        counts["all"] += 1
+        counts["int8"] += str(info["runtimePrecision"].astype(str)) in ("i8", "u8") if "runtimePrecision" in info else 0
+    return counts
 
 
 def _build_into(tmp: Path, artifact: Artifact, backend: str, settings: Any, timing_cache: Optional[Path],
@@ -200,7 +219,7 @@ def _build_into(tmp: Path, artifact: Artifact, backend: str, settings: Any, timi
     say(progress, f"{artifact.name}: writing the {precision} graph")
     graph_sha = write_graph(artifact, precision, graph_path)
     engine_path = tmp / engine_file_name(backend)
-    inference_precision = None
+    inference_precision = int8_layers = None
     if backend == "trt":
         from edgeprune.backends.trt import build_serialized_engine
 
@@ -211,11 +230,13 @@ def _build_into(tmp: Path, artifact: Artifact, backend: str, settings: Any, timi
         from edgeprune.backends.openvino import CompiledFromPath, OpenVinoRunner, effective_precision, export_blob
 
         say(progress, f"{artifact.name}: compiling for OpenVINO ({settings.device}, {settings.precision})")
-        with OpenVinoRunner(CompiledFromPath(graph_path, settings.device, settings.precision)) as runner:
+        with OpenVinoRunner(CompiledFromPath(graph_path, settings.device, openvino_hint(settings.precision))) as runner:
             runner.infer(random_feed(artifact.manifest["inputs"]))  # a compiled model that cannot run is not stored
             engine_path.write_bytes(export_blob(runner.compiled))
             # what the device really runs: a CPU without bf16/fp16 units runs f32 whatever the hint
             inference_precision = effective_precision(runner.compiled)
+            if settings.precision == INT8:
+                int8_layers = low_precision_layers(runner.compiled)
     else:
         from edgeprune.backends.ort import OrtRunner, SessionFromOnnx
 
@@ -228,6 +249,8 @@ def _build_into(tmp: Path, artifact: Artifact, backend: str, settings: Any, timi
     engine = {"file": engine_path.name, "sha256": sha256_file(engine_path), "bytes": engine_path.stat().st_size}
     if inference_precision is not None:
         engine["inference_precision"] = inference_precision
+    if int8_layers is not None:
+        engine["int8_layers"] = int8_layers
     return {"graph": {"precision": precision, "sha256": graph_sha}, "engine": engine}
 
 
@@ -251,18 +274,43 @@ def engine_manifest(artifact: Artifact, backend: str, settings: Any, built: dict
     }
 
 
+def cached_entry(cache: Optional[EngineCache], key: str, progress: Optional[Progress] = None) -> Optional[Path]:
+    """The cache entry for ``key`` when it can run here; a stale one (its manifest names another
+    OpenVINO or TensorRT than this machine's) is deleted, so it is rebuilt, never loaded."""
+    entry = cache.lookup(key) if cache is not None else None
+    if entry is None:
+        return None
+    why = BuiltEngine(entry, read_json(entry / ENGINE_MANIFEST)).stale_reason()
+    if why is None:
+        return entry
+    say(progress, f"cache entry {entry.name} is stale ({why}): rebuilding it")
+    shutil.rmtree(entry, ignore_errors=True)
+    return None
+
+
+def may_replace(target: Path, backend: str, sources: list[Artifact], force: bool) -> bool:
+    """Whether a build may replace ``target``: with ``--force``, or when it holds a stale build (one
+    that cannot run here) of the same backend from the same ONNX files, which a rebuild supersedes."""
+    if force or stale_build(target) is None:
+        return force
+    engines = load_engines(target, verify=False)
+    return (all(e.backend == backend for e in engines)
+            and {e.manifest["source"]["onnx_sha256"] for e in engines} == {a.manifest["onnx"]["sha256"] for a in sources})
+
+
 def build_engine(artifact: Artifact, backend: str, settings: Any, out: Path, *, cache: Optional[EngineCache] = None,
                  timing_cache: Optional[Path] = None, force: bool = False,
                  progress: Optional[Progress] = None) -> "BuiltEngine":
     """Build (or take from ``cache``) the engine of one artifact into the folder ``out``."""
     settings = with_default_device(backend, settings)
     check_precision(backend, settings)
+    member_settings([("engine", artifact)], settings)
     check_backend(backend, settings)
     start = time.perf_counter()
     versions, device = backend_versions(backend), backend_device(backend, settings)
     key = cache_key(key_fields(artifact, backend, settings, versions, device))
-    entry = cache.lookup(key) if cache is not None else None
-    with atomic_directory(out, overwrite=force) as tmp:
+    entry = cached_entry(cache, key, progress)
+    with atomic_directory(out, overwrite=may_replace(Path(out), backend, [artifact], force)) as tmp:
         if entry is not None:
             say(progress, f"{artifact.name}: engine found in the cache ({entry})")
             copy_entry(entry, tmp)
@@ -278,194 +326,34 @@ def build_engine(artifact: Artifact, backend: str, settings: Any, out: Path, *, 
     return load_engine(out)
 
 
-@dataclass(frozen=True)
-class BuiltEngine:
-    path: Path
-    manifest: dict[str, Any]
-
-    @property
-    def backend(self) -> str:
-        return self.manifest["backend"]
-
-    @property
-    def engine_path(self) -> Path:
-        return self.path / self.manifest["engine"]["file"]
-
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-    def verify(self) -> None:
-        if sha256_file(self.engine_path) != self.manifest["engine"]["sha256"]:
-            raise EdgepruneError(f"{self.engine_path}: sha256 does not match {ENGINE_MANIFEST} (file changed or corrupt)")
-
-    def stale_reason(self) -> Optional[str]:
-        """Why this engine must not run here (another TensorRT or GPU, another OpenVINO build or a
-        device OpenVINO does not report), or None."""
-        if self.backend == "openvino":
-            return self._openvino_stale_reason()
-        if self.backend not in ("trt", "ort-trt"):
-            return None
-        from edgeprune.backends.trt import device_info, tensorrt_version
-
-        built, here = self.manifest.get("versions", {}).get("tensorrt"), tensorrt_version()
-        if built and here and built != here and not self.manifest["settings"].get("version_compatible"):
-            return f"built with TensorRT {built}, this machine has {here}"
-        cc, here_cc = self.manifest.get("device", {}).get("compute_capability"), device_info().get("compute_capability")
-        hw = self.manifest["settings"].get("hardware_compatibility", "none")
-        if cc and here_cc and cc != here_cc and hw != "ampere+":
-            return f"built for compute capability {cc}, this GPU has {here_cc}"
-        return None
-
-    def _openvino_stale_reason(self) -> Optional[str]:
-        from edgeprune.backends.openvino import available_devices, openvino_version
-
-        here = openvino_version()
-        if here is None:
-            return None  # the runner says which package to install
-        built = self.manifest.get("versions", {}).get("openvino")
-        if built != here:  # an exported blob is tied to the OpenVINO build that wrote it
-            return f"built with OpenVINO {built}, this machine has {here}"
-        device = self.manifest["settings"].get("device") or "CPU"
-        devices = available_devices()
-        if device not in devices and device not in {d.split(".")[0] for d in devices}:
-            return f"built for OpenVINO device {device}, OpenVINO here reports {', '.join(devices) or 'none'}"
-        return None
-
-    def runner(self, threads: Optional[int] = 2, spinning: bool = True) -> Any:
-        """A runner for this engine (activate it, or use it as a context manager)."""
-        why = self.stale_reason()
-        if why:
-            raise EdgepruneError(f"{self.path}: stale engine ({why}); rebuild it with `edgeprune build`")
-        if self.backend == "trt":
-            from edgeprune.backends.trt import EngineFromPath, TrtRunner
-
-            return TrtRunner(EngineFromPath(self.engine_path, allow_host_code=bool(self.manifest["settings"].get("version_compatible"))))
-        if self.backend == "openvino":
-            from edgeprune.backends.openvino import OpenVinoRunner
-
-            # OpenVINO has no switch like ONNX Runtime's thread spinning: ``spinning`` does not apply
-            return OpenVinoRunner(self.engine_path, self.manifest["settings"].get("device") or "CPU",
-                                  self.manifest["settings"]["precision"], threads)
-        from edgeprune.backends.ort import OrtRunner
-
-        settings = _settings_from(self.manifest["settings"])
-        return OrtRunner(self.engine_path, [ORT_PROVIDER[self.backend]], threads, spinning,
-                         provider_options=ort_options(self.backend, settings, self.path))
-
-
-def _settings_from(data: dict[str, Any]) -> Any:
-    from edgeprune.backends.trt import BuilderSettings
-
-    known = BuilderSettings.__dataclass_fields__
-    return BuilderSettings(**{k: v for k, v in data.items() if k in known})
-
-
-def load_engine(path: str | os.PathLike, verify: bool = True) -> BuiltEngine:
-    """Read an engine folder; a missing, foreign or corrupt one is one EdgepruneError line."""
-    root = Path(path)
-    manifest = read_folder_json(root, ENGINE_MANIFEST, "engine")
-    if not isinstance(manifest, dict) or manifest.get("kind") != ENGINE_KIND:
-        raise EdgepruneError(f"{root / ENGINE_MANIFEST}: not an edgeprune engine (kind is not '{ENGINE_KIND}')")
-    if manifest.get("format") != ENGINE_FORMAT:
-        raise EdgepruneError(f"{root / ENGINE_MANIFEST}: unsupported engine format {manifest.get('format')!r}")
-    for key in ("backend", "settings", "source", "engine"):
-        if key not in manifest:
-            raise EdgepruneError(f"{root / ENGINE_MANIFEST}: lacks '{key}'")
-    check_manifest("engine", manifest, root / ENGINE_MANIFEST)
-    engine = BuiltEngine(root, manifest)
-    if not engine.engine_path.is_file():
-        raise EdgepruneError(f"{root}: {engine.engine_path.name} is missing")
-    if verify:
-        engine.verify()
-    return engine
-
-
-def is_engine_build(path: str | os.PathLike) -> bool:
-    return (Path(path) / ENGINES_FILE).is_file()
-
-
-def load_engines(path: str | os.PathLike, verify: bool = True) -> list[BuiltEngine]:
-    """The engines of a folder: one engine folder, or a set build (``engines.json`` + a folder per budget)."""
-    root = Path(path)
-    if not is_engine_build(root):
-        return [load_engine(root, verify)]
-    index = read_folder_json(root, ENGINES_FILE, "engine build")
-    if not isinstance(index, dict) or index.get("kind") != ENGINES_KIND:
-        raise EdgepruneError(f"{root / ENGINES_FILE}: not an edgeprune engine build (kind is not '{ENGINES_KIND}')")
-    check_manifest("engine-build", index, root / ENGINES_FILE)
-    try:
-        members = [(str(m["path"]), str(m["engine_sha256"])) for m in index["members"]]
-    except (KeyError, TypeError) as exc:
-        raise EdgepruneError(f"{root / ENGINES_FILE}: malformed members list ({exc})") from None
-    engines = []
-    for name, sha in members:
-        if Path(name).name != name:
-            raise EdgepruneError(f"{root / ENGINES_FILE}: member path {name!r} leaves the folder")
-        engine = load_engine(root / name, verify)
-        if engine.manifest["engine"]["sha256"] != sha:
-            raise EdgepruneError(f"{root / name}: engine sha256 differs from {ENGINES_FILE} (member replaced)")
-        engines.append(engine)
-    return engines
-
-
-def engines_index(backend: str, precision: str, source: Optional[str], members: list[dict[str, Any]]) -> dict[str, Any]:
-    """The ``engines.json`` of a set build; ``members``: {"budget", "path", "engine_sha256"} each."""
-    return {"kind": ENGINES_KIND, "format": ENGINE_FORMAT, "backend": backend, "precision": precision,
-            "source": source, "members": members}
-
-
 def build_set(engine_set: Any, backend: str, settings: Any, out: Path, *, cache: Optional[EngineCache] = None,
               timing_cache: Optional[Path] = None, force: bool = False,
               progress: Optional[Progress] = None) -> list[BuiltEngine]:
-    """One engine per member of an engine set, in one folder published at once."""
+    """One engine per member of an engine set, in one folder published at once (int8 members of a
+    mixed set int8, the others fp32, when ``settings.precision`` is int8)."""
     settings = with_default_device(backend, settings)
     check_precision(backend, settings)
+    per_member = member_settings([(m.path, m.artifact) for m in engine_set.members], settings)
     check_backend(backend, settings)
-    with atomic_directory(out, overwrite=force) as tmp:
-        built = [build_engine(m.artifact, backend, settings, tmp / m.path, cache=cache, timing_cache=timing_cache, progress=progress)
-                 for m in engine_set.members]
+    overwrite = may_replace(Path(out), backend, [m.artifact for m in engine_set.members], force)
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        built = [build_engine(m.artifact, backend, s, tmp / m.path, cache=cache, timing_cache=timing_cache, progress=progress)
+                 for m, s in zip(engine_set.members, per_member)]
+        mixed = len({s.precision for s in per_member}) > 1
         write_json_atomic(tmp / ENGINES_FILE, engines_index(
             backend, settings.precision, str(engine_set.path.resolve()),
-            [{"budget": m.budget, "path": m.path, "engine_sha256": b.manifest["engine"]["sha256"]}
-             for m, b in zip(engine_set.members, built)]))
+            [{"budget": m.budget, "path": m.path, "engine_sha256": b.manifest["engine"]["sha256"],
+              **({"precision": s.precision} if mixed else {})}
+             for m, s, b in zip(engine_set.members, per_member, built)]))
     return load_engines(out)
-
-
-def set_runners(engines: list[BuiltEngine], members: list[Any], threads: Optional[int] = 2,
-                spinning: bool = False) -> list[Any]:
-    """Runners (not yet active) of a set build's ``engines``, in ``members`` order; each engine must
-    have been built from that member's ONNX."""
-    built = {e.manifest["source"]["onnx_sha256"]: e for e in engines}
-    runners = []
-    for member in members:
-        engine = built.get(member.onnx_sha256)
-        if engine is None:
-            raise EdgepruneError(f"{engines[0].path.parent}: no engine built from member {member.path}'s ONNX; "
-                                 "run `edgeprune build` on this set")
-        runners.append(engine.runner(threads, spinning=spinning))
-    return runners
-
-
-def built_calibration(engines: str | os.PathLike) -> Optional[dict[str, Any]]:
-    """The latency calibration ``edgeprune calibrate SET --engines BUILT`` stored in ``engines.json``."""
-    root = Path(engines)
-    if not is_engine_build(root):
-        raise EdgepruneError(f"{root}: not a set build (no {ENGINES_FILE}); build the engine set with `edgeprune build SET`")
-    return read_folder_json(root, ENGINES_FILE, "engine build").get("calibration")
-
-
-def store_calibration(engines: str | os.PathLike, calibration: dict[str, Any]) -> None:
-    root = Path(engines)
-    index = read_folder_json(root, ENGINES_FILE, "engine build")
-    index["calibration"] = calibration
-    write_json_atomic(root / ENGINES_FILE, index)
 
 
 def default_out(source: Path, backend: str, precision: str) -> Path:
     return source.parent / f"{source.name}.{backend}-{precision}"
 
 
-__all__ = ["BACKENDS", "BuiltEngine", "ENGINES_FILE", "ENGINE_KIND", "build_engine", "build_set", "built_calibration",
-           "check_backend", "default_out", "engines_index", "is_engine_build", "load_engine", "load_engines", "random_feed",
-           "set_runners", "store_calibration"]
+__all__ = ["BACKENDS", "BuiltEngine", "ENGINES_FILE", "ENGINES_KIND", "ENGINE_FORMAT", "ENGINE_KIND", "INT8_BACKENDS",
+           "ORT_PROVIDER", "TRT_CACHE_DIR", "build_engine", "build_set", "built_calibration",
+           "check_backend", "check_precision", "default_out", "engine_file_name", "engines_index", "graph_precision",
+           "is_engine_build", "load_engine", "load_engines", "may_replace", "member_settings", "ort_options", "random_feed",
+           "set_runners", "source_entry", "stale_build", "store_calibration", "write_graph"]

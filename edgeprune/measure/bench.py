@@ -37,10 +37,11 @@ class BenchRow:
 class BenchResult:
     batch: int
     threads: int
-    providers: list[str]
+    providers: list[str]  # what ran the engines (ONNX Runtime's provider, "OpenVINO CPU f32", ...)
     rounds: int
     baseline: str
     rows: list[BenchRow]
+    engines: list[str] = field(default_factory=list)  # per row, what ran it
 
     def to_dict(self, samples: bool = False) -> dict:
         d = asdict(self)
@@ -69,7 +70,9 @@ def benchmark(
     rounds: int = 50,
     warmup: int = 5,
     threads: int = 2,
-    providers: Sequence[str] = ("cpu",),
+    provider: Any = "cpu",
+    precision: Optional[str] = None,
+    device: Optional[str] = None,
     baseline: Optional[str] = None,
     seed: int = 0,
     settle: int = 2,
@@ -78,10 +81,11 @@ def benchmark(
     spinning: bool = True,
     runners: Optional[Sequence[Any]] = None,
 ) -> BenchResult:
-    """Time ``artifacts`` interleaved; ``runners`` (one per artifact, not yet active) replace the
-    default ONNX Runtime sessions of their graphs, e.g. the engines ``edgeprune build`` wrote.
+    """Time ``artifacts`` interleaved on ``provider`` (an ONNX Runtime provider, or ``openvino`` at ``precision``
+    on ``device``; or an :class:`edgeprune.backends.runners.EngineChoice`); ``runners`` (one per artifact, not
+    yet active) replace those default runners of their graphs, e.g. the engines ``edgeprune build`` wrote.
     ``progress`` is told ``(rounds done, rounds)``."""
-    from edgeprune.backends.ort import OrtRunner
+    from edgeprune.backends.runners import make_runner, runner_label
 
     if not artifacts:
         raise EdgepruneError("nothing to benchmark")
@@ -94,9 +98,14 @@ def benchmark(
     feeds = [{a.manifest["inputs"][0]["name"]: rng.standard_normal(a.input_shape(batch)).astype(np.float32)} for a in artifacts]
     if runners is not None and len(runners) != len(artifacts):
         raise EdgepruneError(f"{len(runners)} runners for {len(artifacts)} artifacts")
-    runners = [r.activate() for r in runners] if runners is not None else \
-        [OrtRunner(a.onnx_path, providers, threads, spinning=spinning).activate() for a in artifacts]
+    if runners is None:
+        runners = [make_runner(a.onnx_path, provider, threads, precision=precision, device=device, spinning=spinning)
+                   for a in artifacts]
+    active = []
     try:
+        for runner in runners:
+            active.append(runner.activate())
+        labels = [runner_label(runner) for runner in runners]
         # Each session's thread pool keeps spinning for tens of ms after its run and steals the cores
         # from the next session (seen as 2x p50s and per-round ratios all over the place), so every
         # artifact first idles for `pause` seconds, then runs `settle` untimed calls (core.timing).
@@ -105,7 +114,7 @@ def benchmark(
                                     seed=seed, progress=progress)
         times = np.array([s[0] for s in samples]).T  # [rounds, artifacts]
     finally:
-        for runner in runners:
+        for runner in active:
             runner.deactivate()
 
     rows = []
@@ -133,7 +142,7 @@ def benchmark(
                 samples_ms=t.tolist(),
             )
         )
-    return BenchResult(batch, threads, list(providers), rounds, artifacts[base].name, rows)
+    return BenchResult(batch, threads, sorted(set(labels)), rounds, artifacts[base].name, rows, labels)
 
 
 def _latency_model_speedup(artifact: Artifact) -> Optional[float]:

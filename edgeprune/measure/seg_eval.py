@@ -190,13 +190,15 @@ def _labels_of(logits: np.ndarray, size: Sequence[int]) -> np.ndarray:
 
 
 def evaluate_artifact(artifact: Artifact, data: EvalLike = DEFAULT_SCENES, threads: int = 2, progress: Progress = None,
-                      providers: Sequence[str] = ("cpu",)) -> dict[str, Any]:
-    """mIoU, per-class IoU and pixel accuracy of an ONNX segmentation artifact on ``data``.
+                      provider: Any = "cpu", precision: Optional[str] = None,
+                      device: Optional[str] = None) -> dict[str, Any]:
+    """mIoU, per-class IoU and pixel accuracy of an ONNX segmentation artifact on ``data``, run on ``provider``
+    (:func:`edgeprune.backends.runners.make_runner`: ONNX Runtime, or OpenVINO at ``precision`` on ``device``).
 
     A static batch B is fed in full batches; the last one is padded with copies whose predictions
     are dropped, so any ``n`` works with any exported batch.
     """
-    from edgeprune.backends.ort import OrtRunner
+    from edgeprune.backends.runners import make_runner
     from edgeprune.imaging.evaluation import confusion
 
     data = as_eval_set(data)
@@ -210,7 +212,7 @@ def evaluate_artifact(artifact: Artifact, data: EvalLike = DEFAULT_SCENES, threa
     k = len(data.classes)
     conf = np.zeros((k, k), np.int64)
     done = 0
-    with OrtRunner(artifact.onnx_path, providers, threads) as runner:
+    with make_runner(artifact.onnx_path, provider, threads, precision=precision, device=device) as runner:
         for pixels, labels in _batches(info, data, batch):
             m = len(pixels)
             if static and m < batch:

@@ -25,7 +25,7 @@ def overlays(photos: dict[str, np.ndarray], shown: list[tuple[str, Any]], out_di
     """One PNG per image: the image, its ground truth (when given), the baseline's overlay and each
     reduced plan's, with pixel agreement to the baseline (and pixel accuracy against the truth).
     ``shown``: (title, artifact) pairs, the baseline first."""
-    from edgeprune.backends.ort import OrtRunner
+    from edgeprune.backends.runners import make_runner
     from edgeprune.imaging.evaluation import normalize
     from edgeprune.imaging.images import overlay, palette_array, resize_rgb, upsample_argmax
     from edgeprune.measure.plotting import plot_panels
@@ -37,7 +37,7 @@ def overlays(photos: dict[str, np.ndarray], shown: list[tuple[str, Any]], out_di
     _, h, w = info["input"]["size"]
     labels: dict[str, dict[str, np.ndarray]] = {}
     for title, artifact in shown:
-        with OrtRunner(artifact.onnx_path, threads=threads) as runner:
+        with make_runner(artifact.onnx_path, threads=threads) as runner:
             for name, img in photos.items():
                 x = normalize(resize_rgb(img, h, w)[None], info["input"]["mean"], info["input"]["std"])
                 logits = next(iter(runner.infer({"pixel_values": x}).values()))[0]

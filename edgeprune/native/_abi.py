@@ -12,7 +12,7 @@ class Options(C.Structure):
     _fields_ = [("struct_size", C.c_size_t), ("ort_library", C.c_char_p), ("provider", C.c_char_p),
                 ("threads", C.c_int), ("policy", C.c_char_p), ("target_ms", C.c_double),
                 ("policy_args", C.c_char_p), ("engines", C.c_char_p), ("refresh_every", C.c_int),
-                ("drift_threshold", C.c_double), ("verify", C.c_int)]
+                ("drift_threshold", C.c_double), ("verify", C.c_int), ("openvino_library", C.c_char_p)]
 
 
 class Info(C.Structure):

@@ -79,6 +79,22 @@ def default_ort_library() -> Optional[str]:
     return found[-1] if found else None
 
 
+def default_openvino_library() -> Optional[str]:
+    """The ``openvino`` wheel's ``libs/libopenvino_c.so.<version>``, if installed (found without importing
+    openvino, which would load its libraries)."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("openvino")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    libs = os.path.join(list(spec.submodule_search_locations)[0], "libs")
+    found = sorted(glob.glob(os.path.join(libs, "libopenvino_c.so*")), key=lambda p: (len(p), p))
+    return found[-1] if found else None
+
+
 def _check(status: Optional[int]) -> None:
     if status:
         lib = load_library()

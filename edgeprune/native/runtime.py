@@ -14,7 +14,7 @@ import numpy as np
 from edgeprune.core.errors import EdgepruneError
 from edgeprune.native import _abi
 
-from edgeprune.native.library import _check, _frame, default_ort_library, load_library
+from edgeprune.native.library import _check, _frame, default_openvino_library, default_ort_library, load_library
 
 
 @dataclass
@@ -46,15 +46,18 @@ class NativeRuntime:
     def __init__(self, path: Union[str, Path], target_ms: float = 0.0, policy: str = "deadline", *, threads: int = 2,
                  provider: str = "cpu", policy_args: Optional[dict[str, Any]] = None,
                  engines: Union[str, Path, None] = None, ort_library: Union[str, Path, None] = None,
-                 refresh_every: int = 30, drift_threshold: float = 2.0, verify: bool = True) -> None:
+                 refresh_every: int = 30, drift_threshold: float = 2.0, verify: bool = True,
+                 openvino_library: Union[str, Path, None] = None) -> None:
         lib = load_library()
         self._lib = lib
         o = _abi.Options()
         lib.edgeprune_options_init(C.byref(o))
         ort = ort_library or os.environ.get("EDGEPRUNE_ORT_LIBRARY") or default_ort_library()
+        # Only opened for built engines of backend openvino; None leaves the library's own default.
+        ov = openvino_library or os.environ.get("EDGEPRUNE_OPENVINO_LIBRARY") or default_openvino_library()
         self._keep = [str(x).encode() if x is not None else None for x in (
-            ort, provider, policy, ",".join(f"{k}={v}" for k, v in (policy_args or {}).items()), engines)]
-        o.ort_library, o.provider, o.policy, o.policy_args, o.engines = self._keep
+            ort, provider, policy, ",".join(f"{k}={v}" for k, v in (policy_args or {}).items()), engines, ov)]
+        o.ort_library, o.provider, o.policy, o.policy_args, o.engines, o.openvino_library = self._keep
         o.threads, o.target_ms = int(threads), float(target_ms)
         o.refresh_every, o.drift_threshold, o.verify = int(refresh_every), float(drift_threshold), int(bool(verify))
         handle = C.c_void_p()

@@ -6,7 +6,13 @@ and for every frame: computes the cheap content signal, asks the policy for an e
 and tells the policy the measured latency. Several threads may call :meth:`Runtime.infer` at once
 (one per camera, say): the policy and per-stream state sit behind one lock that is held only for
 the microseconds of choosing and observing, never while an engine runs; ONNX Runtime sessions
-accept concurrent runs.
+accept concurrent runs, and OpenVINO runners keep one infer request per thread.
+
+The engine is ONNX Runtime (``provider`` cpu, cuda or tensorrt), OpenVINO (``provider="openvino"`` at
+``precision`` on ``device``), ``auto`` (the fastest calibrated one, see
+:func:`edgeprune.measure.calibrate.resolve_engine`), or the engines ``edgeprune build`` wrote
+(``engines=``). Each engine plans with its own calibration; another engine's is used with a warning
+(refused with ``strict_machine``), as another machine's is.
 """
 
 from __future__ import annotations
@@ -77,21 +83,35 @@ class Runtime:
     """Per-frame budget selection over an engine set (see the module docstring)."""
 
     def __init__(self, engine_set: Union[str, Path, Any], target_ms: float, policy: Union[str, Policy] = "deadline",
-                 *, threads: int = 2, provider: str = "cpu", policy_args: Optional[dict[str, Any]] = None,
-                 strict_machine: bool = False, engines: Union[str, Path, None] = None) -> None:
+                 *, threads: int = 2, provider: str = "cpu", precision: Optional[str] = None, device: Optional[str] = None,
+                 policy_args: Optional[dict[str, Any]] = None, strict_machine: bool = False,
+                 engines: Union[str, Path, None] = None) -> None:
         from edgeprune.artifacts.engine_set import calibration_matches, load_engine_set
-        from edgeprune.backends.ort import OrtRunner
+        from edgeprune.backends.runners import make_runner, runner_label
+        from edgeprune.measure.calibrate import calibration_for, resolve_engine
 
         self.set = load_engine_set(engine_set) if isinstance(engine_set, (str, Path)) else engine_set
         calibration = None
+        # The engine the set's ONNX graphs run on, and why (``provider="auto"`` picks one); None with built engines.
+        self.engine, self.engine_reason = None, ""
         if engines is not None:
             from edgeprune.engines.build import built_calibration
 
+            if provider != "cpu" or precision is not None or device is not None:
+                raise EdgepruneError("--engines runs built engines, whose backend and precision `edgeprune build` fixed; "
+                                     "drop --provider, --precision and --device")
             calibration = built_calibration(engines)
             if calibration is None:
                 warnings.warn(f"{engines}: the built engines are not calibrated, so the set's ONNX Runtime latencies "
                               f"stand in for theirs; run `edgeprune calibrate {self.set.path} --engines {engines}`",
                               RuntimeWarning, stacklevel=2)
+        else:
+            self.engine, self.engine_reason = resolve_engine(self.set, provider, precision, device)
+            calibration, mismatch = calibration_for(self.set, self.engine)
+            if mismatch:  # another engine's latencies: as with another machine's, refuse when strict, else warn
+                if strict_machine:
+                    raise EdgepruneError(f"{self.set.path}: {mismatch}")
+                warnings.warn(f"{self.set.path}: {mismatch}", RuntimeWarning, stacklevel=2)
         self.profiles = profiles_from_calibration(self.set, calibration)
         ok, why = calibration_matches(self.set, calibration)
         if not ok:
@@ -112,19 +132,16 @@ class Runtime:
         self._input = dict(first.manifest.get("model", {}).get("input") or {})
         self._batch_shape = first.input_shape()
         if engines is None:
-            self._runners = [OrtRunner(m.artifact.onnx_path, providers=[provider], threads=threads, spinning=False)
-                             for m in self._members]
+            self._runners = [make_runner(m.artifact.onnx_path, self.engine, threads, spinning=False) for m in self._members]
         else:
             from edgeprune.engines.build import load_engines, set_runners
 
             self._runners = set_runners(load_engines(engines), self._members, threads, spinning=False)
         for runner in self._runners:
             runner.activate()
-        # The provider that really runs the engines (ONNX Runtime falls back to the CPU when an
-        # accelerator's provider fails to load), or the backend of built engines; read once.
-        session = getattr(self._runners[0], "session", None)
-        self.provider_name = str(session.get_providers()[0] if hasattr(session, "get_providers")
-                                 else getattr(self._runners[0], "name", "unknown"))
+        # What really runs the engines (ONNX Runtime falls back to the CPU when an accelerator's provider
+        # fails to load; OpenVINO runs f32 where the CPU lacks bf16), or the backend of built engines; read once.
+        self.provider_name = runner_label(self._runners[0])
         self._lock = threading.Lock()
         self._previous: dict[Hashable, np.ndarray] = {}
         self._frames = 0

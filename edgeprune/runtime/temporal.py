@@ -12,7 +12,9 @@ A temporal artifact (``edgeprune export MODEL --temporal 0.4``, see
    that moves, or a scene cut, makes more patches change than M can cover.
 
 Every frame gives a full label map. Streams are independent; one runtime serves several threads
-(ONNX Runtime sessions take concurrent runs; each stream's state has its own lock).
+(ONNX Runtime sessions take concurrent runs, OpenVINO runners keep an infer request per thread; each
+stream's state has its own lock). The graphs run on ONNX Runtime or OpenVINO (``provider``,
+``precision``, ``device``: :func:`edgeprune.backends.runners.make_runner`).
 """
 
 from __future__ import annotations
@@ -175,8 +177,10 @@ class TemporalRuntime:
     """Temporal token reuse over one temporal artifact, for any number of streams (see module doc)."""
 
     def __init__(self, artifact: str | os.PathLike | TemporalArtifact, *, threads: int = 2, provider: str = "cpu",
+                 precision: Optional[str] = None, device: Optional[str] = None,
                  refresh_every: int = DEFAULT_REFRESH_EVERY, drift_threshold: float = DEFAULT_DRIFT_THRESHOLD) -> None:
-        from edgeprune.backends.ort import OrtRunner
+        from edgeprune.backends.runners import make_runner, runner_label
+        from edgeprune.measure.calibrate import resolve_engine
 
         self.artifact = artifact if isinstance(artifact, TemporalArtifact) else load_temporal(artifact)
         if refresh_every < 1:
@@ -191,10 +195,13 @@ class TemporalRuntime:
         if "mean" not in info:
             raise EdgepruneError(f"{self.artifact.path}: the model records no input normalisation")
         self._mean, self._std = info["mean"], info["std"]
-        self._runners = {g: OrtRunner(self.artifact.onnx_path(g), providers=[provider], threads=threads, spinning=False)
+        # A temporal artifact is not calibrated: ``auto`` follows the rule without calibrations.
+        self.engine, self.engine_reason = resolve_engine(None, provider, precision, device)
+        self._runners = {g: make_runner(self.artifact.onnx_path(g), self.engine, threads, spinning=False)
                          for g in ("refresh", "update")}
         for runner in self._runners.values():
             runner.activate()
+        self.provider_name = runner_label(self._runners["refresh"])
         self._all = np.arange(self.artifact.patches, dtype=np.int64)[None]
         self._cache_names = list(self.artifact.cache_shapes)
         self._streams: dict[Hashable, _Stream] = {}

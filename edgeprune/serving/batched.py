@@ -79,11 +79,13 @@ class BatchedMember:
     p95_ms: float
 
 
-def _key(engine_set: Any, sizes: Sequence[int], threads: int) -> str:
+def _key(engine_set: Any, sizes: Sequence[int], threads: int, engine: Any) -> str:
     from edgeprune.core.version import __version__
     from edgeprune.core.machine import machine_fingerprint
 
-    digest = hashlib.sha256(json.dumps({"v": __version__, "sizes": list(sizes), "threads": threads,
+    # ONNX Runtime's CPU provider keeps the key it always had, so existing caches stay valid
+    timed_on = {} if engine.key == "onnxruntime:cpu" else {"engine": engine.key}
+    digest = hashlib.sha256(json.dumps({"v": __version__, "sizes": list(sizes), "threads": threads, **timed_on,
                                         "machine": machine_fingerprint(),
                                         "members": [m.onnx_sha256 for m in engine_set.members]}).encode())
     return digest.hexdigest()[:16]
@@ -96,15 +98,19 @@ def load_batched(folder: Path) -> list[BatchedMember]:
 
 
 def prepare_batched(engine_set: Any, max_batch: int, *, threads: int = 2, rounds: int = 20,
-                    progress: Optional[Progress] = None, root: Optional[Path] = None) -> list[BatchedMember]:
-    """Batch-N members for every budget and batch size (batch 1 is the set's own member), calibrated;
+                    progress: Optional[Progress] = None, root: Optional[Path] = None,
+                    engine: Any = None) -> list[BatchedMember]:
+    """Batch-N members for every budget and batch size (batch 1 is the set's own member), calibrated on
+    ``engine`` (an :class:`edgeprune.backends.runners.EngineChoice`; default ONNX Runtime's CPU provider);
     made on first use and cached, reused afterwards."""
+    from edgeprune.backends.runners import EngineChoice
     from edgeprune.core.files import atomic_directory, write_json_atomic
     from edgeprune.measure.bench import benchmark
     from edgeprune.measure.calibrate import latency_stats
 
+    engine = engine or EngineChoice("cpu")
     sizes = batch_sizes(max_batch)
-    folder = (root or cache_root()) / f"{Path(engine_set.path).resolve().name}-{_key(engine_set, sizes, threads)}"
+    folder = (root or cache_root()) / f"{Path(engine_set.path).resolve().name}-{_key(engine_set, sizes, threads, engine)}"
     if (folder / BATCHED_FILE).is_file():
         return load_batched(folder)
     members = sorted(engine_set.members, key=lambda m: -m.budget)
@@ -133,7 +139,7 @@ def prepare_batched(engine_set: Any, max_batch: int, *, threads: int = 2, rounds
         for n in sizes:
             say(progress, f"  calibrating batch {n} ({rounds} interleaved rounds)")
             group = [artifacts[m.path, n] for m in members]
-            result = benchmark(group, batch=n, rounds=rounds, warmup=3, threads=threads, providers=["cpu"],
+            result = benchmark(group, batch=n, rounds=rounds, warmup=3, threads=threads, provider=engine,
                                spinning=False)
             for member, row in zip(members, result.rows):
                 stats = latency_stats(row.samples_ms)
@@ -146,7 +152,8 @@ def prepare_batched(engine_set: Any, max_batch: int, *, threads: int = 2, rounds
                                 "onnx": str(onnx.relative_to(tmp)), "p50_ms": stats["p50_ms"],
                                 "p95_ms": stats["p95_ms"]})
         write_json_atomic(tmp / BATCHED_FILE, {"format": BATCHED_FORMAT, "set": str(Path(engine_set.path).resolve()),
-                                               "sizes": sizes, "threads": threads, "members": entries})
+                                               "sizes": sizes, "threads": threads, "engine": engine.key,
+                                               "members": entries})
     return load_batched(folder)
 
 

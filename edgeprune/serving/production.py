@@ -1,14 +1,15 @@
 """``edgeprune export-triton``: an engine set as a model repository for a production Triton server.
 
 ``edgeprune serve`` runs every budget inside one Python-backend model on ONNX Runtime. A production
-Triton has the ONNX Runtime and TensorRT backends, so here every budget becomes a model of its own
-(``<name>_b1.00``, ...: the member's graph re-exported with a dynamic batch axis, everything else
-static) that Triton batches and places on the GPU itself, and a Python-backend *scheduler* model
+Triton has the ONNX Runtime, TensorRT and OpenVINO backends, so here every budget becomes a model of its
+own (``<name>_b1.00``, ...: the member's graph re-exported with a dynamic batch axis, everything else
+static) that Triton batches and places on the GPU (or, with OpenVINO, the CPU) itself, and a Python-backend *scheduler* model
 ``<name>`` (:mod:`edgeprune.serving.scheduler_model`) takes the clients' requests, checks and
 batches them and routes each batch to a budget by its deadline through BLS, using the same
 :class:`edgeprune.serving.service.Service` as ``edgeprune serve``.
 
-The scheduler's latency profiles are this machine's calibration (``set.json``) scaled by batch size:
+The scheduler's latency profiles are this machine's calibration (``set.json``; OpenVINO's own for the
+OpenVINO backend when the set was calibrated with ``--provider openvino``) scaled by batch size:
 a prior that the deadline policy's online scale correction replaces with the target's own timings
 after a few batches. TensorRT plans must be built on the target GPU; without ``tensorrt`` here the
 repository carries each ONNX and a ``build_plans.sh`` to run there.
@@ -22,21 +23,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import numpy as np
-
 from edgeprune.core.errors import EdgepruneError
 from edgeprune.core.progress import Progress, advance, prefixed, say
 from edgeprune.serving.service import SERVICE_FILE, ServiceConfig
+from edgeprune.serving.triton_readme import NOT_RUN, README_FILE, SCRIPT_FILE, readme_text
 
-BACKENDS = ("onnxruntime", "tensorrt")
+BACKENDS = ("onnxruntime", "tensorrt", "openvino")
 DEVICES = ("gpu", "cpu")
 ACCELERATORS = ("none", "tensorrt")
-PRECISIONS = ("fp16", "fp32")
+PRECISIONS = {"tensorrt": ("fp16", "fp32"), "openvino": ("fp32", "bf16")}  # TensorRT's (plans or ORT's provider)
+# The OpenVINO backend reads ONNX itself when the config names the file (its default is model.xml, OpenVINO IR);
+# it runs on CPU instances and takes OpenVINO's settings as string parameters (its README, "Parameters").
+OPENVINO_MODEL_FILE = "model.onnx"
 MAX_BATCH_LIMIT = 1024  # the exporter's symbolic batch axis is bounded there
 ENGINE_QUEUE_DELAY_US = 100  # budget models get batches already formed by the scheduler: wait little
-SCRIPT_FILE = "build_plans.sh"
-README_FILE = "README.md"
-NOT_RUN = "not run on this project's machines yet"
 
 
 @dataclass(frozen=True)
@@ -45,26 +45,34 @@ class ProductionOptions:
 
     name: str = "edgeprune"
     backend: str = "onnxruntime"
-    device: str = "gpu"
+    device: Optional[str] = None  # gpu, or cpu for openvino (its backend runs on CPU instances only)
     max_batch: int = 8
     instances: int = 1  # per budget model
     scheduler_instances: int = 1
     queue_delay_us: int = 2000  # the scheduler's dynamic batcher
     target_ms: float = 1000.0 / 30
-    threads: int = 0  # ORT intra-op threads on CPU; 0 = ONNX Runtime's choice
+    threads: int = 0  # ORT intra-op threads on CPU, OpenVINO's INFERENCE_NUM_THREADS; 0 = the backend's choice
     accelerator: str = "none"  # ORT on GPU: "tensorrt" = ORT's TensorRT execution provider
-    precision: str = "fp16"
+    precision: Optional[str] = None  # TensorRT's fp16 (default) or fp32; OpenVINO's fp32 (default) or bf16
     workspace_mb: int = 1024
     trt_cache: str = "/tmp/triton-trt-cache"  # on the target machine
     execution_env: Optional[str] = None  # EXECUTION_ENV_PATH of the scheduler (a conda-pack tarball)
+
+    def __post_init__(self) -> None:  # each backend's defaults (frozen: set once, here)
+        openvino = self.backend == "openvino"
+        if self.device is None:
+            object.__setattr__(self, "device", "cpu" if openvino else "gpu")
+        if self.precision is None:
+            object.__setattr__(self, "precision", "fp32" if openvino else "fp16")
 
     def validate(self) -> None:
         from edgeprune.serving.repository import check_name
 
         check_name(self.name)
+        precisions = PRECISIONS["openvino" if self.backend == "openvino" else "tensorrt"]
         for flag, value, allowed in (("--backend", self.backend, BACKENDS), ("--device", self.device, DEVICES),
                                      ("--accelerator", self.accelerator, ACCELERATORS),
-                                     ("--precision", self.precision, PRECISIONS)):
+                                     ("--precision", self.precision, precisions)):
             if value not in allowed:
                 raise EdgepruneError(f"{flag} must be one of {', '.join(allowed)}, got {value!r}")
         if not 1 <= self.max_batch <= MAX_BATCH_LIMIT:
@@ -76,6 +84,9 @@ class ProductionOptions:
                 raise EdgepruneError(f"{flag} must be >= {low}, got {value}")
         if not self.target_ms > 0:
             raise EdgepruneError(f"--target-ms must be > 0, got {self.target_ms}")
+        if self.backend == "openvino" and (self.device != "cpu" or self.accelerator != "none"):
+            raise EdgepruneError("--backend openvino: Triton's OpenVINO backend runs on CPU instances; use --device cpu "
+                                 "and no --accelerator")
         if self.device == "cpu" and self.backend == "tensorrt":
             raise EdgepruneError("--backend tensorrt runs on GPUs only; use --backend onnxruntime with --device cpu")
         if self.accelerator == "tensorrt" and (self.device != "gpu" or self.backend != "onnxruntime"):
@@ -114,9 +125,21 @@ def budget_model_name(name: str, member: str) -> str:
     return check_name(f"{name}_{member}")
 
 
-def load_calibrated_set(source: str | Path) -> Any:
-    """The engine set at ``source`` with its calibration, or one EdgepruneError line saying what is missing."""
+def latency_engine(options: ProductionOptions) -> Any:
+    """The engine whose calibration here gives the budget models' latency priors: OpenVINO's own for the
+    OpenVINO backend, ONNX Runtime's CPU one for the rest (the target's GPU cannot be timed here)."""
+    from edgeprune.backends.runners import EngineChoice
+
+    return EngineChoice("openvino", options.precision, "CPU") if options.backend == "openvino" else EngineChoice("cpu")
+
+
+def load_calibrated_set(source: str | Path, engine: Any = None) -> tuple[Any, dict[str, Any], str]:
+    """The engine set at ``source``, the calibration for ``engine`` (default ONNX Runtime's CPU one; another
+    engine's when only that was calibrated) and why it does not fit (""); or one EdgepruneError line saying
+    what is missing."""
     from edgeprune.artifacts.engine_set import SET_FILE, is_engine_set, load_engine_set
+    from edgeprune.backends.runners import EngineChoice
+    from edgeprune.measure.calibrate import calibration_for
     from edgeprune.runtime.runtime import profiles_from_calibration
 
     path = Path(source)
@@ -126,13 +149,16 @@ def load_calibrated_set(source: str | Path) -> Any:
         raise EdgepruneError(f"{path} is not an engine set (no {SET_FILE}); export one with "
                              "`edgeprune export MODEL --budgets 1.0,0.75,0.5 --out SET`")
     engine_set = load_engine_set(path)
-    profiles_from_calibration(engine_set)  # the Runtime's own check: uncalibrated, or a member without latency
-    return engine_set
+    calibration, mismatch = calibration_for(engine_set, engine or EngineChoice("cpu"))
+    profiles_from_calibration(engine_set, calibration)  # the Runtime's own check: a member without latency
+    return engine_set, calibration, mismatch
 
 
-def scheduler_service(engine_set: Any, models: Sequence[BudgetModel], options: ProductionOptions) -> ServiceConfig:
+def scheduler_service(engine_set: Any, models: Sequence[BudgetModel], options: ProductionOptions,
+                      calibration: Optional[dict[str, Any]] = None) -> ServiceConfig:
     """The scheduler's :class:`ServiceConfig`: every budget model at batch sizes 1, 2, 4, ... max_batch,
-    with the calibrated batch-1 latency scaled by batch size (a prior; the policy corrects it online)."""
+    with the calibrated batch-1 latency (of ``calibration``, default the set's) scaled by batch size (a prior;
+    the policy corrects it online)."""
     from edgeprune.serving.batched import batch_sizes
 
     first = engine_set.members[0].artifact
@@ -141,7 +167,8 @@ def scheduler_service(engine_set: Any, models: Sequence[BudgetModel], options: P
     if len(shape) not in (2, 4):
         raise EdgepruneError(f"{engine_set.path}: Triton export takes classifiers (logits [N, K]) and segmenters "
                              f"(logits [N, K, H, W]); this model's first output is {shape}")
-    calibration_batch = int((engine_set.calibration or {}).get("batch") or 1)
+    calibration = calibration if calibration is not None else (engine_set.calibration or {})
+    calibration_batch = int(calibration.get("batch") or 1)
     members = [{"name": m.member, "budget": m.budget, "batch": n, "engine": m.name,
                 "p50_ms": round(m.p50_ms * n / calibration_batch, 4), "p95_ms": round(m.p95_ms * n / calibration_batch, 4)}
                for m in models for n in batch_sizes(options.max_batch)]
@@ -177,6 +204,15 @@ def budget_model_config(name: str, manifest: dict[str, Any], options: Production
                                       "max_queue_delay_microseconds": ENGINE_QUEUE_DELAY_US}
     if options.backend == "tensorrt":
         config["platform"] = "tensorrt_plan"
+        return config
+    if options.backend == "openvino":
+        config.update(backend="openvino", default_model_filename=OPENVINO_MODEL_FILE)
+        settings = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}  # batch-1 latency, as edgeprune compiles
+        if options.threads:
+            settings["INFERENCE_NUM_THREADS"] = str(options.threads)
+        if options.precision == "bf16":
+            settings["HINT_BF16"] = "YES"
+        config["parameters"] = {key: {"string_value": value} for key, value in settings.items()}
         return config
     config["backend"] = "onnxruntime"
     optimization: dict[str, Any] = {"graph": {"level": 1}}
@@ -286,16 +322,18 @@ def export_triton(source: str | Path, out: str | Path, options: ProductionOption
     options.validate()
     out = Path(out)
     check_target(out, force)  # before the slow model load
-    engine_set = load_calibrated_set(source)
-    calibrated = engine_set.calibration["members"]
+    engine_set, calibration, mismatch = load_calibrated_set(source, latency_engine(options))
+    calibrated = calibration["members"]
     members = sorted(engine_set.members, key=lambda m: -m.budget)
     models = [BudgetModel(budget_model_name(options.name, m.path), m.path, m.budget, float(calibrated[m.path]["p50_ms"]),
                           float(calibrated[m.path].get("p95_ms", calibrated[m.path]["p50_ms"]))) for m in members]
-    service = scheduler_service(engine_set, models, options)
+    service = scheduler_service(engine_set, models, options, calibration)
     build = options.backend == "tensorrt" and _can_build_plans()
     say(progress, "loading the set's model (checkpoint checked against its sha256)")
     net, _info = model_from_manifest(members[0].artifact.manifest["model"])
     repo = ProductionRepository(out, options.name, options, models, batch_sizes(options.max_batch), plans_built=build)
+    if mismatch:
+        repo.notes.append(f"latency priors: {mismatch}")
     with atomic_directory(out, overwrite=force) as tmp:
         work = tmp / ".work"
         for i, (member, model) in enumerate(zip(members, models)):
@@ -311,7 +349,7 @@ def export_triton(source: str | Path, out: str | Path, options: ProductionOption
             (folder / "1").mkdir(parents=True)
             manifest = {**artifact.manifest, "engine_set_member": member.path, "cross_check_vs_member": error}
             write_json_atomic(folder / "manifest.json", manifest)
-            if options.backend == "onnxruntime":
+            if options.backend in ("onnxruntime", "openvino"):
                 shutil.move(str(artifact.onnx_path), folder / "1" / "model.onnx")
             elif build:
                 say(progress, f"{prefix}: building the TensorRT plan (batch 1..{options.max_batch})")
@@ -319,7 +357,7 @@ def export_triton(source: str | Path, out: str | Path, options: ProductionOption
             else:
                 shutil.move(str(artifact.onnx_path), folder / "model.onnx")
             check_config(write_config(folder, budget_model_config(model.name, artifact.manifest, options)),
-                         model_files=options.backend == "onnxruntime" or build)
+                         model_files=options.backend != "tensorrt" or build)
         shutil.rmtree(work)
         if options.backend == "tensorrt" and not build:
             repo.script = out / SCRIPT_FILE
@@ -340,88 +378,10 @@ def export_triton(source: str | Path, out: str | Path, options: ProductionOption
         if options.execution_env:
             config["parameters"]["EXECUTION_ENV_PATH"] = {"string_value": options.execution_env}
         check_config(write_config(scheduler, config))
-        (tmp / README_FILE).write_text(readme_text(repo, service, engine_set))
+        (tmp / README_FILE).write_text(readme_text(repo, service, engine_set, calibration))
     return repo
 
 
-def readme_text(repo: ProductionRepository, service: ServiceConfig, engine_set: Any) -> str:
-    """``README.md`` of the repository: how to run it, what is in it, and what was not run here."""
-    o, (c, h, w) = repo.options, service.input_size
-    machine = (engine_set.calibration or {}).get("machine", {})
-    rows = "\n".join(f"| `{m.name}` | {m.member} | {m.budget:g} | {m.p50_ms:.3f} | {m.p95_ms:.3f} |" for m in repo.models)
-    kind = ("TensorRT plans (`platform: tensorrt_plan`)" if o.backend == "tensorrt" else
-            f"ONNX Runtime on {o.device.upper()}{' with its TensorRT provider' if o.accelerator == 'tensorrt' else ''}")
-    plans = ("" if o.backend != "tensorrt" else "\n## TensorRT plans\n\nBuilt on this machine's GPU: they load only on "
-             "the same GPU model and TensorRT version.\n" if repo.plans_built else
-             f"\n## TensorRT plans must be built on the target\n\nThe plans are **not built** ({NOT_RUN}): each budget "
-             f"model holds `model.onnx` and an empty `1/`. On the target, with the TensorRT version of the Triton image "
-             f"that will serve this repository, run `./{SCRIPT_FILE}` (trtexec, dynamic-batch profile 1..{o.max_batch}; "
-             "`TRTEXEC=` picks another binary). Triton cannot load the budget models before that.\n")
-    return f"""# Triton model repository `{repo.name}` (written by `edgeprune export-triton`)
-
-Engine set `{Path(engine_set.path).name}`: {len(repo.models)} budget models on {kind}, max batch {o.max_batch}, and
-the scheduler model `{repo.name}`. Every `config.pbtxt` was checked against Triton's `model_config.proto`.
-
-## Start Triton
-
-```
-docker run --rm --gpus all -p8000:8000 -p8001:8001 -p8002:8002 -v $PWD/{repo.path.name}:/models \\
-    nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository=/models
-```
-
-(`--gpus all` needs the NVIDIA container toolkit; CPU-only repositories do without.) The scheduler imports
-`edgeprune` in Triton's Python backend, so install it there first, e.g. an image `FROM
-nvcr.io/nvidia/tritonserver:<yy.mm>-py3` with `RUN pip install edgeprune`. That pulls torch and onnxruntime too;
-the scheduler itself needs only numpy, pillow and opencv: `pip install --no-deps edgeprune && pip install
-'numpy<2' pillow 'opencv-python-headless<4.12'`. Alternatively pack such an environment with `conda-pack` (the
-Python version of the backend stub) and name it in the scheduler's `EXECUTION_ENV_PATH` parameter
-(`edgeprune export-triton --execution-env '$$TRITON_MODEL_DIRECTORY/env.tar.gz'`).
-{plans}
-## Models
-
-| model | member | budget | p50 ms (batch 1) | p95 ms |
-|---|---|---|---|---|
-{rows}
-
-- `{repo.name}` (Python backend, {o.scheduler_instances} instance(s)) is **the model clients call**: it checks each
-  request, batches rows (sizes {', '.join(map(str, repo.sizes))}), picks a budget per batch with a deadline policy
-  and sends the batch to that budget's model through BLS.
-- `{repo.name}_b*`: one budget's graph each, dynamic batch axis (1..{o.max_batch}), input `pixel_values` FP32
-  [{c}, {h}, {w}], output `logits`; callable directly too (no deadline logic).
-
-The latencies above and in `{repo.name}/{SERVICE_FILE}` are **this machine's CPU calibration** ({machine.get('cpu', '?')},
-{machine.get('cores', '?')} cores, ONNX Runtime), scaled linearly by batch size: only a prior. The deadline policy
-rescales its predictions from the latencies it measures on the target and adapts within a few batches.
-
-## Requests (model `{repo.name}`)
-
-- Inputs, exactly one: `image` UINT8 [N, H, W, 3] (RGB, any size; resized to {h}x{w} and normalised as in
-  training) or `pixels` FP32 [N, {c}, {h}, {w}] (normalised); N <= {o.max_batch}.
-- Parameters, optional, one of: `deadline_ms` (the largest budget predicted to fit; default {o.target_ms:g} ms)
-  or `budget` ({', '.join(f'{b:g}' for b in service.budgets)}).
-- Outputs: `labels` ({f'UINT8 [N, {h}, {w}]' if service.dense else 'INT32 [N, 1]'}), `logits` FP32, `budget` FP32 [N, 1],
-  `engine` BYTES [N, 1] (the member that ran), `timings_ms` FP32 [N, 2] (budget model call, whole request),
-  `batch_size` INT32 [N, 1]. A bad request gets an error response naming the problem.
-
-```python
-import numpy as np, tritonclient.http as httpclient
-client = httpclient.InferenceServerClient("localhost:8000")
-image = httpclient.InferInput("image", [1, {h}, {w}, 3], "UINT8")
-image.set_data_from_numpy(np.zeros((1, {h}, {w}, 3), np.uint8))
-result = client.infer("{repo.name}", [image], parameters={{"deadline_ms": 20}})
-print(result.as_numpy("budget"), result.as_numpy("labels").shape)
-```
-
-## What was and was not run
-
-- Here: each budget's ONNX re-exported with a dynamic batch axis, checked against eager PyTorch at batch 1 and 2
-  and against the set's own member at batch 1; the scheduler loads in the Triton server PyTriton bundles
-  (`--check-load`; Python backend only). edgeprune's tests also route requests through the scheduler by BLS to
-  Python-backend stand-ins running the same ONNX.
-- Not here: the ONNX Runtime and TensorRT backends, GPU instances and the TensorRT settings were {NOT_RUN}.
-"""
-
-
-__all__ = ["BudgetModel", "ProductionOptions", "ProductionRepository", "budget_model_config",
-           "budget_model_name", "build_plan", "export_triton", "load_calibrated_set", "readme_text",
+__all__ = ["NOT_RUN", "README_FILE", "SCRIPT_FILE", "BudgetModel", "ProductionOptions", "ProductionRepository", "budget_model_config",
+           "budget_model_name", "build_plan", "export_triton", "latency_engine", "load_calibrated_set",
            "scheduler_service", "trtexec_script"]

@@ -20,7 +20,7 @@ from edgeprune.core.files import write_text_atomic
 CONFIG_FILE = "config.pbtxt"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 DEFAULT_FILES = {"python": "model.py", "onnxruntime": "model.onnx", "onnxruntime_onnx": "model.onnx",
-                 "tensorrt_plan": "model.plan", "tensorrt": "model.plan"}
+                 "tensorrt_plan": "model.plan", "tensorrt": "model.plan", "openvino": "model.xml"}
 
 
 def _schema() -> Any:

@@ -48,8 +48,14 @@ def load_set_or_artifact(path: str | Path) -> Any:
 
 def prepare_service(source: str | Path, *, max_batch: int = 8, target_ms: float = DEFAULT_TARGET_MS,
                     threads: int = 1, max_side: int = 8192, progress: Optional[Progress] = None,
-                    cache: Optional[Path] = None, rounds: int = 20) -> ServiceConfig:
-    """Everything a model instance needs, with batch-N members exported and calibrated (cached)."""
+                    cache: Optional[Path] = None, rounds: int = 20, provider: str = "cpu",
+                    precision: Optional[str] = None, device: Optional[str] = None) -> ServiceConfig:
+    """Everything a model instance needs, with batch-N members exported and calibrated (cached) on the engine
+    ``provider`` names (ONNX Runtime, OpenVINO at ``precision`` on ``device``, or ``auto``: the fastest engine
+    the set was calibrated for here; the choice and why are told to ``progress``)."""
+    from edgeprune.backends.runners import auto_line
+    from edgeprune.core.progress import say
+    from edgeprune.measure.calibrate import resolve_engine
     from edgeprune.serving.batched import prepare_batched
 
     if not target_ms > 0:
@@ -57,6 +63,9 @@ def prepare_service(source: str | Path, *, max_batch: int = 8, target_ms: float 
     if threads < 1:
         raise EdgepruneError(f"--threads must be >= 1, got {threads}")
     engine_set = load_set_or_artifact(source)
+    engine, reason = resolve_engine(engine_set, provider, precision, device)
+    if reason:
+        say(progress, auto_line(engine, reason))
     first = engine_set.members[0].artifact
     outputs = first.manifest.get("outputs") or []
     shape = list(outputs[0]["shape"]) if outputs else []
@@ -65,14 +74,15 @@ def prepare_service(source: str | Path, *, max_batch: int = 8, target_ms: float 
                              f"this model's first output is {shape}")
     model = first.manifest.get("model", {})
     norm = model.get("input") or {}
-    members = prepare_batched(engine_set, max_batch, threads=threads, progress=progress, root=cache, rounds=rounds)
+    members = prepare_batched(engine_set, max_batch, threads=threads, progress=progress, root=cache, rounds=rounds,
+                              engine=engine)
     c, h, w = first.input_shape()[1:]
     return ServiceConfig(
         members=[{"name": m.name, "budget": m.budget, "batch": m.batch, "engine": str(m.onnx), "p50_ms": m.p50_ms,
                   "p95_ms": m.p95_ms} for m in members],
         target_ms=float(target_ms), input_size=(int(c), int(h), int(w)), mean=norm.get("mean"), std=norm.get("std"),
         dense=len(shape) == 4, num_classes=int(shape[1]), max_batch=max_batch, max_side=max_side, threads=threads,
-        classes=model.get("classes"))
+        classes=model.get("classes"), engine=dataclasses.asdict(engine))
 
 
 def model_config(name: str, service: ServiceConfig, service_path: Path, instances: int,

@@ -56,6 +56,8 @@ class ServiceConfig:
     # Triton's statistics of this model (``/v2/models/NAME/stats``): the instances read how long
     # requests recently waited in Triton's queue, which a model is otherwise never told.
     stats_url: Optional[str] = None
+    # What runs the members' ONNX: EngineChoice fields (provider, precision, device); None: ONNX Runtime's CPU
+    engine: Optional[dict[str, Any]] = None
 
     def to_json(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
@@ -126,26 +128,30 @@ def queue_totals(stats: dict[str, Any]) -> tuple[int, int]:
     return int(queue["count"]), int(queue["ns"])
 
 
-def ort_runner(onnx: str, threads: int) -> Callable[[np.ndarray], np.ndarray]:
-    """The default engine: an ONNX Runtime session (no spinning, as the calibration ran)."""
-    from edgeprune.backends.ort import OrtRunner
+def engine_runner(onnx: str, threads: int, engine: Optional[dict[str, Any]] = None) -> Callable[[np.ndarray], np.ndarray]:
+    """The default engine: the ONNX file on ``engine`` (a :class:`ServiceConfig` ``engine``; default ONNX Runtime's
+    CPU provider), without spinning, as the calibration ran."""
+    from edgeprune.backends.runners import EngineChoice, make_runner
 
-    runner = OrtRunner(onnx, providers=["cpu"], threads=threads, spinning=False)
+    runner = make_runner(onnx, EngineChoice(**(engine or {"provider": "cpu"})), threads, spinning=False)
     runner.activate()
-    output = runner.session.get_outputs()[0].name
+    output = runner.output_names[0]
     return lambda pixels: runner.infer({"pixel_values": pixels})[output]
 
 
 class Service:
     """Request checking, batching and per-batch budget choice over batch-N engines (module docstring).
 
-    ``make_runner(engine, threads)`` builds one engine from a member's ``engine`` entry (default: an
-    ONNX file run by ONNX Runtime); the production scheduler model passes one that forwards the batch
-    to the Triton model of that name instead.
+    ``make_runner(engine, threads)`` builds one engine from a member's ``engine`` entry (default: its
+    ONNX file run by :func:`engine_runner` on the config's engine); the production scheduler model passes
+    one that forwards the batch to the Triton model of that name instead.
     """
 
     def __init__(self, config: ServiceConfig,
-                 make_runner: Callable[[str, int], Callable[[np.ndarray], np.ndarray]] = ort_runner) -> None:
+                 make_runner: Optional[Callable[[str, int], Callable[[np.ndarray], np.ndarray]]] = None) -> None:
+        if make_runner is None:
+            def make_runner(onnx: str, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+                return engine_runner(onnx, threads, config.engine)
         self.config = config
         budgets = config.budgets
         self.sizes = config.sizes
@@ -313,4 +319,4 @@ class Service:
 
 
 __all__ = ["OUTPUTS", "PARAMETERS", "SERVICE_FILE", "Job", "JobResult", "RequestError", "Service", "ServiceConfig",
-           "ort_runner", "queue_totals"]
+           "engine_runner", "queue_totals"]

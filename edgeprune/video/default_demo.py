@@ -9,7 +9,7 @@ import hashlib
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from edgeprune.core.errors import EdgepruneError
 from edgeprune.core.progress import Progress, say
@@ -42,16 +42,32 @@ def _fingerprint(model: Path) -> str:
     return digest.hexdigest()[:12]
 
 
+def engines_to_calibrate(provider: str = "cpu", precision: Optional[str] = None,
+                         device: Optional[str] = None) -> list[Any]:
+    """The engines the demo's cached set must be calibrated for: the one asked for; with ``auto``, ONNX
+    Runtime's CPU provider and, where installed, OpenVINO, so that auto has timings to compare."""
+    from edgeprune.backends.runners import AUTO, cpu_has_bf16, engine_choice, openvino_installed
+
+    if provider != AUTO:
+        return [engine_choice(provider, precision, device)]
+    engines = [engine_choice("cpu")] if precision in (None, "fp32") and device in (None, "CPU") else []
+    if openvino_installed():
+        engines.append(engine_choice("openvino", precision or ("bf16" if cpu_has_bf16() else "fp32"), device))
+    return engines or [engine_choice("openvino", precision, device)]  # asks for OpenVINO: its error, if missing
+
+
 def prepare(model: Path, threads: int = 2, progress: Optional[Progress] = None,
-            temporal: bool = True) -> DefaultModels:
-    """The cached engine set (calibrated here) and temporal artifact of ``model``; made when missing
-    (the temporal artifact only when ``temporal``)."""
-    from edgeprune.measure.calibrate import calibrate_engine_set
+            temporal: bool = True, provider: str = "cpu", precision: Optional[str] = None,
+            device: Optional[str] = None) -> DefaultModels:
+    """The cached engine set (calibrated here, for the engines :func:`engines_to_calibrate` names) and
+    temporal artifact of ``model``; made when missing (the temporal artifact only when ``temporal``)."""
+    from edgeprune.measure.calibrate import calibrate_engine_set, stored_calibrations
     from edgeprune.artifacts.engine_set import is_engine_set, load_engine_set
     from edgeprune.runtime.temporal import is_temporal
 
     if not (model / "config.json").is_file():
         raise EdgepruneError(f"the default demo needs the segmenter at {model}; pass --model")
+    wanted = [engine.check() for engine in engines_to_calibrate(provider, precision, device)]  # before any export
     folder = cache_root() / f"{model.name}-{_fingerprint(model)}"
     engine_set, temporal_dir = folder / "set", folder / f"t{RECOMPUTE:g}"
     want_temporal = temporal
@@ -75,9 +91,11 @@ def prepare(model: Path, threads: int = 2, progress: Optional[Progress] = None,
         say(progress, f"exporting the engine set (budgets {', '.join(f'{b:g}' for b in BUDGETS)})")
         export_engine_set(net, "tome", BUDGETS, engine_set, model_info=info, progress=progress)
     loaded = load_engine_set(engine_set, verify=False)
-    if not loaded.calibration:
-        say(progress, f"calibrating the engine set on this machine ({CALIBRATION_ROUNDS} rounds)")
-        calibrate_engine_set(loaded, rounds=CALIBRATION_ROUNDS, threads=threads)
+    for engine in wanted:
+        if engine.key not in stored_calibrations(loaded):
+            say(progress, f"calibrating the engine set on this machine for {engine.describe()} ({CALIBRATION_ROUNDS} rounds)")
+            calibrate_engine_set(loaded, rounds=CALIBRATION_ROUNDS, threads=threads, provider=engine.provider,
+                                 precision=engine.precision if engine.is_openvino else None, device=engine.device)
     if want_temporal and not is_temporal(temporal_dir):
         from edgeprune.exporting.temporal import export_temporal
 
@@ -87,13 +105,18 @@ def prepare(model: Path, threads: int = 2, progress: Optional[Progress] = None,
     return DefaultModels(engine_set, temporal_dir)
 
 
-def stepped_target(engine_set: Path, frames: int) -> str:
-    """A ``--target-fps`` schedule from the set's calibration: loose enough for the full model in the first
-    half, then tight enough that only the smaller budgets fit — a load step the scheduler must follow."""
+def stepped_target(engine_set: Path, frames: int, provider: str = "cpu", precision: Optional[str] = None,
+                   device: Optional[str] = None) -> str:
+    """A ``--target-fps`` schedule from the set's calibration for the engine that will run it: loose enough for
+    the full model in the first half, then tight enough that only the smaller budgets fit — a load step the
+    scheduler must follow."""
     from edgeprune.artifacts.engine_set import load_engine_set
+    from edgeprune.measure.calibrate import calibration_for, resolve_engine
     from edgeprune.runtime.runtime import profiles_from_calibration
 
-    profiles = profiles_from_calibration(load_engine_set(engine_set, verify=False))
+    loaded = load_engine_set(engine_set, verify=False)
+    calibration, _ = calibration_for(loaded, resolve_engine(loaded, provider, precision, device)[0])
+    profiles = profiles_from_calibration(loaded, calibration)
     full, small = profiles[0], profiles[-1]
     middle = profiles[len(profiles) // 2]
     loose_ms = 2.0 * full.p95_ms + 1.0  # the frame's pre-processing and scheduling ride on top of the engine
@@ -102,4 +125,4 @@ def stepped_target(engine_set: Path, frames: int) -> str:
     return f"{1000.0 / loose_ms:.1f},{1000.0 / tight_ms:.1f}@{max(1, frames // 2)}"
 
 
-__all__ = ["BUDGETS", "DefaultModels", "cache_root", "prepare", "stepped_target"]
+__all__ = ["BUDGETS", "DefaultModels", "cache_root", "engines_to_calibrate", "prepare", "stepped_target"]

@@ -126,10 +126,11 @@ def run_demo(sources: list[Source], model: Path, out_path: Path, *, target_fps: 
              alpha: float = 0.5, force: bool = False, progress: bool = True,
              on_frame: Optional[Callable[[int, dict[str, Any]], None]] = None, engines: Optional[Path] = None,
              out_height: int = 720, exact_labels: bool = False, queue_size: int = 4,
-             native: bool = False) -> dict[str, Any]:
+             native: bool = False, precision: Optional[str] = None, device: Optional[str] = None) -> dict[str, Any]:
     """Segment every frame of ``sources`` into one overlay mp4 + metrics JSON + plot; returns the summary.
 
-    All three outputs appear only when the whole run succeeds (the CLI and scripts share this).
+    All three outputs appear only when the whole run succeeds (the CLI and scripts share this). ``provider``
+    (ONNX Runtime's cpu/cuda/tensorrt, ``openvino`` at ``precision`` on ``device``, or ``auto``) runs the model.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -145,7 +146,8 @@ def run_demo(sources: list[Source], model: Path, out_path: Path, *, target_fps: 
         raise EdgepruneError(f"--out-height must be >= 0, got {out_height}")
     check_outputs(out_path, [Path(s.name) for s in sources], force)
     video_path = output_paths(out_path)[0]
-    engine = FrameEngine(model, target_ms_at(targets, 0), policy, threads, provider, engines, native=native)
+    engine = FrameEngine(model, target_ms_at(targets, 0), policy, threads, provider, engines, native=native,
+                         precision=precision, device=device)
     w, h = output_size(*sources[0].size, out_height)
     total = sum(s.count or 0 for s in sources) if all(s.count for s in sources) else None
     if max_frames:

@@ -43,19 +43,25 @@ class FrameEngine:
     """Runs one frame of the demo; ``new_source`` starts a new video (temporal caches reset)."""
 
     def __init__(self, model: Path, target_ms: float, policy: str, threads: int, provider: str,
-                 engines: Optional[Path] = None, native: bool = False) -> None:
+                 engines: Optional[Path] = None, native: bool = False, precision: Optional[str] = None,
+                 device: Optional[str] = None) -> None:
         from edgeprune.artifacts.engine_set import is_engine_set
+        from edgeprune.backends.runners import ORT_PROVIDERS, auto_line
         from edgeprune.runtime.temporal import is_temporal
-
 
         self._runtime: Any = None
         self._temporal: Any = None
         self._native: Any = None
         self._net: Any = None
         self._source = 0
+        auto: tuple[Any, str] = (None, "")  # the engine --provider auto picked, and why
         if engines is not None and not is_engine_set(model):
             raise EdgepruneError("--engines runs the built engines of an engine set; --model must be that set")
         if native:
+            if provider not in ORT_PROVIDERS or precision is not None or device is not None:
+                raise EdgepruneError("--native takes ONNX Runtime's providers (cpu, cuda, tensorrt): drop --provider "
+                                     "openvino/auto, --precision and --device, or --native (OpenVINO in the native "
+                                     "library: build the set with `edgeprune build --backend openvino`, pass --engines)")
             if not (is_engine_set(model) or is_temporal(model)):
                 raise EdgepruneError("--native runs engine sets and temporal artifacts; --model is neither")
             from edgeprune.native import NativeRuntime, build_native, is_available
@@ -75,12 +81,15 @@ class FrameEngine:
                 info = load_engine_set(model, verify=False).manifest.get("model") or {}
             self.palette = _palette(info)
             self.budgets = list(self._native.budgets)
+            self.provider_name = self._native.provider
         elif is_temporal(model):
             from edgeprune.runtime.temporal import TemporalRuntime
 
             with console.status("loading temporal artifact"):
-                self._temporal = TemporalRuntime(model, threads=threads, provider=provider)
+                self._temporal = TemporalRuntime(model, threads=threads, provider=provider, precision=precision,
+                                                 device=device)
             self.kind, self.palette = "temporal reuse", _palette(self._temporal.artifact.model)
+            self.provider_name, auto = self._temporal.provider_name, (self._temporal.engine, self._temporal.engine_reason)
             self.budgets = [1.0, round(self._temporal.recompute_share, 4)]
         elif is_engine_set(model):
             from edgeprune.runtime.runtime import Runtime
@@ -88,18 +97,23 @@ class FrameEngine:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", RuntimeWarning)
                 with console.status("loading engine set"):
-                    self._runtime = Runtime(model, target_ms, policy, threads=threads, provider=provider, engines=engines)
+                    self._runtime = Runtime(model, target_ms, policy, threads=threads, provider=provider,
+                                            precision=precision, device=device, engines=engines)
             for w in caught:
                 console.print(f"warning: {w.message}", highlight=False, soft_wrap=True)
             self.kind = f"engine set, policy {policy}"
             self.palette = _palette(self._runtime.set.manifest.get("model") or {})
             self.budgets = self._runtime.budgets
+            self.provider_name, auto = self._runtime.provider_name, (self._runtime.engine, self._runtime.engine_reason)
         else:
-            self._net = load_segmenter_model(model, threads, provider)
+            self._net = load_segmenter_model(model, threads, provider, precision, device)
             self.kind, self.palette = self._net.kind, self._net.palette
+            self.provider_name, auto = self._net.provider, (self._net.engine, self._net.engine_reason)
             self.budgets = [_budget_of(model)]
             self._name = model.name
             self._net.run(np.zeros((self._net.batch or 1, 3, *self._net.size), np.float32))  # warm-up, untimed
+        if auto[1]:
+            console.print(auto_line(*auto), highlight=False, soft_wrap=True)
 
     def new_source(self) -> None:
         """A new video starts: temporal caches of the last one must not leak into it."""
@@ -114,19 +128,20 @@ class FrameEngine:
         if self._temporal is not None:
             t = self._temporal.infer(frame, stream=self._source)
             name = f"refresh ({t.reason})" if t.refreshed else f"update {t.recomputed:.0%} of patches"
-            return Step(name, t.recomputed, t.logits[0], t.engine_ms, t.total_ms, t.total_ms - t.engine_ms)
+            return Step(name, t.recomputed, t.logits[0], t.engine_ms, t.total_ms, t.total_ms - t.engine_ms,
+                        provider=self.provider_name)
         if self._runtime is not None:
             r = self._runtime.infer(frame, deadline_ms=deadline_ms)
             pre = max(0.0, r.total_ms - r.engine_ms - r.scheduler_ms)
             return Step(r.engine, r.budget, r.outputs["logits"][0], r.engine_ms, r.total_ms, pre, r.scheduler_ms,
-                        self._runtime.provider_name, r.decision.reason)
+                        self.provider_name, r.decision.reason)
         t0 = time.perf_counter()
         pixels = prepare_batch([frame], self._net)
         t1 = time.perf_counter()
         logits = self._net.run(pixels)[0]
         t2 = time.perf_counter()
         return Step(self._name, self.budgets[0], logits, (t2 - t1) * 1e3, (t2 - t0) * 1e3, (t1 - t0) * 1e3,
-                    provider=self._net.kind)
+                    provider=self.provider_name)
 
     def close(self) -> None:
         for runtime in (self._native, self._temporal, self._runtime, self._net):

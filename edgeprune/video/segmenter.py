@@ -1,5 +1,6 @@
-"""A segmenter to run frame by frame or image by image: an exported artifact (ONNX Runtime) or a
-segmenter folder (PyTorch), behind one batch -> logits function with its classes and palette."""
+"""A segmenter to run frame by frame or image by image: an exported artifact (ONNX Runtime or OpenVINO,
+:func:`edgeprune.backends.runners.make_runner`) or a segmenter folder (PyTorch), behind one batch -> logits
+function with its classes and palette."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from edgeprune.artifacts.artifact import load_artifact
-from edgeprune.backends.ort import OrtRunner
 from edgeprune.core.console import console
 from edgeprune.core.errors import EdgepruneError
 from edgeprune.imaging.evaluation import normalize
@@ -23,7 +23,7 @@ FAMILY = "timm-vit-seg"
 class Segmenter:
     """What the command needs from either kind of model: metadata and a batch -> logits function."""
 
-    kind: str  # "pytorch" or "onnxruntime"
+    kind: str  # "pytorch", "onnxruntime" or "openvino"
     classes: list[str]
     palette: np.ndarray
     mean: list[float]
@@ -32,6 +32,9 @@ class Segmenter:
     batch: Optional[int]  # static batch of the graph; None when any batch works
     run: Callable[[np.ndarray], np.ndarray] = field(repr=False)
     close: Callable[[], None] = field(repr=False, default=lambda: None)
+    provider: str = "pytorch"  # what runs it: ONNX Runtime's provider, "OpenVINO CPU f32", or pytorch
+    engine: Any = None  # the EngineChoice of an artifact
+    engine_reason: str = ""  # why --provider auto picked it
 
 
 def prepare_batch(originals: list[np.ndarray], net: Segmenter) -> np.ndarray:
@@ -41,12 +44,16 @@ def prepare_batch(originals: list[np.ndarray], net: Segmenter) -> np.ndarray:
     return np.ascontiguousarray(normalize(batch, net.mean, net.std))
 
 
-def load_segmenter_model(folder: Path, threads: int, provider: str) -> Segmenter:
+def load_segmenter_model(folder: Path, threads: int, provider: str, precision: Optional[str] = None,
+                         device: Optional[str] = None) -> Segmenter:
     if not folder.is_dir():
         raise EdgepruneError(f"--model {folder}: no such directory")
     if (folder / "manifest.json").is_file():
-        return load_artifact_segmenter(folder, threads, provider)
+        return load_artifact_segmenter(folder, threads, provider, precision, device)
     if (folder / "config.json").is_file():
+        if precision is not None or device is not None:
+            raise EdgepruneError("--precision and --device apply to exported artifacts run by OpenVINO; a segmenter "
+                                 "folder runs in PyTorch on the CPU")
         return load_eager(folder, threads, provider)
     raise EdgepruneError(
         f"--model {folder} has neither config.json (a segmenter folder) nor manifest.json (an exported artifact)")
@@ -78,7 +85,7 @@ def load_eager(folder: Path, threads: int, provider: str) -> Segmenter:
     from edgeprune.families.timm_seg import load_segmenter, read_segmenter_config
 
     read_segmenter_config(folder)  # a folder of another family fails here, naming its family
-    if provider.lower() != "cpu":
+    if provider.lower() not in ("cpu", "auto"):  # auto: PyTorch is the only engine of a segmenter folder
         raise EdgepruneError("--provider applies to exported artifacts; a segmenter folder runs in PyTorch on the CPU")
     with console.status("loading model"):
         net = load_segmenter(folder)
@@ -96,7 +103,12 @@ def load_eager(folder: Path, threads: int, provider: str) -> Segmenter:
                      close=lambda: torch.set_num_threads(previous), **meta)
 
 
-def load_artifact_segmenter(folder: Path, threads: int, provider: str) -> Segmenter:
+def load_artifact_segmenter(folder: Path, threads: int, provider: str, precision: Optional[str] = None,
+                            device: Optional[str] = None) -> Segmenter:
+    from edgeprune.backends.runners import make_runner, runner_label
+    from edgeprune.measure.calibrate import resolve_engine
+
+    engine, reason = resolve_engine(None, provider, precision, device)  # bad names fail before the model loads
     artifact = load_artifact(folder)
     info = artifact.manifest["model"] if isinstance(artifact.manifest["model"], dict) else {}
     family = info.get("family")
@@ -107,7 +119,7 @@ def load_artifact_segmenter(folder: Path, threads: int, provider: str) -> Segmen
     shape = list(spec["shape"])
     _check_channels(str(folder), shape[1])
     static = shape[0] if isinstance(shape[0], int) else None
-    runner = OrtRunner(artifact.onnx_path, providers=[provider], threads=threads)
+    runner = make_runner(artifact.onnx_path, engine, threads)
     with console.status("loading model"):
         runner.activate()
     name = spec.get("name", "pixel_values")
@@ -115,5 +127,6 @@ def load_artifact_segmenter(folder: Path, threads: int, provider: str) -> Segmen
     def run(pixels: np.ndarray) -> np.ndarray:
         return next(iter(runner.infer({name: pixels}).values()))
 
-    return Segmenter("onnxruntime", size=(int(shape[2]), int(shape[3])), batch=static, run=run,
-                     close=runner.deactivate, **meta)
+    return Segmenter("openvino" if engine.is_openvino else "onnxruntime", size=(int(shape[2]), int(shape[3])),
+                     batch=static, run=run, close=runner.deactivate, provider=runner_label(runner), engine=engine,
+                     engine_reason=reason, **meta)

@@ -2,7 +2,7 @@
 // manifest short of opening files: the strict JSON reader (src/json.cpp), every embedded JSON Schema
 // (src/schema.cpp, jsoncons), the loaders' document checks (manifest::* in src/manifest.cpp, as for
 // set.json, a member's manifest.json, engines.json, engine.json and a temporal manifest) and the
-// TensorRT staleness check (src/trt.hpp). A refusal must be an edgeprune::Error (a status at the C
+// TensorRT and OpenVINO staleness checks (src/trt.hpp, src/openvino.hpp). A refusal must be an edgeprune::Error (a status at the C
 // ABI); any other exception, crash, leak or undefined behaviour is a finding. Also: what the reader
 // accepts, nlohmann's writer writes back to the same document.
 //
@@ -16,6 +16,7 @@
 #include "json.hpp"
 #include "manifest.hpp"
 #include "schema.hpp"
+#include "openvino.hpp"
 #include "trt.hpp"
 
 using edgeprune::Json;
@@ -88,6 +89,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     edgeprune::trt_stale_reason(doc, 100300, 8, 7, "fuzz");
   } catch (const std::exception& e) {
     finding("trt_stale_reason", e);
+  }
+  try {
+    edgeprune::openvino_stale_reason(doc, "2026.4.1-22982-e213a147257-releases/2026/4", {"CPU", "GPU.0"});
+  } catch (const std::exception& e) {
+    finding("openvino_stale_reason", e);
   }
   return 0;
 }

@@ -1,5 +1,7 @@
 // The C ABI: every entry point catches everything, so no C++ exception crosses the boundary, and
 // returns a heap status (NULL = ok) carrying a code and a one-line message.
+#include <algorithm>
+#include <cstddef>
 #include <cstring>
 #include <new>
 #include <string>
@@ -111,9 +113,15 @@ edgeprune_status* edgeprune_open(const char* path, const edgeprune_options* opti
     *out = nullptr;
     need(path != nullptr, "open: path is NULL");
     need(options != nullptr, "open: options is NULL; call edgeprune_options_init");
-    need(options->struct_size >= sizeof(edgeprune_options), "open: options->struct_size is wrong; call edgeprune_options_init");
+    // Fields appended to the struct are absent from callers built against an older header: the
+    // struct up to `verify` must be there, the rest reads as zero (NULL) when struct_size stops short.
+    need(options->struct_size >= offsetof(edgeprune_options, openvino_library) && options->struct_size <= (1u << 16),
+         "open: options->struct_size is wrong; call edgeprune_options_init");
+    edgeprune_options full;
+    std::memset(&full, 0, sizeof full);
+    std::memcpy(&full, options, std::min(options->struct_size, sizeof full));
     std::unique_ptr<edgeprune_runtime> rt(new edgeprune_runtime);
-    rt->impl = edgeprune::Runtime::open(path, *options);
+    rt->impl = edgeprune::Runtime::open(path, full);
     *out = rt.release();
   });
 }

@@ -127,7 +127,8 @@ class SetRuntime : public Runtime {
     info->engines = static_cast<int>(engines_.size());
     info->width = input_.width, info->height = input_.height, info->classes = classes_;
     copy_field(info->provider, engines_.front()->provider());
-    copy_field(info->backend, spec_.members.front().backend == "trt" ? "tensorrt" : "onnxruntime");
+    const std::string& backend = spec_.members.front().backend;
+    copy_field(info->backend, backend == "trt" ? "tensorrt" : backend == "openvino" ? "openvino" : "onnxruntime");
   }
   int engines() const override { return static_cast<int>(engines_.size()); }
   std::string engine_name(int i) const override { return spec_.members[static_cast<size_t>(i)].name; }
@@ -226,16 +227,20 @@ std::unique_ptr<Runtime> Runtime::open(const std::string& path, const edgeprune_
   // The policy first: a bad parameter fails before any session is created.
   std::unique_ptr<Policy> policy = make_policy(policy_name, spec.profiles, o.target_ms, o.policy_args ? o.policy_args : "");
   std::shared_ptr<OrtLibrary> lib;
+  std::shared_ptr<OvContext> ov;
   std::vector<std::unique_ptr<Engine>> engines;
   for (const auto& m : spec.members) {
     if (m.backend == "trt") {
       engines.push_back(make_trt_engine(m.model_path, spec.input.width, spec.input.height));
       continue;
     }
-    // OpenVINO engines (compiled blobs) run in the Python runtime; this library has no OpenVINO
-    // backend yet, and its blob is no ONNX graph that ONNX Runtime could open instead.
-    need(m.backend != "openvino", EDGEPRUNE_UNSUPPORTED,
-         "engines of backend openvino run in the Python runtime (edgeprune.runtime.Runtime); libedgeprune has no OpenVINO backend yet");
+    if (m.backend == "openvino") {
+      // One OpenVINO library and core for all members (the device comes from each engine's build,
+      // not from `provider`); never ONNX Runtime: a blob is no ONNX graph.
+      if (!ov) ov = open_openvino(o.openvino_library ? o.openvino_library : "");
+      engines.push_back(make_openvino_engine(ov, m.model_path, spec.input.width, spec.input.height, threads));
+      continue;
+    }
     if (!lib) lib = OrtLibrary::load(o.ort_library ? o.ort_library : "");
     std::string p = provider;
     if (m.backend == "ort-cuda") p = "cuda";

@@ -12,6 +12,7 @@
 #include "edgeprune/edgeprune.h"
 #include "image.hpp"
 #include "manifest.hpp"
+#include "openvino.hpp"
 #include "ort.hpp"
 #include "policy.hpp"
 

@@ -1,5 +1,8 @@
 /* C99 tests of the ABI: statuses, NULL handling, the scheduler, and (when EDGEPRUNE_TEST_SET and
- * EDGEPRUNE_ORT_LIBRARY are set, as the Python test session does) a real engine set. */
+ * EDGEPRUNE_ORT_LIBRARY are set, as the Python test session does) a real engine set; with
+ * EDGEPRUNE_TEST_OPENVINO_ENGINES (that set's `edgeprune build --backend openvino` folder) and
+ * EDGEPRUNE_OPENVINO_LIBRARY, the OpenVINO backend's open and refusals. */
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,7 +40,13 @@ static void test_basics(void) {
   edgeprune_status_free(NULL);
   edgeprune_close(NULL);
   edgeprune_options_init(&o);
-  CHECK(o.struct_size == sizeof o && o.verify == 1);
+  CHECK(o.struct_size == sizeof o && o.verify == 1 && o.openvino_library == NULL);
+  /* A caller built against the header before openvino_library was appended: still accepted. */
+  o.struct_size = offsetof(edgeprune_options, openvino_library);
+  expect(edgeprune_open("/nonexistent/set", &o, &rt), EDGEPRUNE_NOT_FOUND, "not an engine set directory");
+  o.struct_size = offsetof(edgeprune_options, verify);
+  expect(edgeprune_open("/nonexistent/set", &o, &rt), EDGEPRUNE_INVALID_ARGUMENT, "struct_size is wrong");
+  o.struct_size = sizeof o;
   expect(edgeprune_open(NULL, &o, &rt), EDGEPRUNE_INVALID_ARGUMENT, "path is NULL");
   CHECK(rt == NULL);
   expect(edgeprune_open("/nonexistent/set", NULL, &rt), EDGEPRUNE_INVALID_ARGUMENT, "options is NULL");
@@ -141,6 +150,36 @@ static void test_set(const char* set, const char* ort) {
   edgeprune_close(rt);
 }
 
+/* Built OpenVINO engines: the library's refusals, then a frame. */
+static void test_openvino(const char* set, const char* engines, const char* ort) {
+  edgeprune_options o;
+  edgeprune_runtime* rt = NULL;
+  edgeprune_info info;
+  edgeprune_frame f;
+  edgeprune_result r;
+  static unsigned char frame[64 * 48 * 3];
+  edgeprune_options_init(&o);
+  o.ort_library = ort;
+  o.engines = engines;
+  o.target_ms = 1000;
+  o.openvino_library = "/nonexistent/libopenvino_c.so.2641";
+  expect(edgeprune_open(set, &o, &rt), EDGEPRUNE_NOT_FOUND, "no such file (install the openvino package");
+  o.openvino_library = FAKE_OLD_ORT; /* a shared library, but not OpenVINO's */
+  expect(edgeprune_open(set, &o, &rt), EDGEPRUNE_UNSUPPORTED, "is not OpenVINO's C library");
+  o.openvino_library = NULL; /* $EDGEPRUNE_OPENVINO_LIBRARY */
+  CHECK(edgeprune_open(set, &o, &rt) == NULL && rt != NULL);
+  if (!rt) return;
+  edgeprune_info_init(&info);
+  CHECK(edgeprune_get_info(rt, &info) == NULL && strcmp(info.backend, "openvino") == 0 &&
+        strncmp(info.provider, "OpenVINO CPU ", 13) == 0);
+  memset(frame, 90, sizeof frame);
+  edgeprune_frame_init(&f);
+  f.rgb = frame, f.width = 64, f.height = 48;
+  edgeprune_result_init(&r);
+  CHECK(edgeprune_infer(rt, &f, NULL, &r) == NULL && strcmp(r.provider, info.provider) == 0 && r.engine_ms > 0);
+  edgeprune_close(rt);
+}
+
 int main(void) {
   const char* set = getenv("EDGEPRUNE_TEST_SET");
   const char* ort = getenv("EDGEPRUNE_ORT_LIBRARY");
@@ -149,6 +188,8 @@ int main(void) {
   test_images();
   if (set && *set && ort && *ort) test_set(set, ort);
   else fprintf(stderr, "test_c_api: EDGEPRUNE_TEST_SET/EDGEPRUNE_ORT_LIBRARY unset; engine-set checks skipped\n");
+  if (set && *set && ort && *ort && getenv("EDGEPRUNE_TEST_OPENVINO_ENGINES") && getenv("EDGEPRUNE_OPENVINO_LIBRARY"))
+    test_openvino(set, getenv("EDGEPRUNE_TEST_OPENVINO_ENGINES"), ort);
   if (failures) fprintf(stderr, "test_c_api: %d failure(s)\n", failures);
   else printf("test_c_api: ok\n");
   return failures ? 1 : 0;

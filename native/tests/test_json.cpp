@@ -1,6 +1,7 @@
 // The JSON reader (src/json.cpp: nlohmann/json, strict, duplicate keys refused, C locale), the
 // manifests' JSON Schemas as the library embeds and evaluates them (src/schema.cpp), the document
-// checks of src/manifest.cpp and the TensorRT manifest check of src/trt.hpp. With EDGEPRUNE_TEST_SET
+// checks of src/manifest.cpp and the TensorRT and OpenVINO manifest checks of src/trt.hpp and
+// src/openvino.hpp (header-only: they run on builds without either backend). With EDGEPRUNE_TEST_SET
 // (an engine set) and EDGEPRUNE_TEST_TEMPORAL (a temporal artifact), their real manifests must
 // conform too. Locales that are not installed (setlocale fails) are reported and skipped.
 #include <algorithm>
@@ -16,6 +17,7 @@
 #include "common.hpp"
 #include "json.hpp"
 #include "manifest.hpp"
+#include "openvino.hpp"
 #include "schema.hpp"
 #include "trt.hpp"
 
@@ -219,12 +221,41 @@ static void test_trt_stale_reason() {
   check(edgeprune::trt_stale_reason(nulls, 100300, 8, 6, "").empty(), "null fields are not checked");
 }
 
+static void test_openvino_stale_reason() {
+  const std::string here = "2026.4.1-22982-e213a147257-releases/2026/4";
+  const std::vector<std::string> cpu = {"CPU"}, gpus = {"CPU", "GPU.0", "GPU.1"};
+  const Json built = edgeprune::parse_json(R"({"versions": {"openvino": "2026.4.1-22982-e213a147257-releases/2026/4"},
+                                               "settings": {"device": "CPU", "precision": "fp32"}})");
+  check(edgeprune::openvino_stale_reason(built, here, cpu).empty(), "same OpenVINO build and device: not stale");
+  // The full build string, not the release: another build of 2026.4.1 wrote another blob format.
+  const std::string other = edgeprune::openvino_stale_reason(built, "2026.4.1-22983-0123456789a-releases/2026/4", cpu);
+  check(other.find("blob written by OpenVINO " + here + ", the OpenVINO library loaded here is 2026.4.1-22983") == 0, other);
+  const Json gpu = edgeprune::parse_json(R"({"versions": {"openvino": "2026.4.1-22982-e213a147257-releases/2026/4"},
+                                             "settings": {"device": "GPU"}})");
+  check(edgeprune::openvino_stale_reason(gpu, here, gpus).empty(), "GPU names GPU.0");
+  const std::string no_gpu = edgeprune::openvino_stale_reason(gpu, here, cpu);
+  check(no_gpu.find("blob compiled for OpenVINO device GPU, OpenVINO here reports CPU") == 0, no_gpu);
+  check(edgeprune::openvino_stale_reason(gpu, here, {}).find("reports none") != std::string::npos, "no devices at all");
+  // No device recorded: CPU, as edgeprune.engines.build assumes; no version recorded: refused.
+  const Json unnamed = edgeprune::parse_json(R"({"versions": {"openvino": "2026.4.1-22982-e213a147257-releases/2026/4"}, "settings": {"device": null}})");
+  check(edgeprune::openvino_engine_device(unnamed) == "CPU" && edgeprune::openvino_stale_reason(unnamed, here, cpu).empty(), "default device");
+  const Json index = edgeprune::parse_json(R"({"source": "/data/SET"})");
+  const Json member = edgeprune::parse_json(R"({"precision": "bf16", "settings": {"device": "GPU"}, "source": {"artifact": "/data/SET/b1.00"}})");
+  check(edgeprune::openvino_rebuild_command(member, &index, "/data/BUILT") ==
+            "edgeprune build /data/SET --backend openvino --precision bf16 --device GPU --out /data/BUILT", "rebuild command of a set build");
+  check(edgeprune::openvino_rebuild_command(member, nullptr, "/data/E") ==
+            "edgeprune build /data/SET/b1.00 --backend openvino --precision bf16 --device GPU --out /data/E", "rebuild command of one engine");
+  const Json unversioned = edgeprune::parse_json(R"({"versions": {"openvino": null}})");
+  check(edgeprune::openvino_stale_reason(unversioned, here, cpu).find("(unrecorded version)") != std::string::npos, "null version");
+}
+
 int main() {
   test_grammar();
   test_locales();
   test_schemas();
   test_real(std::getenv("EDGEPRUNE_TEST_SET"), std::getenv("EDGEPRUNE_TEST_TEMPORAL"));
   test_trt_stale_reason();
+  test_openvino_stale_reason();
   if (failures) {
     std::fprintf(stderr, "test_json: %d failure(s)\n", failures);
     return 1;

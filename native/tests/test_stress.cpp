@@ -3,7 +3,8 @@
 //   test_stress leaks           1000 frames and 100 open/close cycles (run under LeakSanitizer)
 //   test_stress races           4 threads x 4 streams on one runtime, 20 frames each (ThreadSanitizer)
 // Needs EDGEPRUNE_TEST_SET (an engine set or a temporal artifact) and EDGEPRUNE_ORT_LIBRARY; exits 77
-// (ctest's "skipped") without them.
+// (ctest's "skipped") without them. With EDGEPRUNE_TEST_ENGINES (a built-engines folder of that set)
+// the set runs on those engines: OpenVINO ones load $EDGEPRUNE_OPENVINO_LIBRARY.
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -27,6 +28,8 @@ static edgeprune_runtime* open_runtime(const char* set, const char* ort) {
   edgeprune_options o;
   edgeprune_options_init(&o);
   o.ort_library = ort;
+  const char* engines = std::getenv("EDGEPRUNE_TEST_ENGINES");
+  o.engines = engines && *engines ? engines : nullptr;
   o.target_ms = 30;
   o.threads = 1;
   edgeprune_runtime* rt = nullptr;

@@ -67,3 +67,23 @@ def test_bad_eval_is_one_line_exit_2(artifacts, spec, match, capsys):
 def test_help_documents_eval(capsys):
     assert main(["bench", "--help"]) == 0
     assert "--eval" in capsys.readouterr().out
+
+
+def test_bench_and_eval_on_openvino(artifacts, tmp_path, capsys):
+    """The same artifacts timed and scored on OpenVINO: the same mIoU as ONNX Runtime (fp32), and the JSON
+    says what ran them."""
+    pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install \"edgeprune[openvino]\")")
+    scores = {}
+    for provider in ("cpu", "openvino"):
+        code, out, err = run(["bench", artifacts / "none", artifacts / "tome", "--rounds", "2", "--warmup", "1",
+                              "--threads", "1", "--provider", provider, "--eval", "scenes:8",
+                              "--json", tmp_path / f"{provider}.json"], capsys)
+        assert code == 0, err
+        data = json.loads((tmp_path / f"{provider}.json").read_text())
+        expected = "OpenVINO CPU f32" if provider == "openvino" else "CPUExecutionProvider"
+        assert data["providers"] == [expected] and data["engines"] == [expected, expected]
+        scores[provider] = {r["name"]: r["miou"] for r in data["rows"]}
+    for name, miou in scores["cpu"].items():
+        assert scores["openvino"][name] == pytest.approx(miou, abs=2e-3)
+    code, _, err = run(["bench", artifacts / "none", "--provider", "openvino", "--precision", "int8"], capsys)
+    assert code == 2 and "--precision must be one of fp32, bf16, fp16" in error_line(err)

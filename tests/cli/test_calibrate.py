@@ -125,3 +125,45 @@ def test_calibrate_built_engines(copy, tmp_path, capsys):
     assert load_engine_set(copy).calibration is None  # the set's own calibration is untouched
     code, _, err = run(["calibrate", copy, "--engines", tmp_path / "built" / "b1.00"], capsys)
     assert code == 2 and "not a set build" in error_line(err)
+
+
+def test_calibrate_on_openvino_beside_onnx_runtime(copy, capsys):
+    pytest.importorskip("openvino", reason="OpenVINO is not installed")
+    code, out, err = run(["calibrate", copy, "--rounds", 3, "--warmup", 1, "--provider", "openvino", "--threads", 1], capsys)
+    assert code == 0, err
+    assert "on OpenVINO CPU fp32 (runs as OpenVINO CPU f32)" in " ".join(out.split()) and "b0.75 p50" in out
+    data = json.loads((copy / "set.json").read_text())
+    assert data["calibration"] is None  # ONNX Runtime's place stays ONNX Runtime's
+    assert set(data["calibrations"]) == {"openvino:CPU:fp32"}
+    assert set(data["calibrations"]["openvino:CPU:fp32"]["members"]) == {"b1.00", "b0.75"}
+    load_engine_set(copy)  # still a valid set.json (schema, hashes)
+    code, _, err = run(["calibrate", copy, "--rounds", 2, "--warmup", 0, "--threads", 1], capsys)
+    assert code == 0, err
+    data = json.loads((copy / "set.json").read_text())
+    assert data["calibration"]["provider"] == "cpu" and set(data["calibrations"]) == {"openvino:CPU:fp32"}
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["--provider", "onnx"], "--provider must be one of cpu, cuda, tensorrt, openvino, auto"),
+    (["--provider", "auto"], "calibrate times one engine"),
+    (["--precision", "bf16"], "--precision bf16 runs on --provider openvino"),
+    (["--provider", "openvino", "--device", "NOPE"], "OpenVINO device 'NOPE' is not available here"),
+    (["--provider", "openvino", "--precision", "int8"], "--precision must be one of fp32, bf16, fp16"),
+])
+def test_bad_engine_options_exit_2(copy, argv, words, capsys):
+    pytest.importorskip("openvino", reason="OpenVINO is not installed")
+    before = (copy / "set.json").read_bytes()
+    code, _, err = run(["calibrate", copy, *argv], capsys)
+    assert code == 2 and words in error_line(err)
+    assert (copy / "set.json").read_bytes() == before
+
+
+def test_openvino_missing_names_the_package(copy, capsys, monkeypatch):
+    import sys
+
+    from edgeprune.backends import openvino as ov_backend
+
+    monkeypatch.setitem(sys.modules, "openvino", None)  # what `import openvino` does when it is not installed
+    monkeypatch.setattr(ov_backend, "_CORE", None)
+    code, _, err = run(["calibrate", copy, "--provider", "openvino"], capsys)
+    assert code == 2 and 'pip install "edgeprune[openvino]"' in error_line(err)

@@ -193,3 +193,36 @@ def test_real_video_defaults_to_the_camvid_engine_set(tmp_path, capsys):
     assert len(data["summary"]["budgets_used"]) >= 2, data["summary"]["budgets_used"]
     frames = frames_of(out)
     assert len(frames) == 40
+
+
+def test_engine_set_on_openvino_and_auto(engine_sets, tmp_path, capsys):
+    """The same set on OpenVINO (warned that its calibration is ONNX Runtime's) and with --provider auto, which
+    says what it picked and why."""
+    pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install \"edgeprune[openvino]\")")
+    code, _, err = run(["demo", "--model", engine_sets["calibrated"], "--provider", "openvino", "--max-frames", "6",
+                        "--out", tmp_path / "ov.mp4", *FAST], capsys)
+    assert code == 0, err
+    assert "calibrated for ONNX Runtime cpu, not OpenVINO CPU fp32" in " ".join(err.split())
+    data = json.loads((tmp_path / "ov.metrics.json").read_text())
+    assert data["summary"]["providers"] == {"OpenVINO CPU f32": 6} and len(frames_of(tmp_path / "ov.mp4")) == 6
+    assert {r["budget"] for r in data["frames"]} <= {1.0, 0.5}
+    code, _, err = run(["demo", "--model", engine_sets["calibrated"], "--provider", "auto", "--max-frames", "3",
+                        "--out", tmp_path / "auto.mp4", *FAST], capsys)
+    assert code == 0, err
+    assert "--provider auto: ONNX Runtime cpu (the only engine calibrated here" in " ".join(err.split())
+    assert json.loads((tmp_path / "auto.metrics.json").read_text())["summary"]["providers"] == {"CPUExecutionProvider": 3}
+
+
+def test_bad_engine_options_exit_2_and_leave_nothing(engine_sets, tmp_path, capsys):
+    pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install \"edgeprune[openvino]\")")
+    model = ["--model", engine_sets["calibrated"]]
+    for argv, message in ((["--provider", "onnx"], "--provider must be one of cpu, cuda, tensorrt, openvino, auto"),
+                          (["--provider", "openvino", "--device", "NPU7"], "OpenVINO device 'NPU7' is not available"),
+                          (["--precision", "bf16"], "--precision bf16 runs on --provider openvino"),
+                          (["--provider", "openvino", "--native", *model], "--native takes ONNX Runtime's providers"),
+                          (["--provider", "openvino", "--precision", "fp16", "--model", REFERENCE],
+                           "--precision and --device apply to exported artifacts")):
+        code, _, err = run(["demo", *argv, "--max-frames", "2", "--out", tmp_path / "out.mp4", *FAST], capsys)
+        assert code == 2, (argv, err)
+        assert message in error_line(err), argv
+        assert outputs(tmp_path) == [], argv

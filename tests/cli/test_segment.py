@@ -88,6 +88,36 @@ def test_existing_outputs_need_force(models, images, tmp_path, capsys):
     assert not [n for n in os.listdir(out) if n.startswith(".")]  # no temp files left behind
 
 
+def test_artifact_on_openvino_gives_onnx_runtimes_labels(models, images, tmp_path, capsys):
+    pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install \"edgeprune[openvino]\")")
+    labels = {}
+    for provider in ("cpu", "openvino", "auto"):
+        out = tmp_path / provider
+        code, stdout, err = run(["segment", images["scene"], images["wide"], "--model", models["artifact"], "--out", out,
+                                 "--provider", provider, "--json", tmp_path / f"{provider}.json", "--threads", "1"], capsys)
+        assert code == 0, err
+        summary = json.loads((tmp_path / f"{provider}.json").read_text())
+        labels[provider] = {stem: labels_of(out, stem) for stem in ("scene", "wide")}
+        if provider == "openvino":
+            assert summary["engine"] == "openvino" and summary["provider"] == "OpenVINO CPU f32"
+            assert "openvino: OpenVINO CPU f32" in " ".join(stdout.split())
+        if provider == "auto":  # an artifact has no calibrations to compare: the rule without them
+            assert "--provider auto:" in err and "nothing calibrated to compare" in " ".join(err.split())
+    for stem in ("scene", "wide"):
+        assert (labels["openvino"][stem] == labels["cpu"][stem]).mean() >= 0.999, stem
+
+
+def test_bad_engine_options_are_one_line(models, images, tmp_path, capsys):
+    pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install \"edgeprune[openvino]\")")
+    for argv, match in ((["--provider", "tpu"], "--provider must be one of"),
+                        (["--provider", "openvino", "--device", "GPU.7"], "OpenVINO device 'GPU.7' is not available"),
+                        (["--device", "CPU"], "--device CPU is OpenVINO's device")):
+        code, _, err = run(["segment", images["scene"], "--model", models["artifact"], "--out", tmp_path / "o", *argv],
+                           capsys)
+        assert code == 2 and match in error_line(err), argv
+        assert not (tmp_path / "o").exists()
+
+
 def _write_bad_inputs(d: Path) -> None:
     rgba = np.full((30, 40, 4), 200, np.uint8)
     rgba[5, 5, 3] = 0

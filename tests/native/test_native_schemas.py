@@ -98,6 +98,8 @@ MUTATIONS = {
     "model a list": (lambda d: d.__setitem__("model", []), True),
     "unknown extra key": (lambda d: d.__setitem__("written_by", {"tool": "a newer edgeprune"}), False),
     "extra member stat": (lambda d: d["calibration"]["members"]["b1.00"].__setitem__("p999_ms", 1.0), False),
+    "member precision fp32": (lambda d: d["members"][0].__setitem__("precision", "fp32"), False),
+    "member precision int4": (lambda d: d["members"][0].__setitem__("precision", "int4"), True),
 }
 
 

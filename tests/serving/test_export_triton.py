@@ -116,7 +116,7 @@ def test_refusals(repo, served_set, tmp_path):
     refused("not calibrated.*edgeprune calibrate", source=uncalibrated)
     refused("--max-batch must be from 1 to 1024", max_batch=0)
     refused("--max-batch must be from 1 to 1024", max_batch=5000)
-    refused("--backend must be one of onnxruntime, tensorrt", backend="tensorflow")
+    refused("--backend must be one of onnxruntime, tensorrt, openvino", backend="tensorflow")
     refused("--backend tensorrt runs on GPUs only", backend="tensorrt", device="cpu")
     refused("--accelerator tensorrt", accelerator="tensorrt", device="cpu")
     refused("model name", name="bad name")
@@ -143,6 +143,50 @@ def test_gpu_and_tensorrt_settings_fit_the_schema(repo):
     assert "--minShapes=pixel_values:1x3x32x32 --optShapes=pixel_values:8x3x32x32 " \
            "--maxShapes=pixel_values:8x3x32x32" in script
     assert "--fp16" in script
+
+
+def test_openvino_budget_models_fit_the_backends_layout(repo, served_set, tmp_path):
+    """--backend openvino: a budget model is the layout Triton's OpenVINO backend reads (backend "openvino",
+    default_model_filename model.onnx in 1/, CPU instances, its string parameters), and that very file, compiled
+    by OpenVINO here, equals the set's member. PyTriton's server has no OpenVINO backend, so the backend itself is
+    not run: the files are checked structurally and their contents with OpenVINO's own Python API."""
+    pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install \"edgeprune[openvino]\")")
+    from edgeprune.backends.feeds import relative_error
+    from edgeprune.backends.runners import make_runner
+    from edgeprune.serving.repository import check_config, write_config
+
+    options = ProductionOptions(name="ov", backend="openvino", max_batch=4, threads=2, precision="bf16")
+    options.validate()
+    assert options.device == "cpu"
+    rng = np.random.default_rng()
+    for model in repo.models:
+        folder = tmp_path / f"ov_{model.member}"
+        (folder / "1").mkdir(parents=True)
+        shutil.copy2(repo.path / model.name / "1" / "model.onnx", folder / "1" / "model.onnx")  # the same re-export
+        manifest = json.loads((repo.path / model.name / "manifest.json").read_text())
+        config = check_config(write_config(folder, budget_model_config(folder.name, manifest, options)))
+        assert config.backend == "openvino" and config.default_model_filename == "model.onnx" and not config.platform
+        assert config.max_batch_size == 4 and list(config.dynamic_batching.preferred_batch_size) == [2, 4]
+        assert config.instance_group[0].kind == config.instance_group[0].KIND_CPU
+        assert {k: v.string_value for k, v in config.parameters.items()} == {
+            "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": "2", "HINT_BF16": "YES"}
+        (folder / "1" / "model.onnx").rename(folder / "1" / "model.xml")  # the backend's default file is not it
+        with pytest.raises(EdgepruneError, match="missing model.onnx for openvino"):
+            check_config(folder / "config.pbtxt")
+        member = _session(served_set / model.member / "model.onnx")
+        with make_runner(repo.path / model.name / "1" / "model.onnx", "openvino", 1) as runner:
+            pixels = rng.standard_normal((3, 3, 32, 32)).astype(np.float32)
+            batch3 = runner.infer({"pixel_values": pixels})["logits"]
+            for row in range(3):
+                expected = member.run(None, {"pixel_values": pixels[row:row + 1]})[0]
+                assert relative_error(batch3[row:row + 1], expected) <= 1e-4
+    plain = budget_model_config("m", manifest, ProductionOptions(backend="openvino"))
+    assert {k: v["string_value"] for k, v in plain["parameters"].items()} == {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}
+    with pytest.raises(EdgepruneError, match="--backend openvino: Triton's OpenVINO backend runs on CPU instances"):
+        ProductionOptions(backend="openvino", device="gpu").validate()
+    with pytest.raises(EdgepruneError, match="--precision must be one of fp32, bf16, got 'fp16'"):
+        ProductionOptions(backend="openvino", precision="fp16").validate()
+    assert ProductionOptions(backend="openvino").precision == "fp32" and ProductionOptions().precision == "fp16"
 
 
 def _cli(argv: list[str]) -> int:
@@ -199,6 +243,32 @@ def test_cli_tensorrt_repository_without_tensorrt(served_set, tmp_path, capsys):
     script = (repo / SCRIPT_FILE).read_text()
     assert "--maxShapes=pixel_values:2x3x32x32" in script and (repo / SCRIPT_FILE).stat().st_mode & 0o111
     assert "must be built on the target" in (repo / "README.md").read_text()
+
+
+@pytest.mark.heavy
+def test_cli_openvino_repository_in_the_bundled_server(served_set, tmp_path, capsys):
+    """The whole --backend openvino repository: every budget model holds exactly its config, manifest and 1/model.onnx;
+    the README and the output say where the latency priors came from; the real Triton server PyTriton bundles loads
+    the scheduler and names, for each budget model, the OpenVINO backend it lacks (so that backend is not run here)."""
+    pytest.importorskip("pytriton")
+    from edgeprune.serving.repository import check_repository
+
+    repo = tmp_path / "ov"
+    assert _cli([str(served_set), "--out", str(repo), "--backend", "openvino", "--precision", "bf16", "--max-batch", "2",
+                 "--check-load"]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "budget models on openvino (cpu)" in printed
+    assert "latency priors: calibrated for ONNX Runtime cpu, not OpenVINO CPU bf16" in printed
+    assert "scheduler model edgeprune loaded in the bundled server; 2 budget models need the openvino backend" in printed
+    assert printed.count("unable to find backend library for backend 'openvino'") == 2
+    configs = check_repository(repo)
+    for member in ("b1.00", "b0.50"):
+        folder = repo / f"edgeprune_{member}"
+        assert configs[folder.name].backend == "openvino"
+        assert sorted(p.name for p in folder.iterdir()) == ["1", "config.pbtxt", "manifest.json"]
+        assert [p.name for p in (folder / "1").iterdir()] == ["model.onnx"]
+    text = (repo / "README.md").read_text()
+    assert "Triton's OpenVINO backend on CPU (bf16" in text and "OpenVINO" in text.split("Not here:")[1]
 
 
 STAND_IN = '''"""Test stand-in for Triton's onnxruntime backend (absent from PyTriton's wheel): runs ../model.onnx."""

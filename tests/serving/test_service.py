@@ -133,3 +133,28 @@ def test_batched_exports_are_cached(service_config, served_set, tmp_path):
     folder = Path(service_config.members[0]["engine"]).parent.parent
     again = load_batched(folder)
     assert {(m.name, m.batch) for m in again} == {(m["name"], m["batch"]) for m in service_config.members}
+
+
+def test_openvino_service_equals_onnx_runtimes(service, service_config, served_set, frames, tmp_path):
+    """The same batch-N graphs on OpenVINO (what `edgeprune serve --provider openvino` runs): the same logits as on
+    ONNX Runtime, batched or not; prepare_service times them on OpenVINO, cached apart from ONNX Runtime's."""
+    import dataclasses
+
+    pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install \"edgeprune[openvino]\")")
+    from edgeprune.backends.feeds import relative_error
+    from edgeprune.serving.serve import prepare_service
+
+    engine = {"provider": "openvino", "precision": "fp32", "device": "CPU"}
+    openvino = Service(dataclasses.replace(service_config, engine=engine))
+    images = [frames(1, 48, 64)[0], frames(1, 32, 32)[0], frames(1, 90, 40)[0]]
+    for budget in (1.0, 0.5):
+        jobs = [service.parse(img[None], None, {"budget": budget}) for img in images]
+        for a, b in zip(service.run(jobs), openvino.run(jobs)):
+            assert a.batch_size == b.batch_size == 3 and a.engine == b.engine
+            assert relative_error(b.logits, a.logits) <= 1e-5
+    config = prepare_service(served_set, max_batch=1, threads=1, rounds=3, cache=tmp_path, provider="openvino")
+    assert config.engine == engine and config.sizes == [1]
+    assert {m["name"] for m in config.members} == {"b1.00", "b0.50"} and all(m["p50_ms"] > 0 for m in config.members)
+    auto = prepare_service(served_set, max_batch=1, threads=1, rounds=3, cache=tmp_path, provider="auto")
+    assert auto.engine == {"provider": "cpu", "precision": "fp32", "device": None}  # only ONNX Runtime is calibrated
+    assert len(list(tmp_path.iterdir())) == 2  # one cache folder per engine

@@ -38,7 +38,7 @@ typedef enum edgeprune_code {
   EDGEPRUNE_NOT_FOUND = 2,        /* a missing folder or file */
   EDGEPRUNE_CORRUPT = 3,          /* unreadable, malformed or foreign manifest; changed or truncated model */
   EDGEPRUNE_UNSUPPORTED = 4,      /* a format, provider or backend this build or machine lacks */
-  EDGEPRUNE_BACKEND = 5,          /* ONNX Runtime or TensorRT failed (loading the library, a session, a run) */
+  EDGEPRUNE_BACKEND = 5,          /* ONNX Runtime, TensorRT or OpenVINO failed (loading the library, a session, a run) */
   EDGEPRUNE_BUFFER_TOO_SMALL = 6, /* an output buffer cannot hold the result */
   EDGEPRUNE_INTERNAL = 7          /* a bug: please report it with the message */
 } edgeprune_code;
@@ -76,6 +76,11 @@ typedef struct edgeprune_options {
   int refresh_every;         /* temporal artifacts: refresh at least every N frames; 0 = 30 */
   double drift_threshold;    /* temporal artifacts: mean colour change that forces a refresh; 0 = 2.0 */
   int verify;                /* 1 (default) = check every model file's sha256 against its manifest */
+  /* OpenVINO's C library, for built engines of backend openvino: NULL = $EDGEPRUNE_OPENVINO_LIBRARY,
+   * else "libopenvino_c.so" on the loader's search path. The openvino wheel ships
+   * openvino/libs/libopenvino_c.so.<version>. Appended to ABI version 1: a caller built against a
+   * header without it (its smaller struct_size) gets NULL. */
+  const char* openvino_library;
 } edgeprune_options;
 
 EDGEPRUNE_API void edgeprune_options_init(edgeprune_options* options);
@@ -95,8 +100,9 @@ typedef struct edgeprune_info {
   int engines;       /* members (engine sets, largest budget first) or 2 graphs (temporal: refresh, update) */
   int width, height; /* the model's input size */
   int classes;       /* logits channels */
-  char provider[32]; /* the provider the sessions were created with ("cpu", "cuda", "tensorrt", "trt") */
-  char backend[32];  /* "onnxruntime" or "tensorrt" */
+  char provider[32]; /* the provider the sessions were created with ("cpu", "cuda", "tensorrt", "trt"), or for
+                      * OpenVINO engines "OpenVINO <device> <precision it runs>", e.g. "OpenVINO CPU f32" */
+  char backend[32];  /* "onnxruntime", "tensorrt" or "openvino" */
 } edgeprune_info;
 
 EDGEPRUNE_API void edgeprune_info_init(edgeprune_info* info);

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
-from edgeprune.core.errors import EdgepruneError, first_line
+from edgeprune.core.errors import EdgepruneError
 from edgeprune.core.progress import Progress, advance
 
 CALIB_NEEDED = "--precision int8 / quantize needs calibration data: --calib DIR"
@@ -115,13 +115,9 @@ def _read_image(path: Path, channels: int) -> np.ndarray:
         from edgeprune.imaging.images import read_rgb
 
         return read_rgb(path)  # the runtime's channel rule: RGB, or refused in one line
-    from PIL import Image, ImageOps
+    from edgeprune.imaging.images import read_image_as
 
-    try:
-        with Image.open(path) as img:
-            return np.asarray(ImageOps.exif_transpose(img).convert("L"), dtype=np.uint8).copy()
-    except Exception as exc:  # Pillow reports corrupt data as OSError, SyntaxError, ValueError...
-        raise EdgepruneError(f"cannot read image {path}: {first_line(exc)}") from None
+    return read_image_as(path)
 
 
 def _from_idx(path: Path, count: int, extra: int) -> CalibrationImages:

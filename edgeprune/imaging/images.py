@@ -72,6 +72,17 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
         raise EdgepruneError(f"cannot read image {path}: {reason}") from None
 
 
+def read_image_as(path: str | os.PathLike, mode: str = "L", what: str = "image") -> np.ndarray:
+    """Decode ``path`` to uint8 converted to Pillow ``mode`` (``L``: one grey channel, ITU-R 601 luma),
+    EXIF orientation applied; calibration readers use it where :func:`read_rgb`'s channel rule does
+    not apply (grey models). ``what`` names the image in the one-line error."""
+    try:
+        with Image.open(path) as img:
+            return np.asarray(ImageOps.exif_transpose(img).convert(mode), dtype=np.uint8).copy()
+    except Exception as exc:  # Pillow reports corrupt data as OSError, SyntaxError, ValueError...
+        raise EdgepruneError(f"cannot read {what} {path}: {first_line(exc)}") from None
+
+
 def resize_rgb(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """Resize uint8 RGB to a model's input size: area average when shrinking (no aliasing), bilinear
     otherwise; see :func:`edgeprune.imaging.frames.resize_frame`, which the native library reproduces exactly."""

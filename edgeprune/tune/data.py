@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from edgeprune.data.idx import available_splits, is_idx_folder, load_idx_split
-from edgeprune.core.errors import EdgepruneError, first_line
+from edgeprune.core.errors import EdgepruneError
 from edgeprune.core.progress import Progress, say
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
@@ -102,14 +102,9 @@ class Preprocess:
 
 
 def _read_image(path: Path, channels: int) -> np.ndarray:
-    from PIL import Image, ImageOps
+    from edgeprune.imaging.images import read_image_as
 
-    try:
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img)
-            return np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.uint8).copy()
-    except Exception as exc:  # Pillow reports corrupt data as OSError, SyntaxError, ValueError...
-        raise EdgepruneError(f"cannot read calibration image {path}: {first_line(exc)}") from None
+    return read_image_as(path, "L" if channels == 1 else "RGB", "calibration image")
 
 
 def _folder_items(folder: Path) -> tuple[list[Path], Optional[list[int]], str]:

@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import warnings
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import numpy as np
 import pytest
 
 from edgeprune.core.errors import EdgepruneError
+from tests.conftest import run_in_threads
 from tests.native.conftest import moving_clip, video_dir, video_frames
 
 pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install \"edgeprune[openvino]\")")
@@ -92,19 +92,12 @@ def test_threads_share_one_runtime(scene):
     frames = clip200()[:8]
     with NativeRuntime(scene[0], 1000.0, "fixed", policy_args={"index": 1}, engines=scene[1]) as nat:
         solo = [nat.infer(f, labels="model").labels for f in frames]
-        errors, results = [], {}
+        results = {}
 
         def worker(t: int) -> None:
-            try:
-                results[t] = [nat.infer(f, stream=t, labels="model").labels for f in frames]
-            except Exception as exc:  # reported below
-                errors.append(exc)
+            results[t] = [nat.infer(f, stream=t, labels="model").labels for f in frames]
 
-        threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        errors = run_in_threads(worker, 4)
     assert not errors and len(results) == 4
     for labels in results.values():
         for got, want in zip(labels, solo):

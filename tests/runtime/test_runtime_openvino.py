@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 import warnings
 
 import numpy as np
@@ -19,7 +18,7 @@ from edgeprune.core.errors import EdgepruneError
 from edgeprune.measure.calibrate import calibrate_engine_set, calibration_for, resolve_engine, stored_calibrations
 from edgeprune.runtime import FixedPolicy, Runtime
 from edgeprune.runtime.temporal import TemporalRuntime
-from tests.conftest import export_tiny_set
+from tests.conftest import export_tiny_set, run_in_threads
 
 pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install \"edgeprune[openvino]\")")
 
@@ -117,19 +116,12 @@ def test_uncalibrated_set_names_the_command(engine_set, tmp_path):
 
 
 def test_threads_and_the_pool_on_openvino(both):
-    results, errors = [], []
+    results = []
     with Runtime(both, 1000.0, policy="combined", provider="openvino", threads=1) as rt:
         def camera(stream):
-            try:
-                results.extend(rt.infer(f, stream=stream) for f in frames(6, seed=stream))
-            except Exception as exc:  # pragma: no cover - reported below
-                errors.append(exc)
+            results.extend(rt.infer(f, stream=stream) for f in frames(6, seed=stream))
 
-        threads = [threading.Thread(target=camera, args=(s,)) for s in range(3)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        errors = run_in_threads(camera, 3)
         assert not errors and sorted(r.frame for r in results) == list(range(18))
         flat, busy = np.full((48, 40, 3), 128, np.uint8), frames(1, seed=9)[0]
         tick = rt.infer_pool({"flat": flat, "busy": busy}, pool=1.75, minimum=0.75)
